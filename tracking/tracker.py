@@ -1,0 +1,246 @@
+"""The one place that talks to MLflow and publishes Prefect artifacts.
+
+Runs are always addressed by id through an `MlflowClient`: MLflow's "active run" is
+thread-local, and Prefect tasks run in worker threads, so `mlflow.start_run()` would nest
+runs wrongly. A parent run per flow run, a child per stage, a grandchild per candidate.
+
+Prefect artifact helpers are no-ops outside a Prefect run, so the same stage functions can be
+called plainly (tests, benchmarks).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from spnas.paths import state_dir
+
+PARENT_TAG = "mlflow.parentRunId"
+_PARAM_VALUE_LIMIT = 6000
+
+
+def tracking_uri() -> str:
+    """The MLflow server started by `spnas up`, or a local SQLite store (a real store, no server)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{state_dir() / 'mlflow.db'}"
+
+
+@lru_cache(maxsize=8)
+def _client(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri)
+
+
+def client() -> MlflowClient:
+    return _client(tracking_uri())
+
+
+def ensure_experiment(name: str) -> str:
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if not tracking_uri().startswith("http"):
+        # Without a server, keep artifacts in the state folder rather than ./mlruns of the cwd.
+        artifact_location = (state_dir() / "mlartifacts" / name).resolve().as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created concurrently by another process
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:_PARAM_VALUE_LIMIT]
+    return flat
+
+
+def start_run(
+    experiment_id: str,
+    name: str,
+    parent_run_id: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    run = client().create_run(experiment_id, tags=all_tags, run_name=name)
+    if params:
+        log_params(run.info.run_id, params)
+    return run.info.run_id
+
+
+def start_child_run(parent_run_id: str, name: str, params: Mapping[str, Any] | None = None,
+                    tags: Mapping[str, str] | None = None) -> str:
+    parent = client().get_run(parent_run_id)
+    return start_run(parent.info.experiment_id, name, parent_run_id, params, tags)
+
+
+def log_params(run_id: str, params: Mapping[str, Any]) -> None:
+    flat = _flatten(params)
+    if flat:
+        client().log_batch(run_id, params=[Param(k, v) for k, v in flat.items()])
+
+
+def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
+    client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, Any], step: int | None = None) -> None:
+    """Log the finite numeric entries of `metrics` (others are ignored, not errors)."""
+    import time
+
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(k, float(v), now, step or 0)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    ]
+    if batch:
+        client().log_batch(run_id, metrics=batch)
+
+
+def log_files(run_id: str, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            client().log_artifacts(run_id, str(path), artifact_path=artifact_path)
+        elif path.exists():
+            client().log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
+def log_figure(run_id: str, figure: Any, artifact_file: str) -> None:
+    client().log_figure(run_id, figure, artifact_file)
+
+
+def log_curve(run_id: str, history: list[Mapping[str, Any]], keys: Iterable[str], artifact_file: str,
+              title: str = "") -> None:
+    """A training-curve PNG (x = epoch) of the given history keys."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(k in h for h in history)]
+    if not history or not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        xs = [h.get("epoch", i + 1) for i, h in enumerate(history) if key in h]
+        ax.plot(xs, [h[key] for h in history if key in h], marker="o")
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    log_figure(run_id, fig, artifact_file)
+    plt.close(fig)
+
+
+def finish_run(run_id: str, status: str = "FINISHED") -> None:
+    client().set_terminated(run_id, status=status)
+
+
+@contextlib.contextmanager
+def child_run(parent_run_id: str, name: str, params: Mapping[str, Any] | None = None,
+              tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    """A child run that ends FINISHED, or FAILED if the body raises."""
+    run_id = start_child_run(parent_run_id, name, params, tags)
+    try:
+        yield run_id
+    except BaseException:
+        finish_run(run_id, "FAILED")
+        raise
+    finish_run(run_id, "FINISHED")
+
+
+def run_url(run_id: str) -> str | None:
+    """Link to the run in the MLflow UI when a tracking server is used."""
+    uri = tracking_uri()
+    if not uri.startswith("http"):
+        return None
+    run = client().get_run(run_id)
+    return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+def experiment_runs_url(experiment_id: str) -> str | None:
+    uri = tracking_uri()
+    if not uri.startswith("http"):
+        return None
+    # MLflow 3's UI opens experiments on a GenAI overview; the runs table lives here.
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+
+
+def child_runs(parent_run_id: str) -> list[Any]:
+    parent = client().get_run(parent_run_id)
+    return client().search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    )
+
+
+# ---------------------------------------------------------------- Prefect artifacts
+
+
+def in_prefect_run() -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def artifact_key(text: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:100] or "artifact"
+
+
+def publish_table(key: str, rows: list[dict[str, Any]], description: str = "") -> None:
+    if not in_prefect_run() or not rows:
+        return
+    from prefect.artifacts import create_table_artifact
+
+    create_table_artifact(rows, key=artifact_key(key), description=description)
+
+
+def publish_markdown(key: str, markdown: str, description: str = "") -> None:
+    if not in_prefect_run():
+        return
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(markdown, key=artifact_key(key), description=description)
+
+
+class Progress:
+    """A Prefect progress artifact (0–100 %) that is silent outside a Prefect run."""
+
+    def __init__(self, key: str, description: str = "") -> None:
+        self._id: UUID | None = None
+        if in_prefect_run():
+            from prefect.artifacts import create_progress_artifact
+
+            self._id = create_progress_artifact(0.0, key=artifact_key(key), description=description)
+
+    def update(self, fraction: float, description: str | None = None) -> None:
+        if self._id is None:
+            return
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(self._id, max(0.0, min(100.0, 100.0 * fraction)), description)
