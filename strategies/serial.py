@@ -1,0 +1,420 @@
+"""SpNasS: the serial-level backbone search of SP-NAS ("swap-expand-reignite").
+
+A serial backbone is a code string: each digit is one block and its stride ('1' keeps the
+resolution, '2' halves it); '-' separates stages, and the width doubles at each new stage.
+ResNet-18 is '11-21-21-21'. Children come from the Pareto-optimal parents by a few
+mutations: *expand* inserts a block, *swap* moves a stage boundary (i.e. where the width
+doubles), *add_stage* appends a stage.
+
+The search is ask/tell: `ask(n)` proposes candidates, whoever trains them calls
+`tell(id, metrics)`. It never trains, imports torch, Prefect or MLflow, so it runs unchanged
+in a unit test with a fake evaluator and in a flow that maps an evaluate task over a batch.
+All randomness goes through one `random.Random` whose state is part of `state_dict()`.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from spnas.errors import InputError
+
+from .pareto import best_on_objective, check_objectives, clean_metrics, objective_vector, pareto_front, select_parents
+
+MUTATION_KINDS = ("expand", "swap", "add_stage")
+
+# Tries per requested candidate before giving up on it: mutations of a small front can
+# run out of unseen codes, and ask() must not loop forever looking for one.
+MAX_ATTEMPTS = 100
+
+
+# --------------------------------------------------------------------------- code grammar
+
+def code_problem(code: object, max_stages: int | None = None) -> str | None:
+    """Why `code` is not a structurally valid serial code, or None if it is.
+
+    Light check only (digits 1/2, non-empty stages, stage count); the full check with
+    block types and weight shapes lives in nas_models.serial_backbone.
+    """
+    if not isinstance(code, str) or not code:
+        return f"must be a non-empty string like '11-21-21-21', got {code!r}"
+    stages = code.split("-")
+    if any(not s for s in stages):
+        return f"has an empty stage in {code!r}; stages are runs of '1'/'2' separated by single '-'"
+    bad = sorted({ch for ch in code if ch not in "12-"})
+    if bad:
+        return f"may only contain '1', '2' and '-', found {bad} in {code!r}"
+    if max_stages is not None and len(stages) > max_stages:
+        return f"has {len(stages)} stages in {code!r}, at most max_stages={max_stages} allowed"
+    return None
+
+
+def check_code(code: object, max_stages: int | None = None, field_name: str = "code") -> str:
+    """Return `code` if valid, else raise InputError naming `field_name`."""
+    problem = code_problem(code, max_stages)
+    if problem is not None:
+        raise InputError(field_name, problem)
+    return code  # type: ignore[return-value]
+
+
+def num_blocks(code: str) -> int:
+    return len(code.replace("-", ""))
+
+
+def num_stages(code: str) -> int:
+    return code.count("-") + 1
+
+
+# --------------------------------------------------------------------------- mutations
+# Pure functions: a code and an injected rng in, a new code out (or None when the mutation
+# is impossible). They never produce an invalid code from a valid one.
+
+def expand(code: str, rng: random.Random) -> str:
+    """Insert a stride-1 block into a random stage, after the stage's first block.
+
+    The first block of a stage is the one that changes width (and usually stride); keeping
+    it first means every existing block keeps its input/output shapes, so a child inherits
+    all of its parent's weights.
+    """
+    stages = code.split("-")
+    s = rng.randrange(len(stages))
+    pos = rng.randint(1, len(stages[s]))
+    stages[s] = stages[s][:pos] + "1" + stages[s][pos:]
+    return "-".join(stages)
+
+
+def swap_moves(code: str) -> list[tuple[int, int]]:
+    """Feasible boundary moves as (boundary index, direction): -1 moves the '-' after stage
+    `b` one block left (stage b gives its last block to stage b+1), +1 one block right."""
+    lengths = [len(s) for s in code.split("-")]
+    moves = []
+    for b in range(len(lengths) - 1):
+        if lengths[b] > 1:
+            moves.append((b, -1))
+        if lengths[b + 1] > 1:
+            moves.append((b, +1))
+    return moves
+
+
+def swap(code: str, rng: random.Random) -> str | None:
+    """Move one stage boundary by one block; None if every move would empty a stage."""
+    moves = swap_moves(code)
+    if not moves:
+        return None
+    b, direction = moves[rng.randrange(len(moves))]
+    stages = code.split("-")
+    if direction < 0:
+        stages[b], stages[b + 1] = stages[b][:-1], stages[b][-1] + stages[b + 1]
+    else:
+        stages[b], stages[b + 1] = stages[b] + stages[b + 1][0], stages[b + 1][1:]
+    return "-".join(stages)
+
+
+def add_stage(code: str, rng: random.Random, max_stages: int) -> str | None:
+    """Append a stage holding one stride-2 block; None when already at max_stages.
+
+    `rng` is unused (appending is deterministic) but kept so all mutations share a shape.
+    """
+    del rng
+    if num_stages(code) >= max_stages:
+        return None
+    return code + "-2"
+
+
+def _check_ratio(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise InputError(name, f"must be a probability between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(name, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def mutate(
+    code: str,
+    rng: random.Random,
+    num_mutate: int,
+    expend_ratio: float,
+    add_stage_ratio: float,
+    max_stages: int,
+) -> tuple[str, list[str]]:
+    """Apply `num_mutate` mutations in sequence; return the new code and the kinds applied.
+
+    Each step: with probability add_stage_ratio add a stage (when below max_stages),
+    otherwise expand with probability expend_ratio, otherwise swap — falling back to expand
+    when no boundary can move (e.g. a single-stage code). Two separate draws keep the
+    meaning of each ratio independent of the other.
+    """
+    _check_positive_int("num_mutate", num_mutate)
+    expend_ratio = _check_ratio("expend_ratio", expend_ratio)
+    add_stage_ratio = _check_ratio("add_stage_ratio", add_stage_ratio)
+    _check_positive_int("max_stages", max_stages)
+    check_code(code, max_stages)
+
+    kinds: list[str] = []
+    for _ in range(num_mutate):
+        if rng.random() < add_stage_ratio:
+            child = add_stage(code, rng, max_stages)
+            if child is not None:
+                code = child
+                kinds.append("add_stage")
+                continue
+        if rng.random() < expend_ratio:
+            code, kind = expand(code, rng), "expand"
+        else:
+            child = swap(code, rng)
+            code, kind = (child, "swap") if child is not None else (expand(code, rng), "expand")
+        kinds.append(kind)
+    return code, kinds
+
+
+# --------------------------------------------------------------------------- configuration
+
+@dataclass
+class SerialSearchConfig:
+    """SpNasS settings; defaults are the seed's (Vega spnas.yml serial stage)."""
+
+    max_sample: int = 20          # candidates in total, the initial code(s) included
+    max_optimal: int = 5          # parents kept from the Pareto front
+    num_mutate: int = 3           # mutations per child
+    add_stage_ratio: float = 0.05
+    expend_ratio: float = 0.3     # Vega's spelling, kept so configs carry over
+    max_stages: int = 6
+    objective_keys: tuple[str, ...] = ("mAP", "params")
+    maximize: tuple[bool, ...] = (True, False)
+    max_blocks: int = 60          # the seed's depth range tops out at 60 blocks
+
+    def __post_init__(self) -> None:
+        for name in ("max_sample", "max_optimal", "num_mutate", "max_stages", "max_blocks"):
+            _check_positive_int(name, getattr(self, name))
+        self.add_stage_ratio = _check_ratio("add_stage_ratio", self.add_stage_ratio)
+        self.expend_ratio = _check_ratio("expend_ratio", self.expend_ratio)
+        self.objective_keys, self.maximize = check_objectives(self.objective_keys, self.maximize)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["objective_keys"], d["maximize"] = list(self.objective_keys), list(self.maximize)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SerialSearchConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(unknown[0], f"is not a serial search setting; allowed: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass
+class Candidate:
+    """One proposed backbone: what to build and where it came from (for weight inheritance)."""
+
+    id: int
+    code: str
+    parent_id: int | None
+    mutations: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "code": self.code, "parent_id": self.parent_id, "mutations": list(self.mutations)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Candidate:
+        return cls(id=int(data["id"]), code=str(data["code"]),
+                   parent_id=None if data.get("parent_id") is None else int(data["parent_id"]),
+                   mutations=list(data.get("mutations", [])))
+
+
+def rng_state_to_json(rng: random.Random) -> list[Any]:
+    """random.Random state as JSON lists (getstate() holds tuples)."""
+    version, internal, gauss_next = rng.getstate()
+    return [version, list(internal), gauss_next]
+
+
+def rng_state_from_json(state: Sequence[Any]) -> tuple[Any, ...]:
+    version, internal, gauss_next = state
+    return (version, tuple(internal), gauss_next)
+
+
+# --------------------------------------------------------------------------- the search
+
+class SerialSearch:
+    """SpNasS as ask/tell.
+
+    >>> search = SerialSearch(["11-21-21-21"], SerialSearchConfig(max_sample=4), seed=0)
+    >>> while not search.done:
+    ...     batch = search.ask(2)
+    ...     for c in batch:
+    ...         search.tell(c.id, {"mAP": 0.5, "params": float(len(c.code))})
+    """
+
+    def __init__(self, init_codes: Sequence[str], config: SerialSearchConfig | None = None, seed: int = 0) -> None:
+        self.config = config if config is not None else SerialSearchConfig()
+        if not isinstance(self.config, SerialSearchConfig):
+            raise InputError("config", f"must be a SerialSearchConfig, got {type(self.config).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InputError("seed", f"must be an integer, got {seed!r}")
+        if isinstance(init_codes, str) or not isinstance(init_codes, Sequence) or not init_codes:
+            raise InputError("init_codes", "must be a non-empty list of codes like ['11-21-21-21']")
+        cfg = self.config
+        for code in init_codes:
+            check_code(code, cfg.max_stages, "init_codes")
+            if num_blocks(code) > cfg.max_blocks:
+                raise InputError("init_codes",
+                                 f"{code!r} has {num_blocks(code)} blocks, max_blocks is {cfg.max_blocks}")
+        if len(set(init_codes)) != len(init_codes):
+            raise InputError("init_codes", f"must not repeat a code, got {list(init_codes)!r}")
+        if len(init_codes) > cfg.max_sample:
+            raise InputError("init_codes", f"has {len(init_codes)} codes but max_sample is {cfg.max_sample}")
+        self.init_codes = list(init_codes)
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self._candidates: list[Candidate] = []
+        self._metrics: dict[int, dict[str, Any] | None] = {}  # told only; None = failed
+        self._stalled = False
+
+    # ---- ask / tell
+
+    def ask(self, n: int = 1) -> list[Candidate]:
+        """Up to n new candidates (fewer when the budget, the parents or new codes run out).
+
+        Initial codes come first; afterwards children of the current Pareto parents. An
+        empty list while candidates are pending means: tell their results, then ask again.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        n = min(n, self.config.max_sample - len(self._candidates))
+        out: list[Candidate] = []
+        pending_init = self.init_codes[sum(c.parent_id is None for c in self._candidates):]
+        for code in pending_init[:n]:
+            out.append(self._add(code, None, []))
+        if len(out) < n:
+            out.extend(self._children(n - len(out)))
+        if not out and n > 0 and not self.pending_ids():
+            # Nothing in flight and nothing new found: no later ask can know more.
+            self._stalled = True
+        return out
+
+    def _children(self, n: int) -> list[Candidate]:
+        cfg = self.config
+        told = [(cid, m) for cid, m in sorted(self._metrics.items()) if m is not None]
+        if not told:
+            return []
+        picks = select_parents([m for _, m in told], cfg.objective_keys, cfg.maximize, cfg.max_optimal)
+        parents = [self._candidates[told[i][0]] for i in picks]
+        seen = {c.code for c in self._candidates}
+        out: list[Candidate] = []
+        for _ in range(n):
+            for _attempt in range(MAX_ATTEMPTS):
+                parent = parents[self._rng.randrange(len(parents))]
+                code, kinds = mutate(parent.code, self._rng, cfg.num_mutate, cfg.expend_ratio,
+                                     cfg.add_stage_ratio, cfg.max_stages)
+                ok = num_blocks(code) <= cfg.max_blocks and code_problem(code, cfg.max_stages) is None
+                if ok and code not in seen:
+                    seen.add(code)
+                    out.append(self._add(code, parent.id, kinds))
+                    break
+            else:
+                break  # neighbourhood of the front looks exhausted; yield what we have
+        return out
+
+    def _add(self, code: str, parent_id: int | None, kinds: list[str]) -> Candidate:
+        cand = Candidate(id=len(self._candidates), code=code, parent_id=parent_id, mutations=kinds)
+        self._candidates.append(cand)
+        return cand
+
+    def tell(self, candidate_id: int, metrics: Mapping[str, Any] | None) -> None:
+        """Report a candidate's metrics (must hold every objective key), or None if it failed.
+
+        Failed candidates stay in the history and are never proposed again, but are never
+        chosen as parents.
+        """
+        if isinstance(candidate_id, bool) or not isinstance(candidate_id, int) \
+                or not 0 <= candidate_id < len(self._candidates):
+            raise ValueError(f"unknown candidate id {candidate_id!r}")
+        if candidate_id in self._metrics:
+            raise ValueError(f"candidate {candidate_id} was already told")
+        if metrics is not None and not isinstance(metrics, Mapping):
+            raise ValueError(f"metrics must be a dict or None, got {type(metrics).__name__}")
+        self._metrics[candidate_id] = None if metrics is None else clean_metrics(metrics, self.config.objective_keys)
+
+    # ---- queries
+
+    @property
+    def done(self) -> bool:
+        """True when no further candidate will come and every proposed one was told."""
+        if self.pending_ids():
+            return False
+        return len(self._candidates) >= self.config.max_sample or self._stalled
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return list(self._candidates)
+
+    def pending_ids(self) -> list[int]:
+        """Asked but not yet told (e.g. to re-run after a resume)."""
+        return [c.id for c in self._candidates if c.id not in self._metrics]
+
+    @property
+    def history(self) -> list[tuple[Candidate, dict[str, Any] | None]]:
+        """Told candidates in id order with their metrics (None for failed ones)."""
+        return [(c, self._metrics[c.id]) for c in self._candidates if c.id in self._metrics]
+
+    def pareto_ids(self) -> list[int]:
+        """Ids of successful candidates on the Pareto front of the objectives."""
+        told = [(cid, m) for cid, m in sorted(self._metrics.items()) if m is not None]
+        points = [objective_vector(m, self.config.objective_keys) for _, m in told]
+        return [told[i][0] for i in pareto_front(points, self.config.maximize)] if told else []
+
+    def best(self) -> Candidate:
+        """The front member best on the first objective (lowest id on ties)."""
+        cfg = self.config
+        best_id = best_on_objective(self._metrics, self.pareto_ids(), cfg.objective_keys[0], cfg.maximize[0])
+        return self._candidates[best_id]
+
+    # ---- persistence
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable snapshot; load it into a fresh search to continue identically."""
+        return {
+            "strategy": "SerialSearch",
+            "version": 1,
+            "config": self.config.to_dict(),
+            "seed": self.seed,
+            "init_codes": list(self.init_codes),
+            "candidates": [c.to_dict() for c in self._candidates],
+            "metrics": [[cid, m] for cid, m in sorted(self._metrics.items())],
+            "stalled": self._stalled,
+            "rng": rng_state_to_json(self._rng),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a snapshot taken from a search with the same config and initial codes."""
+        if state.get("strategy") != "SerialSearch":
+            raise ValueError(f"not a SerialSearch state (strategy={state.get('strategy')!r})")
+        if state["config"] != self.config.to_dict() or list(state["init_codes"]) != self.init_codes:
+            raise ValueError("state was saved by a search with a different config or init_codes; "
+                             "use SerialSearch.from_state_dict(state) to rebuild that search")
+        candidates = [Candidate.from_dict(c) for c in state["candidates"]]
+        if [c.id for c in candidates] != list(range(len(candidates))):
+            raise ValueError("state candidates must have ids 0..n-1 in order")
+        self._candidates = candidates
+        self._metrics = {int(cid): (None if m is None else dict(m)) for cid, m in state["metrics"]}
+        self._stalled = bool(state["stalled"])
+        self.seed = int(state["seed"])
+        self._rng.setstate(rng_state_from_json(state["rng"]))
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> SerialSearch:
+        search = cls(list(state["init_codes"]), SerialSearchConfig.from_dict(state["config"]), int(state["seed"]))
+        search.load_state_dict(state)
+        return search
+
+
+__all__ = [
+    "MUTATION_KINDS", "Candidate", "SerialSearch", "SerialSearchConfig", "add_stage", "check_code",
+    "code_problem", "expand", "mutate", "num_blocks", "num_stages", "swap", "swap_moves",
+]
