@@ -1,0 +1,1 @@
+"""MLflow and Prefect-artifact calls live in tracking.tracker, and nowhere else."""

@@ -1,0 +1,126 @@
+"""Predictor over an exported classifier folder (model.yml + model.onnx), run by ONNX Runtime.
+
+Preprocessing is `data.transforms.Preprocess` rebuilt from model.yml — the very code the
+evaluation stage used — so predictions match evaluation. Timing follows PaddleX's
+"Inference Time Info" block: warm-up first, then pre/infer/post per image.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from data.transforms import Preprocess, load_rgb
+from deploy.onnx_export import make_session
+from spnas.errors import InputError
+
+ImageLike = str | Path | Image.Image | np.ndarray
+
+
+@dataclass
+class TimeInfo:
+    images: int = 0
+    batches: int = 0
+    batch_size: int = 1
+    preprocess_s: float = 0.0
+    inference_s: float = 0.0
+    postprocess_s: float = 0.0
+    samples: list[float] = field(default_factory=list)  # per-batch total seconds
+
+    @property
+    def total_s(self) -> float:
+        return self.preprocess_s + self.inference_s + self.postprocess_s
+
+    def as_dict(self) -> dict[str, float]:
+        n, b = max(1, self.images), max(1, self.batches)
+        return {
+            "total_time_ms": 1000 * self.total_s, "img_num": self.images, "batch_size": self.batch_size,
+            "average_latency_ms": 1000 * self.total_s / n, "qps": self.images / self.total_s if self.total_s else 0.0,
+            "preprocess_time_per_im_ms": 1000 * self.preprocess_s / n,
+            "inference_time_per_batch_ms": 1000 * self.inference_s / b,
+            "postprocess_time_per_im_ms": 1000 * self.postprocess_s / n,
+        }
+
+    def report(self) -> str:
+        d = self.as_dict()
+        return "\n".join([
+            "------------------ Inference Time Info ----------------------",
+            f"total_time(ms): {d['total_time_ms']:.2f}, img_num: {d['img_num']}, batch_size: {d['batch_size']}",
+            f"average latency time(ms): {d['average_latency_ms']:.2f}, QPS: {d['qps']:.6f}",
+            f"preprocess_time_per_im(ms): {d['preprocess_time_per_im_ms']:.2f}, "
+            f"inference_time_per_batch(ms): {d['inference_time_per_batch_ms']:.2f}, "
+            f"postprocess_time_per_im(ms): {d['postprocess_time_per_im_ms']:.2f}",
+        ])
+
+
+def read_model_yml(model_dir: Path) -> dict[str, Any]:
+    path = Path(model_dir) / "model.yml"
+    if not path.is_file():
+        raise InputError("model_dir", f"{model_dir} holds no model.yml; give a folder written by the export stage")
+    meta = yaml.safe_load(path.read_text())
+    for key in ("labels", "transforms", "files"):
+        if key not in (meta or {}):
+            raise InputError("model_dir", f"{path} lacks '{key}'; re-export the model")
+    return meta
+
+
+class ClassifierPredictor:
+    def __init__(self, model_dir: str | Path, threads: int = 2) -> None:
+        self.model_dir = Path(model_dir)
+        self.meta = read_model_yml(self.model_dir)
+        self.labels: list[str] = list(self.meta["labels"])
+        self.preprocess = Preprocess.from_dict(self.meta["transforms"])
+        onnx_path = self.model_dir / self.meta["files"]["onnx"]
+        if not onnx_path.is_file():
+            raise InputError("model_dir", f"{onnx_path} is missing; re-export the model")
+        self.session = make_session(onnx_path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.time_info = TimeInfo()
+
+    def _load(self, image: ImageLike) -> Image.Image | np.ndarray:
+        return load_rgb(image) if isinstance(image, (str, Path)) else image
+
+    def predict(self, images: ImageLike | list[ImageLike], topk: int = 1, batch_size: int = 1,
+                warmup: int = 0, repeats: int = 1) -> list[list[dict[str, Any]]]:
+        """Top-k {category_id, category, score} per image. `warmup` untimed passes first; timing
+        accumulates over `repeats` passes into `self.time_info`."""
+        single = not isinstance(images, list)
+        items = [images] if single else images
+        if not items:
+            raise InputError("images", "give at least one image")
+        loaded = [self._load(im) for im in items]
+        self.time_info = TimeInfo(batch_size=batch_size)
+        results: list[list[dict[str, Any]]] = []
+        for i in range(warmup + repeats):
+            timed = i >= warmup
+            results = self._run(loaded, topk, batch_size, timed)
+        return results[:1] if single else results
+
+    def _run(self, loaded: list[Any], topk: int, batch_size: int, timed: bool) -> list[list[dict[str, Any]]]:
+        out: list[list[dict[str, Any]]] = []
+        k = min(topk, len(self.labels))
+        for start in range(0, len(loaded), batch_size):
+            chunk = loaded[start:start + batch_size]
+            t0 = time.perf_counter()
+            batch = np.stack([self.preprocess(im) for im in chunk]).astype(np.float32)
+            t1 = time.perf_counter()
+            probs = self.session.run(None, {self.input_name: batch})[0]
+            t2 = time.perf_counter()
+            for row in probs:
+                order = np.argsort(-row)[:k]
+                out.append([{"category_id": int(c), "category": self.labels[c], "score": float(row[c])} for c in order])
+            t3 = time.perf_counter()
+            if timed:
+                ti = self.time_info
+                ti.preprocess_s += t1 - t0
+                ti.inference_s += t2 - t1
+                ti.postprocess_s += t3 - t2
+                ti.images += len(chunk)
+                ti.batches += 1
+                ti.samples.append(t3 - t0)
+        return out

@@ -1,0 +1,39 @@
+"""Architecture descriptions (desc_<id>.json) -> torch modules.
+
+A desc is plain data: {"type": ..., <builder arguments>}. Every stage that saves a model also
+saves its desc, so the next stage (or a user) rebuilds it without guessing.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from spnas.errors import InputError
+
+
+def _lcnet(desc: dict[str, Any]) -> nn.Module:
+    from nas_models.lcnet import build_lcnet
+
+    return build_lcnet(desc["scale"], num_classes=desc["num_classes"], dropout=desc.get("dropout", 0.2))
+
+
+def _detector(desc: dict[str, Any]) -> nn.Module:
+    from nas_models.detector import build_detector
+
+    kwargs = {k: v for k, v in desc.items() if k != "type"}
+    return build_detector(**kwargs)
+
+
+BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
+    "PPLCNet": _lcnet,
+    "FasterRCNN": _detector,
+}
+
+
+def build_from_desc(desc: dict[str, Any]) -> nn.Module:
+    kind = desc.get("type")
+    if kind not in BUILDERS:
+        raise InputError("desc.type", f"unknown model type {kind!r}; known: {sorted(BUILDERS)}")
+    return BUILDERS[kind](desc)

@@ -1,0 +1,66 @@
+"""Stage `export` of lcnet/full: inference-model folder (ONNX with softmax, TorchScript,
+model.yml), checked against eager torch on real validation images."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import get_run_logger, task
+
+from deploy.classifier_export import export_classifier, parity
+from deploy.onnx_export import WithSoftmax, make_session
+from engine.runtime import configure_torch
+from tasks.common import STAGE_CACHE, stage_dir, write_json
+from tasks.evaluate_classifier import load_trained
+from tasks.train_classifier import loaders, preprocess_for
+from tracking import tracker
+
+
+def _latency_ms(fn, runs: int = 30, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return 1000 * min(samples)
+
+
+def export_stage(split: dict[str, Any], trained: dict[str, Any], params: dict[str, Any],
+                 out_dir: Path) -> dict[str, Any]:
+    threads = configure_torch(params.get("num_threads"), params["seed"])
+    model = load_trained(trained)
+    files = export_classifier(model, trained["desc"], split["labels"], preprocess_for(params),
+                              out_dir / "inference_model")
+    _, val_loader, _ = loaders(split, params)
+    images, _ = next(iter(val_loader))
+    checks = parity(model, Path(files["onnx"]), images, threads)
+    # Batch-1 latency, eager torch vs ONNX Runtime, same thread count (min of N).
+    one = images[:1]
+    wrapped = WithSoftmax(model).eval()
+    session = make_session(Path(files["onnx"]), threads)
+    with torch.inference_mode():
+        torch_ms = _latency_ms(lambda: wrapped(one))
+    ort_ms = _latency_ms(lambda: session.run(None, {"image": one.numpy()}))
+    report = {**checks, "parity_images": int(images.shape[0]), "torch_ms_batch1": torch_ms,
+              "ort_ms_batch1": ort_ms, "ort_speedup": torch_ms / ort_ms if ort_ms else None, "threads": threads}
+    path = write_json(out_dir / "export_report.json", report)
+    return {**files, "report": report,
+            "files": [files["onnx"], files["torchscript"], files["model_yml"], str(path)]}
+
+
+@task(name="export", persist_result=True, cache_policy=STAGE_CACHE)
+def export_classifier_task(split: dict[str, Any], trained: dict[str, Any], params: dict[str, Any],
+                           run_dir: str, parent_run_id: str) -> dict[str, Any]:
+    with tracker.child_run(parent_run_id, "export") as run_id:
+        out = export_stage(split, trained, params, stage_dir(run_dir, "export"))
+        tracker.log_metrics(run_id, out["report"])
+        tracker.log_files(run_id, [out["model_dir"]], "inference_model")
+    r = out["report"]
+    get_run_logger().info("exported to %s; ONNX vs torch max |diff| %.2e; batch-1 latency torch %.2f ms, "
+                          "ONNX Runtime %.2f ms", out["model_dir"], r["onnx_max_abs_diff"], r["torch_ms_batch1"],
+                          r["ort_ms_batch1"])
+    return out

@@ -1,0 +1,92 @@
+"""What every flow does around its stages: validate params first, open the run's output
+folder and MLflow parent run, run stages (re-running a cache hit whose files are gone), and
+close with a summary in both UIs."""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.runtime import flow_run
+from pydantic import BaseModel
+
+from spnas.paths import default_output_root
+from tasks.common import missing_files, write_json
+from tracking import tracker
+
+
+@dataclass
+class Pipeline:
+    name: str
+    run_name: str
+    run_dir: Path
+    parent_run_id: str
+    experiment_id: str
+    started: float
+
+
+def _run_name() -> str:
+    return flow_run.get_name() or time.strftime("run-%Y%m%d-%H%M%S")
+
+
+@contextlib.contextmanager
+def pipeline(name: str, params: BaseModel) -> Iterator[Pipeline]:
+    """One output folder and one MLflow parent run per flow run; FAILED in MLflow if a stage raises."""
+    logger = get_run_logger()
+    run_name = _run_name()
+    root = Path(getattr(params, "output_root", None) or default_output_root()).expanduser().resolve()
+    run_dir = root / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "params.json", params.model_dump(mode="json"))
+    experiment_id = tracker.ensure_experiment(name)
+    tags = {"prefect.flow_run_id": str(flow_run.get_id() or ""), "prefect.flow_run_name": run_name,
+            "output_dir": str(run_dir)}
+    if flow_run.get_flow_run_ui_url():
+        tags["prefect.flow_run_url"] = flow_run.get_flow_run_ui_url()
+    parent = tracker.start_run(experiment_id, run_name, params=params.model_dump(mode="json"), tags=tags)
+    pipe = Pipeline(name, run_name, run_dir, parent, experiment_id, time.perf_counter())
+    logger.info("outputs: %s", run_dir)
+    url = tracker.run_url(parent)
+    if url:
+        logger.info("MLflow run: %s", url)
+    try:
+        yield pipe
+    except BaseException:
+        tracker.finish_run(parent, "FAILED")
+        raise
+    tracker.finish_run(parent, "FINISHED")
+
+
+def run_stage(task: Any, **kwargs: Any) -> Any:
+    """Run a stage task; a Cached result whose files were deleted is recomputed, not trusted."""
+    state = task(**kwargs, return_state=True)
+    result = state.result()
+    if state.is_completed() and state.name == "Cached":
+        missing = missing_files(result)
+        if missing:
+            get_run_logger().warning("cached %s lists missing files (%s); recomputing", task.name, missing[0])
+            result = task.with_options(refresh_cache=True)(**kwargs)
+        else:
+            get_run_logger().info("%s: reused the cached result of an earlier run", task.name)
+    return result
+
+
+def finish(pipe: Pipeline, summary: dict[str, Any], table: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Summary metrics on the parent run, summary.json in the run folder, a Prefect table and link."""
+    summary = {**summary, "wall_seconds": round(time.perf_counter() - pipe.started, 1)}
+    tracker.log_metrics(pipe.parent_run_id, summary)
+    path = write_json(pipe.run_dir / "summary.json", summary)
+    tracker.log_files(pipe.parent_run_id, [path, pipe.run_dir / "params.json"])
+    tracker.publish_table(f"{pipe.name}-summary", table or [{"metric": k, "value": v} for k, v in summary.items()],
+                          f"{pipe.name} final figures")
+    url = tracker.run_url(pipe.parent_run_id)
+    runs = tracker.experiment_runs_url(pipe.experiment_id)
+    lines = [f"# {pipe.name}: {pipe.run_name}", "", f"* outputs: `{pipe.run_dir}`"]
+    if url:
+        lines += [f"* MLflow run: [{pipe.parent_run_id}]({url})", f"* compare runs: [runs table]({runs})"]
+    tracker.publish_markdown(f"{pipe.name}-mlflow", "\n".join(lines), "where this run's files and metrics are")
+    return {**summary, "run_dir": str(pipe.run_dir), "mlflow_run_id": pipe.parent_run_id}
