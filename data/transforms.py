@@ -1,0 +1,140 @@
+"""Image preprocessing shared by evaluation and the exported-model Predictor.
+
+Both must use the very same code, so `Preprocess` is numpy + PIL only (the Predictor runs
+without torch). Eval/predict: resize the short side to `resize_short`, center-crop
+`input_size`, scale to [0, 1], normalize per channel, return CHW float32 (PaddleX's
+ResizeImage → CenterCrop → Normalize). Training adds light augmentation before the same
+normalization.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from spnas.errors import InputError
+
+Triple = tuple[float, float, float]
+IMAGENET_MEAN: Triple = (0.485, 0.456, 0.406)
+IMAGENET_STD: Triple = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    input_size: int
+    resize_short: int
+    mean: Triple = IMAGENET_MEAN
+    std: Triple = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        _check_sizes(self.input_size, self.resize_short)
+        object.__setattr__(self, "mean", _triple("mean", self.mean))
+        object.__setattr__(self, "std", _triple("std", self.std, positive=True))
+
+    def __call__(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """RGB image (PIL or HWC uint8 array) -> normalized CHW float32 array."""
+        image = resize_short_side(as_rgb_image(image), self.resize_short)
+        return normalize_to_chw(center_crop(image, self.input_size), self.mean, self.std)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for model.yml."""
+        return {"input_size": self.input_size, "resize_short": self.resize_short,
+                "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+        missing = {"input_size", "resize_short", "mean", "std"} - set(d)
+        if missing:
+            raise InputError("transforms", f"missing keys {sorted(missing)}; expected "
+                                           "input_size, resize_short, mean and std")
+        return cls(input_size=d["input_size"], resize_short=d["resize_short"],
+                   mean=tuple(d["mean"]), std=tuple(d["std"]))
+
+
+def load_rgb(path: Path | str) -> Image.Image:
+    """Open an image file as RGB, raising InputError (naming the file) when it is unreadable."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError as exc:
+        raise InputError(str(path), "image file does not exist") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(str(path), f"cannot be read as an image ({type(exc).__name__})") from exc
+
+
+def as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise InputError("image", f"expected an HWC uint8 RGB array, got shape {array.shape} "
+                                  f"dtype {array.dtype}")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def resize_short_side(image: Image.Image, short: int) -> Image.Image:
+    width, height = image.size
+    scale = short / min(width, height)
+    size = (max(short, round(width * scale)), max(short, round(height * scale)))
+    return image if size == image.size else image.resize(size, Image.Resampling.BILINEAR)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    width, height = image.size
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def normalize_to_chw(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def train_augment(input_size: int, resize_short: int, mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD, rotation_degrees: float = 10.0,
+                  scale: tuple[float, float] = (0.75, 1.0)) -> Callable[[Image.Image | np.ndarray], Any]:
+    """Light augmentation for small, orientation-sensitive images such as digits.
+
+    No horizontal flip (a mirrored 2 or 7 is not a digit). Same resize as evaluation, a random
+    crop covering 75–100 % of it (evaluation's center crop sits inside that range), a small
+    rotation, then exactly the normalization `Preprocess` uses. Returns a torch tensor.
+    """
+    import torch  # lazily: this module must stay importable without torch (Predictor)
+    from torchvision import transforms as T
+
+    _check_sizes(input_size, resize_short)
+    mean, std = _triple("mean", mean), _triple("std", std, positive=True)
+    geometric = T.Compose([
+        T.RandomResizedCrop(input_size, scale=scale, ratio=(0.9, 1.1),
+                            interpolation=T.InterpolationMode.BILINEAR),
+        T.RandomRotation(rotation_degrees, interpolation=T.InterpolationMode.BILINEAR),
+    ])
+
+    def augment(image: Image.Image | np.ndarray) -> "torch.Tensor":
+        image = resize_short_side(as_rgb_image(image), resize_short)
+        return torch.from_numpy(normalize_to_chw(geometric(image), mean, std))
+
+    return augment
+
+
+def _check_sizes(input_size: int, resize_short: int) -> None:
+    if not isinstance(input_size, int) or input_size < 1:
+        raise InputError("input_size", f"must be a positive integer, got {input_size!r}")
+    if not isinstance(resize_short, int) or resize_short < input_size:
+        raise InputError("resize_short", f"must be an integer >= input_size ({input_size}), "
+                                         f"got {resize_short!r}")
+
+
+def _triple(name: str, values: Sequence[float], positive: bool = False) -> Triple:
+    try:
+        triple = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        triple = ()
+    if len(triple) != 3 or (positive and min(triple) <= 0):
+        allowed = "three positive numbers" if positive else "three numbers"
+        raise InputError(name, f"must be {allowed} (one per RGB channel), got {values!r}")
+    return triple  # type: ignore[return-value]
