@@ -1,0 +1,190 @@
+"""Detection training/evaluation loops in the style of torchvision's references/detection/engine.py.
+
+Only the loops and checkpoints: no data loading, no tracking, no mAP. `evaluate` returns raw
+per-image detections; the data room turns them into COCO results and runs pycocotools.
+
+Batches are `(list_of_images, list_of_targets)`, targets `{"boxes" (N,4) xyxy, "labels" (N,),
+"image_id"}` as torchvision's detection models expect.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from spnas.errors import InputError
+
+__all__ = ["evaluate", "load_checkpoint", "save_checkpoint", "train_one_epoch"]
+
+Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    images, targets = batch
+    images = [img.to(device) for img in images]
+    targets = [
+        {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+        for t in targets
+    ]
+    return images, targets
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Iterable[Batch],
+    max_steps: int | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """One pass over `loader` (or `max_steps` batches); returns mean losses and `steps`.
+
+    Keys: torchvision's loss names plus "loss" (their sum). `on_step(step, losses)` is called
+    after each optimizer step with float values (e.g. to log to MLflow or update progress).
+    A non-finite loss raises FloatingPointError naming the step, before the weights change.
+    """
+    model.train()
+    device = _device(model)
+    sums: dict[str, float] = {}
+    steps = 0
+    for step, batch in enumerate(loader):
+        if max_steps is not None and step >= max_steps:
+            break
+        images, targets = _to(batch, device)
+        loss_dict = model(images, targets)
+        loss = sum(loss_dict.values())
+        values = {k: float(v.detach()) for k, v in loss_dict.items()}
+        values["loss"] = float(loss.detach())
+        if not math.isfinite(values["loss"]):
+            raise FloatingPointError(
+                f"non-finite loss at step {step}: {values}; "
+                "lower the learning rate or check the boxes."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        steps += 1
+        if on_step is not None:
+            on_step(step, values)
+    means = {k: v / steps for k, v in sums.items()} if steps else {}
+    means["steps"] = float(steps)
+    return means
+
+
+def _image_id(value: Any) -> int | str:
+    if isinstance(value, torch.Tensor):
+        return int(value.item())
+    return value
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: Iterable[Batch]) -> list[dict[str, Any]]:
+    """Raw detections per image: {"image_id", "boxes" (N,4) xyxy, "labels" (N,), "scores" (N,)}.
+
+    Arrays are numpy (float32 boxes/scores, int64 labels), in the input image's pixels.
+    """
+    model.eval()
+    device = _device(model)
+    results: list[dict[str, Any]] = []
+    for batch in loader:
+        images, targets = _to(batch, device)
+        outputs = model(images)
+        for out, tgt in zip(outputs, targets):
+            results.append(
+                {
+                    "image_id": _image_id(tgt["image_id"]),
+                    "boxes": out["boxes"].cpu().numpy(),
+                    "labels": out["labels"].cpu().numpy(),
+                    "scores": out["scores"].cpu().numpy(),
+                }
+            )
+    return results
+
+
+def _check_plain(value: Any, where: str) -> None:
+    # weights_only loading accepts only plain containers/primitives: refuse others at save time.
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, (str, int)):
+                raise InputError("config", f"key {k!r} at {where} must be a string or int.")
+            _check_plain(v, f"{where}.{k}")
+        return
+    raise InputError(
+        "config",
+        f"{where} is a {type(value).__name__}; only dict/list/str/int/float/bool/None are allowed.",
+    )
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+    epoch: int,
+    config: dict[str, Any],
+) -> Path:
+    """Write model/optimizer/scheduler state, epoch and config atomically (temp file + rename)."""
+    _check_plain(config, "config")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": int(epoch),
+        "config": config,
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+        os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+) -> dict[str, Any]:
+    """Restore states saved by `save_checkpoint`; returns the checkpoint (epoch, config, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("checkpoint", f"{str(path)!r} does not exist or is not a file.")
+    try:
+        ckpt = torch.load(path, map_location=_device(model), weights_only=True)
+    except Exception as exc:
+        raise InputError(
+            "checkpoint", f"{str(path)!r} is not a readable checkpoint ({type(exc).__name__})."
+        ) from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise InputError(
+            "checkpoint", f"{str(path)!r} was not written by save_checkpoint (no 'model' entry)."
+        )
+    model.load_state_dict(ckpt["model"])
+    if optimizer is not None and ckpt.get("optimizer") is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    return ckpt

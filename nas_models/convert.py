@@ -1,0 +1,257 @@
+"""Map torchvision ResNet / FasterRCNN-FPN checkpoints onto SP-NAS names (fine_tune step).
+
+Renaming only — the output holds the very same tensors:
+  conv1.* → stem.conv.*, bn1.* → stem.bn.*, layer{i}.{j}.* → stages.{i-1}.{j}.*, fc.* dropped.
+A fasterrcnn_resnet50_fpn state_dict gets the same renaming under `backbone.body.`; its
+`backbone.fpn.*`, `rpn.*` and `roi_heads.*` keep their names, which are already our
+detector's (nas_models.detector uses torchvision's FPN, RPN and RoI heads).
+
+The code's structure (stages, blocks per stage, block type, widths, where downsample
+convs are) must match the checkpoint exactly; otherwise InputError says what differs.
+Checkpoints saved with FrozenBatchNorm2d lack `num_batches_tracked`; loading them with
+`strict=False` or `nas_models.inherit.inherit_weights` is fine (the counter only matters
+for BN momentum=None).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from nas_models.serial_backbone import SerialBackbone, validate_block, validate_code
+from spnas.errors import InputError
+
+__all__ = [
+    "Conversion",
+    "convert_checkpoint",
+    "convert_torchvision_resnet",
+    "detect_format",
+    "load_weights_file",
+]
+
+log = logging.getLogger(__name__)
+
+DETECTOR_BODY = "backbone.body."
+_LAYER_KEY = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
+_COUNTER = "num_batches_tracked"
+
+
+@dataclass
+class Conversion:
+    """Result of a conversion: renamed tensors, the source format, and what was left out."""
+
+    state_dict: OrderedDict[str, torch.Tensor]
+    source_format: str  # "resnet" or "fasterrcnn"
+    dropped: dict[str, str] = field(default_factory=dict)  # checkpoint key -> reason
+
+
+def _strip_module_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # DataParallel / DDP checkpoints prefix every key with "module.".
+    if sd and all(k.startswith("module.") for k in sd):
+        return {k[len("module."):]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """'resnet' or 'fasterrcnn', else InputError."""
+    keys = list(_strip_module_prefix(state_dict))
+    if any(k.startswith((DETECTOR_BODY + "conv1.", DETECTOR_BODY + "layer1.")) for k in keys):
+        return "fasterrcnn"
+    if "conv1.weight" in keys and any(k.startswith("layer1.") for k in keys):
+        return "resnet"
+    if any(k.startswith(("stem.", "stages.", DETECTOR_BODY + "stem.")) for k in keys):
+        raise InputError(
+            "weights",
+            "already uses spnas names (stem.*/stages.*); load it directly instead of converting.",
+        )
+    raise InputError(
+        "weights",
+        "is neither a torchvision ResNet state_dict (conv1/bn1/layer1..4/fc) nor a "
+        f"fasterrcnn_resnet50_fpn one (backbone.body.*, backbone.fpn.*, rpn.*, roi_heads.*); "
+        f"first keys: {keys[:3]}.",
+    )
+
+
+def _rename_body_key(key: str) -> str | None:
+    """torchvision ResNet key → SerialBackbone key (None: not part of the body, e.g. fc)."""
+    if key.startswith("conv1."):
+        return "stem.conv." + key[len("conv1."):]
+    if key.startswith("bn1."):
+        return "stem.bn." + key[len("bn1."):]
+    m = _LAYER_KEY.match(key)
+    if m:
+        return f"stages.{int(m.group(1)) - 1}.{m.group(2)}.{m.group(3)}"
+    return None
+
+
+def _checkpoint_layout(body: Mapping[str, torch.Tensor]) -> tuple[list[int], str]:
+    """Blocks per layer and block type as stored in a torchvision ResNet body."""
+    counts: dict[int, int] = {}
+    for k in body:
+        m = _LAYER_KEY.match(k)
+        if m:
+            layer, idx = int(m.group(1)), int(m.group(2))
+            counts[layer] = max(counts.get(layer, 0), idx + 1)
+    layers = [counts.get(i, 0) for i in range(1, max(counts, default=0) + 1)]
+    if "layer1.0.conv3.weight" not in body:
+        block = "BasicBlock"
+    else:
+        w = body["layer1.0.conv2.weight"]
+        block = "ResNeXt" if w.shape[0] != w.shape[1] else "Bottleneck"
+    return layers, block
+
+
+def _suggest_code(layers: list[int]) -> str:
+    # torchvision's layout: first stage keeps the resolution, later stages start with stride 2.
+    return "-".join(("1" if i == 0 else "2") + "1" * (n - 1) for i, n in enumerate(layers) if n)
+
+
+def _convert_body(
+    body: Mapping[str, torch.Tensor], code: str, block: str
+) -> tuple[OrderedDict[str, torch.Tensor], dict[str, str]]:
+    stages = validate_code(code)
+    block = validate_block(block)
+    layers, ck_block = _checkpoint_layout(body)
+    if [len(s) for s in stages] != layers:
+        raise InputError(
+            "backbone_code",
+            f"{code!r} has {[len(s) for s in stages]} blocks per stage but the checkpoint has "
+            f"{layers} (layer1..layer{len(layers)}); use a code with that layout, e.g. "
+            f"{_suggest_code(layers)!r}.",
+        )
+    if ck_block != block:
+        raise InputError(
+            "block", f"is {block!r} but the checkpoint holds {ck_block} blocks; use {ck_block!r}."
+        )
+
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    dropped: dict[str, str] = {}
+    for k, v in body.items():
+        new = _rename_body_key(k)
+        if new is None:
+            dropped[k] = "classifier head" if k.startswith("fc.") else "not part of the ResNet body"
+        else:
+            out[new] = v
+
+    # Build the target on the meta device (no memory, no init cost) to check every shape.
+    with torch.device("meta"):
+        base_width = int(body["conv1.weight"].shape[0])
+        expected = SerialBackbone(code, block, base_width=base_width).state_dict()
+    missing = [k for k in expected if k not in out and not k.endswith(_COUNTER)]
+    extra = [k for k in out if k not in expected]
+    wrong = [k for k in out if k in expected and tuple(out[k].shape) != tuple(expected[k].shape)]
+    if missing or extra or wrong:
+        detail = "; ".join(
+            f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+            for label, names in (
+                ("missing in checkpoint", missing),
+                ("not in the code's network", extra),
+                ("shape differs", wrong),
+            )
+            if names
+        )
+        raise InputError(
+            "backbone_code",
+            f"{code!r} with {block} does not match the checkpoint's structure ({detail}); "
+            "strides must put downsample convs where the checkpoint has them.",
+        )
+    return out, dropped
+
+
+def convert_checkpoint(
+    state_dict: Mapping[str, torch.Tensor],
+    code: str,
+    block: str,
+    target: nn.Module | Mapping[str, torch.Tensor] | None = None,
+) -> Conversion:
+    """Rename a torchvision ResNet / fasterrcnn_resnet50_fpn state_dict for spnas.
+
+    Without `target`: a ResNet gives bare SerialBackbone keys, a FasterRCNN gives detector
+    keys. With `target` (a model or its state_dict): keys are prefixed/stripped to the
+    target's layout and every key the target lacks, or whose shape differs (e.g. a box
+    predictor for another class count), is dropped and reported in `dropped`.
+    """
+    sd = _strip_module_prefix(state_dict)
+    fmt = detect_format(sd)
+    if fmt == "resnet":
+        out, dropped = _convert_body(sd, code, block)
+    else:
+        body = {k[len(DETECTOR_BODY):]: v for k, v in sd.items() if k.startswith(DETECTOR_BODY)}
+        renamed, dropped = _convert_body(body, code, block)
+        dropped = {DETECTOR_BODY + k: r for k, r in dropped.items()}
+        out = OrderedDict((DETECTOR_BODY + k, v) for k, v in renamed.items())
+        for k, v in sd.items():
+            if not k.startswith(DETECTOR_BODY):
+                out[k] = v  # fpn / rpn / roi_heads: same names in our detector
+
+    if target is not None:
+        target_sd = target.state_dict() if isinstance(target, nn.Module) else target
+        shapes = {k: tuple(v.shape) for k, v in target_sd.items()}
+        target_is_detector = any(k.startswith(DETECTOR_BODY) for k in shapes)
+        if fmt == "resnet" and target_is_detector:
+            out = OrderedDict((DETECTOR_BODY + k, v) for k, v in out.items())
+        elif fmt == "fasterrcnn" and not target_is_detector:
+            for k in out:
+                if not k.startswith(DETECTOR_BODY):
+                    dropped[k] = "detector part; the target is a bare backbone"
+            out = OrderedDict(
+                (k[len(DETECTOR_BODY):], v) for k, v in out.items() if k.startswith(DETECTOR_BODY)
+            )
+        kept: OrderedDict[str, torch.Tensor] = OrderedDict()
+        for k, v in out.items():
+            if k not in shapes:
+                dropped[k] = "not in the target model"
+            elif shapes[k] != tuple(v.shape):
+                dropped[k] = f"shape {tuple(v.shape)} != target {shapes[k]}"
+            else:
+                kept[k] = v
+        out = kept
+    return Conversion(out, fmt, dropped)
+
+
+def convert_torchvision_resnet(
+    state_dict: Mapping[str, torch.Tensor],
+    code: str,
+    block: str,
+    target: nn.Module | Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """`convert_checkpoint(...).state_dict`; dropped keys are only logged (convert_checkpoint
+    returns them)."""
+    conv = convert_checkpoint(state_dict, code, block, target)
+    if conv.dropped:
+        log.info("convert: %d checkpoint tensors not kept: %s", len(conv.dropped), conv.dropped)
+    return conv.state_dict
+
+
+def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict from a .pth file (weights_only), unwrapping {"model"/"state_dict": ...}."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("weights_file", f"{str(p)!r} does not exist or is not a file.")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors vary by cause; the user needs one sentence
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            "weights_file", f"{str(p)!r} is not a readable torch weights file ({first[:200]})."
+        ) from exc
+    wrappers = ("model", "state_dict")
+    while isinstance(obj, Mapping) and any(isinstance(obj.get(k), Mapping) for k in wrappers):
+        obj = obj["model"] if isinstance(obj.get("model"), Mapping) else obj["state_dict"]
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
+        raise InputError(
+            "weights_file",
+            f"{str(p)!r} holds no state_dict (expected a dict of name -> tensor, optionally "
+            "under 'model' or 'state_dict').",
+        )
+    return dict(obj)
