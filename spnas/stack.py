@@ -136,6 +136,8 @@ def stack_env(cfg: StackConfig) -> dict[str, str]:
     no_proxy = ",".join(p for p in (os.environ.get("NO_PROXY", ""), loopback) if p)
     return {
         "SPNAS_HOME": str(cfg.state),
+        # prefect.yaml's pull step runs each flow from this checkout.
+        "SPNAS_REPO": str(REPO_ROOT),
         "SPNAS_PREFECT_PORT": str(cfg.prefect_port),
         "SPNAS_MLFLOW_PORT": str(cfg.mlflow_port),
         # Prefect home, profiles and DB inside the state folder: ~/.prefect is never read.

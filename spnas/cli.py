@@ -1,0 +1,208 @@
+"""`spnas` — what a user does by hand: bring the stack up/down, deploy, run a pipeline, split a
+data set, predict with an exported model. Bad input prints one line and exits 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from spnas.errors import InputError
+
+MAIN_DEPLOYMENT = "spnas/full"
+
+# deployment -> (params model import path, default params file)
+PIPELINES: dict[str, tuple[str, str]] = {
+    "lcnet/full": ("params.models:LcnetParams", "params/lcnet.yaml"),
+    "spnas/full": ("params.models:SpnasParams", "params/spnas.yaml"),
+}
+
+
+def _params_model(deployment: str) -> tuple[type, str]:
+    if deployment not in PIPELINES:
+        raise InputError("deployment", f"unknown deployment {deployment!r}; known: {', '.join(PIPELINES)}")
+    import importlib
+
+    target, default_file = PIPELINES[deployment]
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name), default_file
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    from params.loader import parse_override
+
+    return dict(parse_override(p) for p in pairs)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from spnas import stack
+
+    info = stack.up(stack.StackConfig())
+    print(info.describe())
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from spnas import stack
+
+    stack.down(stack.StackConfig())
+    print("stack stopped")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from spnas import stack
+
+    print(json.dumps(stack.status(stack.StackConfig()), indent=2, default=str))
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """`eval "$(spnas env)"` points the prefect/mlflow CLIs at this project's servers."""
+    import shlex
+
+    from spnas import stack
+
+    for key, value in stack.stack_env(stack.StackConfig()).items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from spnas import stack
+
+    return stack.deploy_all(stack.StackConfig())
+
+
+def cmd_check_params(args: argparse.Namespace) -> int:
+    from params.loader import load_params
+
+    model, default_file = _params_model(args.deployment)
+    p = load_params(model, args.params_file or default_file, _overrides(args.set))
+    print(json.dumps(p.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validate the parameters here first, so a typo fails in a second, not on the worker."""
+    from params.loader import load_params
+    from spnas import stack
+
+    model, default_file = _params_model(args.deployment)
+    params_file = args.params_file or default_file
+    overrides = _overrides(args.set)
+    load_params(model, params_file, overrides)
+    cfg = stack.StackConfig()
+    return stack.run_deployment(cfg, args.deployment, {"params_file": params_file, "overrides": overrides},
+                                watch=not args.no_watch)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Up (or reuse) the stack, deploy everything, run the main job and say where to look."""
+    from spnas import stack
+
+    cfg = stack.StackConfig()
+    info = stack.up(cfg)
+    print(info.describe(), flush=True)
+    code = stack.deploy_all(cfg)
+    if code != 0:
+        return code
+    params_file = args.params_file or _params_model(args.deployment)[1]
+    code = stack.run_deployment(cfg, args.deployment, {"params_file": params_file, "overrides": _overrides(args.set)},
+                                watch=True)
+    print()
+    print(info.describe())
+    print(f"outputs: {Path(stack.stack_env(cfg)['SPNAS_HOME']) / 'outputs'}/<flow-run-name>/")
+    return code
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from data.split import format_split_summary, split_imagenet_folder
+
+    if args.format != "ImageNet":
+        raise InputError("--format", f"{args.format!r} is not supported; use ImageNet")
+    result = split_imagenet_folder(Path(args.dataset_dir), args.val_value, args.test_value, args.seed)
+    print(format_split_summary(result))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from deploy.predictor import ClassifierPredictor
+
+    predictor = ClassifierPredictor(args.model_dir, threads=args.threads)
+    results = predictor.predict(list(args.images), topk=args.topk, batch_size=args.batch_size,
+                                warmup=args.warmup, repeats=args.repeats)
+    for image, result in zip(args.images, results):
+        print(json.dumps({"image": image, "result": result}))
+    print(predictor.time_info.report())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spnas", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("up", help="start (or reuse) Prefect server, worker and MLflow server").set_defaults(fn=cmd_up)
+    sub.add_parser("down", help="stop exactly the processes `up` started").set_defaults(fn=cmd_down)
+    sub.add_parser("status", help="pids and health of the stack").set_defaults(fn=cmd_status)
+    sub.add_parser("env", help="print export lines for the prefect/mlflow CLIs").set_defaults(fn=cmd_env)
+    sub.add_parser("deploy", help="register every deployment in prefect.yaml").set_defaults(fn=cmd_deploy)
+
+    def add_params_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--params-file", help="YAML of parameters (default: params/<flow>.yaml)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one parameter (repeatable), e.g. --set epochs=20")
+
+    p = sub.add_parser("run", help="run a deployment and watch it")
+    p.add_argument("deployment", help=f"one of {', '.join(PIPELINES)}")
+    add_params_args(p)
+    p.add_argument("--no-watch", action="store_true")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("demo", help="up + deploy + run the main job end to end")
+    p.add_argument("--deployment", default=MAIN_DEPLOYMENT)
+    add_params_args(p)
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("check-params", help="validate a deployment's parameters without running it")
+    p.add_argument("deployment")
+    add_params_args(p)
+    p.set_defaults(fn=cmd_check_params)
+
+    p = sub.add_parser("split-dataset", help="PaddleX-style split: writes *_list.txt and labels.txt into the folder")
+    p.add_argument("--format", default="ImageNet")
+    p.add_argument("--dataset-dir", required=True)
+    p.add_argument("--val-value", type=float, required=True)
+    p.add_argument("--test-value", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_split)
+
+    p = sub.add_parser("predict", help="top-k classes of images with an exported model folder")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--topk", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=1)
+    p.set_defaults(fn=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if type(exc).__name__ == "StackError":
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
