@@ -90,3 +90,25 @@ def finish(pipe: Pipeline, summary: dict[str, Any], table: list[dict[str, Any]] 
         lines += [f"* MLflow run: [{pipe.parent_run_id}]({url})", f"* compare runs: [runs table]({runs})"]
     tracker.publish_markdown(f"{pipe.name}-mlflow", "\n".join(lines), "where this run's files and metrics are")
     return {**summary, "run_dir": str(pipe.run_dir), "mlflow_run_id": pipe.parent_run_id}
+
+
+def map_candidates(task: Any, candidates: list[dict[str, Any]], **common: Any) -> list[Any]:
+    """`task.map` over candidates (a task runner may spread them); a failed candidate gives None
+    (the search is told it failed) instead of failing the stage."""
+    from prefect import unmapped
+
+    logger = get_run_logger()
+    futures = task.map(candidate=candidates, **{k: unmapped(v) for k, v in common.items()})
+    results: list[Any] = []
+    for candidate, future in zip(candidates, futures):
+        future.wait()
+        state = future.state
+        if not state.is_completed():
+            logger.warning("candidate %s failed: %s", candidate.get("id"), state.message)
+            results.append(None)
+            continue
+        result = future.result()
+        if state.name == "Cached" and missing_files(result):
+            result = task.with_options(refresh_cache=True)(candidate=candidate, **common)
+        results.append(result)
+    return results

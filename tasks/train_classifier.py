@@ -19,7 +19,6 @@ from data.transforms import Preprocess, train_augment
 from engine.classification import TrainConfig, fit
 from engine.runtime import configure_torch
 from latency.flops import count_macs_params
-from nas_models.inherit import inherit_weights
 from nas_models.registry import build_from_desc
 from tasks.common import STAGE_CACHE, stage_dir, write_csv, write_json
 from tracking import tracker
@@ -56,6 +55,8 @@ def train_classifier(split: dict[str, Any], params: dict[str, Any], out_dir: Pat
     model = build_from_desc(desc)
     inherited = None
     if params.get("pretrained_weights"):
+        from nas_models.inherit import inherit_weights
+
         state = torch.load(params["pretrained_weights"], map_location="cpu", weights_only=True)
         inherited = inherit_weights(model, state.get("model", state) if isinstance(state, dict) else state)
     macs, n_params = count_macs_params(model, (1, 3, params["input_size"], params["input_size"]))

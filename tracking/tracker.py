@@ -157,6 +157,34 @@ def log_curve(run_id: str, history: list[Mapping[str, Any]], keys: Iterable[str]
     plt.close(fig)
 
 
+def log_pareto_plot(run_id: str, rows: list[Mapping[str, Any]], x_key: str, y_key: str, front_key: str,
+                    artifact_file: str, title: str = "") -> None:
+    """Scatter of every candidate (x_key vs y_key) with the Pareto front highlighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if isinstance(r.get(x_key), (int, float)) and isinstance(r.get(y_key), (int, float))]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    others = [r for r in rows if not r.get(front_key)]
+    front = sorted((r for r in rows if r.get(front_key)), key=lambda r: r[x_key])
+    ax.scatter([r[x_key] for r in others], [r[y_key] for r in others], c="grey", label="candidates")
+    ax.plot([r[x_key] for r in front], [r[y_key] for r in front], "o-", c="tab:red", label="Pareto front")
+    for r in rows:
+        ax.annotate(str(r.get("id", "")), (r[x_key], r[y_key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(y_key)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    log_figure(run_id, fig, artifact_file)
+    plt.close(fig)
+
+
 def finish_run(run_id: str, status: str = "FINISHED") -> None:
     client().set_terminated(run_id, status=status)
 
