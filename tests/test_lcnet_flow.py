@@ -1,0 +1,70 @@
+"""One real end-to-end run of lcnet/full (real Prefect API, real MLflow store, real training,
+real ONNX Runtime), then a second run that must reuse every finished stage."""
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+OVERRIDES = {"epochs": 3, "scale": 0.5, "batch_size": 64, "predict_count": 4, "predict_repeats": 2}
+
+
+def _task_states(flow_run_id) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def read():
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+    return asyncio.run(read())
+
+
+def test_lcnet_flow_end_to_end_and_resume(prefect_api, tmp_path: Path) -> None:
+    from flows.lcnet import lcnet
+    from tracking import tracker
+
+    overrides = {**OVERRIDES, "output_root": str(tmp_path / "out")}
+    state = lcnet(params_file="params/lcnet.yaml", overrides=overrides, return_state=True)
+    summary = state.result()
+    run_dir = Path(summary["run_dir"])
+    for rel in ["split/train_list.txt", "split/labels.txt", "train/desc_0.json", "train/model_0.pth",
+                "train/performance_0.json", "train/output.csv", "evaluate/performance.json",
+                "export/inference_model/model.onnx", "export/inference_model/model.ts",
+                "export/inference_model/model.yml", "predict/predictions.json", "predict/time_info.txt"]:
+        assert (run_dir / rel).is_file(), rel
+    assert summary["test_top1"] > 0.6  # 3 short epochs; the default 10 epochs reach ≥ 0.95
+    assert summary["onnx_max_abs_diff"] < 1e-4
+    assert "Inference Time Info" in (run_dir / "predict/time_info.txt").read_text()
+
+    children = tracker.child_runs(summary["mlflow_run_id"])
+    assert {r.info.run_name for r in children} == {"split", "train", "evaluate", "export", "predict"}
+    train = next(r for r in children if r.info.run_name == "train")
+    assert train.data.metrics["val_top1"] == pytest.approx(json.loads((run_dir / "train/performance_0.json").read_text())["val_top1"])
+    artifacts = {a.path for a in tracker.client().list_artifacts(train.info.run_id, "train")}
+    assert "train/model_0.pth" in artifacts and "train/curve.png" in artifacts
+
+    # Same parameters again: every stage comes back Cached and the first run's files are untouched.
+    model_file = run_dir / "train/model_0.pth"
+    before = model_file.stat().st_mtime_ns
+    state2 = lcnet(params_file="params/lcnet.yaml", overrides=overrides, return_state=True)
+    summary2 = state2.result()
+    states = _task_states(state2.state_details.flow_run_id)
+    assert set(states.values()) == {"Cached"}, states
+    assert model_file.stat().st_mtime_ns == before
+    assert summary2["test_top1"] == summary["test_top1"]
+    assert Path(summary2["run_dir"]) != run_dir  # each flow run has its own folder
+
+
+def test_bad_params_fail_before_any_work(prefect_api, tmp_path: Path) -> None:
+    from flows.lcnet import lcnet
+    from spnas.errors import InputError
+
+    with pytest.raises(InputError, match="scale"):
+        lcnet(params_file="params/lcnet.yaml", overrides={"scale": 0.3, "output_root": str(tmp_path)})
+    assert not any(tmp_path.iterdir())
