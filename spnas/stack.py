@@ -504,6 +504,7 @@ class StackInfo:
 @contextlib.contextmanager
 def _locked(cfg: StackConfig) -> Iterator[None]:
     """Serialise up/down on one state folder (two terminals running `up` at once)."""
+    cfg.state.mkdir(parents=True, exist_ok=True)
     with open(cfg.state / "stack.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

@@ -25,7 +25,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_spnas_flow_end_to_end(prefect_api, tmp_path: Path) -> None:
-    from flows.spnas import spnas
+    from flows.sp_nas import spnas
     from tracking import tracker
 
     summary = spnas(params_file="params/spnas.yaml", overrides={**TINY, "output_root": str(tmp_path)})
@@ -64,7 +64,7 @@ def test_spnas_flow_end_to_end(prefect_api, tmp_path: Path) -> None:
 
 
 def test_spnas_rejects_bad_code_before_work(prefect_api, tmp_path: Path) -> None:
-    from flows.spnas import spnas
+    from flows.sp_nas import spnas
     from spnas.errors import InputError
 
     with pytest.raises(InputError, match="backbone_code"):
