@@ -13,7 +13,7 @@ from tasks.export_detector import export_detector_task
 from tasks.fine_tune import fine_tune_task
 from tasks.fully_train import compare_task, fully_train_task
 from tasks.parallel_search import parallel_search
-from tasks.pipeline import finish, map_candidates, pipeline, run_stage
+from tasks.pipeline import candidate_runner, finish, map_candidates, pipeline, run_stage
 from tasks.reignite import reignite_task
 from tasks.serial_search import serial_search
 from tasks.split import resolve_dataset_dir
@@ -34,9 +34,10 @@ def spnas(params_file: str = "params/spnas.yaml", overrides: dict[str, Any] | No
         run = {"run_dir": str(pipe.run_dir), "parent_run_id": pipe.parent_run_id}
         data = run_stage(split_detection_task, p=v, data_fingerprint=_data_fingerprint(v), **run)
         start = run_stage(fine_tune_task, data=data, p=v, **run)
-        serial = serial_search(data=data, p=v, start=start, **run)
+        runner, search_v = candidate_runner(v)
+        serial = serial_search.with_options(task_runner=runner)(data=data, p=search_v, start=start, **run)
         reignited = run_stage(reignite_task, data=data, chosen=serial["best"], p=v, **run)
-        parallel = parallel_search(data=data, p=v, base=reignited, **run)
+        parallel = parallel_search.with_options(task_runner=runner)(data=data, p=search_v, base=reignited, **run)
         final = {**parallel["best"], "role": "final"}
         to_train = [final] + ([{**start, "neck_code": None, "role": "baseline"}] if p.baseline else [])
         trained = map_candidates(fully_train_task, to_train, data=data, p=v, **run)

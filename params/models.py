@@ -156,6 +156,8 @@ class SpnasParams(RunParams, SplitParams):
     fully_train_epochs: int = Field(4, ge=1)
     baseline: bool = Field(True, description="also fully train the starting architecture with the same budget")
     eval_max_images: int | None = Field(None, ge=1, description="cap on scoring images per candidate (null = all)")
+    candidate_workers: int = Field(1, ge=1, le=256, description="candidates trained at once (threads; cores are shared)")
+    dask_address: str | None = Field(None, description="tcp://host:port of a Dask scheduler to train candidates on")
 
     @field_validator("train_images", "val_images", "classification_dir")
     @classmethod

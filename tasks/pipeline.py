@@ -112,3 +112,23 @@ def map_candidates(task: Any, candidates: list[dict[str, Any]], **common: Any) -
             result = task.with_options(refresh_cache=True)(candidate=candidate, **common)
         results.append(result)
     return results
+
+
+def candidate_runner(values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The task runner the search stages map candidates over, and the params adjusted for it.
+
+    Default: one candidate at a time with every core (two trainings on 2 cores only fight).
+    `candidate_workers` > 1 splits the cores between threads; `dask_address` sends candidates to
+    an existing Dask cluster (its workers need this project installed)."""
+    import os
+
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    workers = values.get("candidate_workers", 1)
+    if values.get("dask_address"):
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=values["dask_address"]), values
+    if workers > 1 and not values.get("num_threads"):
+        values = {**values, "num_threads": max(1, (os.cpu_count() or 1) // workers)}
+    return ThreadPoolTaskRunner(max_workers=workers), values
