@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from spnas.errors import InputError
+from spnas.procs import pid_alive
 
 MARKER = ".complete"
 
@@ -74,15 +75,5 @@ def _remove_stale_builds(final: Path) -> None:
     """Delete temporary folders left by builds whose process has died."""
     for path in final.parent.glob(f".{final.name}.building-*"):
         pid_text = path.name.rsplit(".building-", 1)[1].split("-", 1)[0]
-        if pid_text.isdigit() and not _alive(int(pid_text)):
+        if pid_text.isdigit() and not pid_alive(int(pid_text)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -27,6 +27,9 @@ from typing import Any, Callable
 
 from spnas.errors import InputError
 from spnas.paths import REPO_ROOT, state_dir
+from spnas.procs import pid_alive as _alive
+from spnas.procs import proc_stat as _proc_stat
+from spnas.procs import read_proc as _read_proc
 
 PREFECT = "prefect"
 MLFLOW = "mlflow"
@@ -199,38 +202,6 @@ def _argv(cfg: StackConfig, service: str) -> list[str]:
                 "--serve-artifacts", "--artifacts-destination", str(cfg.state / "mlartifacts")]
     return [_bin("prefect"), "worker", "start", "--pool", cfg.pool, "--type", "process",
             "--name", WORKER_NAME, "--limit", str(cfg.worker_limit)]
-
-
-def _read_proc(pid: int, name: str) -> bytes | None:
-    try:
-        return Path(f"/proc/{pid}/{name}").read_bytes()
-    except OSError:
-        return None
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, pgrp) of a process from /proc, None if it does not exist."""
-    raw = _read_proc(pid, "stat")
-    if raw is None:
-        return None
-    # The command name may contain spaces and parentheses: split after the last ')'.
-    fields = raw[raw.rfind(b")") + 2:].split()
-    return fields[0].decode(), int(fields[1]), int(fields[2])
-
-
-def _alive(pid: int) -> bool:
-    stat = _proc_stat(pid)
-    if stat is not None:
-        return stat[0] not in {"Z", "X"}  # a zombie still answers kill(pid, 0)
-    if Path("/proc/self").exists():
-        return False
-    try:  # no procfs (macOS): fall back to the signal probe
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _cmdline(pid: int) -> list[str] | None:

@@ -7,7 +7,8 @@ sub-networks one at a time, each on a stage drawn with probability inversely pro
 to that sub-network's extra cost (FLOPs), so cheap additions are explored more often than
 expensive ones.
 
-Same ask/tell interface and persistence as strategies.serial.SerialSearch; pure Python.
+Same ask/tell interface and persistence as strategies.serial.SerialSearch (both build on
+strategies.ask_tell.AskTellSearch); pure Python.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from typing import Any
 
 from spnas.errors import InputError
 
-from .pareto import best_on_objective, check_objectives, clean_metrics, objective_vector, pareto_front
-from .serial import rng_state_from_json, rng_state_to_json
+from .ask_tell import AskTellSearch
+from .pareto import check_objectives
 
 # Rejection-sampling tries per requested candidate before yielding fewer: the space can be
 # small (4 stages, <= 3 per stage, <= 4 additions: 65 codes) and skewed by the cost weights.
@@ -105,8 +106,10 @@ class ParallelCandidate:
         return cls(id=int(data["id"]), code=[int(k) for k in data["code"]])
 
 
-class ParallelSearch:
+class ParallelSearch(AskTellSearch[ParallelCandidate]):
     """SpNasP as ask/tell: random, cost-weighted neck codes, Pareto front over the results."""
+
+    _STRATEGY = "ParallelSearch"
 
     def __init__(
         self,
@@ -122,9 +125,7 @@ class ParallelSearch:
         self.num_stages = _check_int("num_stages", num_stages, 1)
         self.extra_cost = _check_costs(extra_cost, num_stages)
         self.max_sample = _check_int("max_sample", max_sample, 1)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise InputError("seed", f"must be an integer, got {seed!r}")
-        self.seed = seed
+        super().__init__(seed)
         self.max_per_stage = _check_int("max_per_stage", max_per_stage, 1)
         self.max_additions = _check_int("max_additions", max_additions, 1)
         if max_additions > num_stages * max_per_stage:
@@ -133,20 +134,19 @@ class ParallelSearch:
         self.objective_keys, self.maximize = check_objectives(objective_keys, maximize)
         # A budget larger than the space cannot be met without duplicates; stop at the space.
         self.space_size = count_neck_codes(num_stages, max_per_stage, max_additions)
-        self._rng = random.Random(seed)
-        self._candidates: list[ParallelCandidate] = []
-        self._metrics: dict[int, dict[str, Any] | None] = {}
-        self._stalled = False
 
     @property
     def budget(self) -> int:
         return min(self.max_sample, self.space_size)
 
-    def ask(self, n: int = 1) -> list[ParallelCandidate]:
-        """Up to n new, never-seen neck codes (fewer when the budget or the space runs out)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}")
-        n = min(n, self.budget - len(self._candidates))
+    def _objectives(self) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+        return self.objective_keys, self.maximize
+
+    def _budget(self) -> int:
+        return self.budget
+
+    def _propose(self, n: int) -> list[ParallelCandidate]:
+        """Up to n new, never-seen neck codes (fewer when the space runs out)."""
         seen = {tuple(c.code) for c in self._candidates}
         out: list[ParallelCandidate] = []
         for _ in range(n):
@@ -160,48 +160,7 @@ class ParallelSearch:
                     break
             else:
                 break  # unseen codes are very unlikely under these weights; yield what we have
-        if not out and n > 0 and not self.pending_ids():
-            self._stalled = True
         return out
-
-    def tell(self, candidate_id: int, metrics: Mapping[str, Any] | None) -> None:
-        """Report metrics holding every objective key, or None for a failed candidate."""
-        if isinstance(candidate_id, bool) or not isinstance(candidate_id, int) \
-                or not 0 <= candidate_id < len(self._candidates):
-            raise ValueError(f"unknown candidate id {candidate_id!r}")
-        if candidate_id in self._metrics:
-            raise ValueError(f"candidate {candidate_id} was already told")
-        if metrics is not None and not isinstance(metrics, Mapping):
-            raise ValueError(f"metrics must be a dict or None, got {type(metrics).__name__}")
-        self._metrics[candidate_id] = None if metrics is None else clean_metrics(metrics, self.objective_keys)
-
-    @property
-    def done(self) -> bool:
-        if self.pending_ids():
-            return False
-        return len(self._candidates) >= self.budget or self._stalled
-
-    @property
-    def candidates(self) -> list[ParallelCandidate]:
-        return list(self._candidates)
-
-    def pending_ids(self) -> list[int]:
-        return [c.id for c in self._candidates if c.id not in self._metrics]
-
-    @property
-    def history(self) -> list[tuple[ParallelCandidate, dict[str, Any] | None]]:
-        """Told candidates in id order with their metrics (None for failed ones)."""
-        return [(c, self._metrics[c.id]) for c in self._candidates if c.id in self._metrics]
-
-    def pareto_ids(self) -> list[int]:
-        told = [(cid, m) for cid, m in sorted(self._metrics.items()) if m is not None]
-        points = [objective_vector(m, self.objective_keys) for _, m in told]
-        return [told[i][0] for i in pareto_front(points, self.maximize)] if told else []
-
-    def best(self) -> ParallelCandidate:
-        """The front member best on the first objective (lowest id on ties)."""
-        best_id = best_on_objective(self._metrics, self.pareto_ids(), self.objective_keys[0], self.maximize[0])
-        return self._candidates[best_id]
 
     def _settings(self) -> dict[str, Any]:
         return {
@@ -212,29 +171,14 @@ class ParallelSearch:
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable snapshot including the RNG, so a resumed search continues identically."""
-        return {
-            "strategy": "ParallelSearch",
-            "version": 1,
-            "settings": self._settings(),
-            "candidates": [c.to_dict() for c in self._candidates],
-            "metrics": [[cid, m] for cid, m in sorted(self._metrics.items())],
-            "stalled": self._stalled,
-            "rng": rng_state_to_json(self._rng),
-        }
+        return {"strategy": self._STRATEGY, "version": 1, "settings": self._settings(), **self._progress_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("strategy") != "ParallelSearch":
-            raise ValueError(f"not a ParallelSearch state (strategy={state.get('strategy')!r})")
+        self._check_strategy(state)
         if dict(state["settings"]) != self._settings():
             raise ValueError("state was saved by a search with different settings; "
                              "use ParallelSearch.from_state_dict(state) to rebuild that search")
-        candidates = [ParallelCandidate.from_dict(c) for c in state["candidates"]]
-        if [c.id for c in candidates] != list(range(len(candidates))):
-            raise ValueError("state candidates must have ids 0..n-1 in order")
-        self._candidates = candidates
-        self._metrics = {int(cid): (None if m is None else dict(m)) for cid, m in state["metrics"]}
-        self._stalled = bool(state["stalled"])
-        self._rng.setstate(rng_state_from_json(state["rng"]))
+        self._load_progress(state, ParallelCandidate.from_dict)
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> ParallelSearch:

@@ -20,7 +20,9 @@ from typing import Any
 
 from spnas.errors import InputError
 
-from .pareto import best_on_objective, check_objectives, clean_metrics, objective_vector, pareto_front, select_parents
+from .ask_tell import AskTellSearch
+from .ask_tell import rng_state_from_json, rng_state_to_json  # noqa: F401  (were defined here; kept importable)
+from .pareto import check_objectives, select_parents
 
 MUTATION_KINDS = ("expand", "swap", "add_stage")
 
@@ -228,20 +230,9 @@ class Candidate:
                    mutations=list(data.get("mutations", [])))
 
 
-def rng_state_to_json(rng: random.Random) -> list[Any]:
-    """random.Random state as JSON lists (getstate() holds tuples)."""
-    version, internal, gauss_next = rng.getstate()
-    return [version, list(internal), gauss_next]
-
-
-def rng_state_from_json(state: Sequence[Any]) -> tuple[Any, ...]:
-    version, internal, gauss_next = state
-    return (version, tuple(internal), gauss_next)
-
-
 # --------------------------------------------------------------------------- the search
 
-class SerialSearch:
+class SerialSearch(AskTellSearch[Candidate]):
     """SpNasS as ask/tell.
 
     >>> search = SerialSearch(["11-21-21-21"], SerialSearchConfig(max_sample=4), seed=0)
@@ -251,12 +242,13 @@ class SerialSearch:
     ...         search.tell(c.id, {"mAP": 0.5, "params": float(len(c.code))})
     """
 
+    _STRATEGY = "SerialSearch"
+
     def __init__(self, init_codes: Sequence[str], config: SerialSearchConfig | None = None, seed: int = 0) -> None:
         self.config = config if config is not None else SerialSearchConfig()
         if not isinstance(self.config, SerialSearchConfig):
             raise InputError("config", f"must be a SerialSearchConfig, got {type(self.config).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise InputError("seed", f"must be an integer, got {seed!r}")
+        super().__init__(seed)
         if isinstance(init_codes, str) or not isinstance(init_codes, Sequence) or not init_codes:
             raise InputError("init_codes", "must be a non-empty list of codes like ['11-21-21-21']")
         cfg = self.config
@@ -270,37 +262,26 @@ class SerialSearch:
         if len(init_codes) > cfg.max_sample:
             raise InputError("init_codes", f"has {len(init_codes)} codes but max_sample is {cfg.max_sample}")
         self.init_codes = list(init_codes)
-        self.seed = seed
-        self._rng = random.Random(seed)
-        self._candidates: list[Candidate] = []
-        self._metrics: dict[int, dict[str, Any] | None] = {}  # told only; None = failed
-        self._stalled = False
 
-    # ---- ask / tell
+    def _objectives(self) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+        return self.config.objective_keys, self.config.maximize
 
-    def ask(self, n: int = 1) -> list[Candidate]:
-        """Up to n new candidates (fewer when the budget, the parents or new codes run out).
+    def _budget(self) -> int:
+        return self.config.max_sample
 
-        Initial codes come first; afterwards children of the current Pareto parents. An
-        empty list while candidates are pending means: tell their results, then ask again.
-        """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}")
-        n = min(n, self.config.max_sample - len(self._candidates))
+    def _propose(self, n: int) -> list[Candidate]:
+        """Initial codes first; afterwards children of the current Pareto parents."""
         out: list[Candidate] = []
         pending_init = self.init_codes[sum(c.parent_id is None for c in self._candidates):]
         for code in pending_init[:n]:
             out.append(self._add(code, None, []))
         if len(out) < n:
             out.extend(self._children(n - len(out)))
-        if not out and n > 0 and not self.pending_ids():
-            # Nothing in flight and nothing new found: no later ask can know more.
-            self._stalled = True
         return out
 
     def _children(self, n: int) -> list[Candidate]:
         cfg = self.config
-        told = [(cid, m) for cid, m in sorted(self._metrics.items()) if m is not None]
+        told = self._successes()
         if not told:
             return []
         picks = select_parents([m for _, m in told], cfg.objective_keys, cfg.maximize, cfg.max_optimal)
@@ -326,86 +307,27 @@ class SerialSearch:
         self._candidates.append(cand)
         return cand
 
-    def tell(self, candidate_id: int, metrics: Mapping[str, Any] | None) -> None:
-        """Report a candidate's metrics (must hold every objective key), or None if it failed.
-
-        Failed candidates stay in the history and are never proposed again, but are never
-        chosen as parents.
-        """
-        if isinstance(candidate_id, bool) or not isinstance(candidate_id, int) \
-                or not 0 <= candidate_id < len(self._candidates):
-            raise ValueError(f"unknown candidate id {candidate_id!r}")
-        if candidate_id in self._metrics:
-            raise ValueError(f"candidate {candidate_id} was already told")
-        if metrics is not None and not isinstance(metrics, Mapping):
-            raise ValueError(f"metrics must be a dict or None, got {type(metrics).__name__}")
-        self._metrics[candidate_id] = None if metrics is None else clean_metrics(metrics, self.config.objective_keys)
-
-    # ---- queries
-
-    @property
-    def done(self) -> bool:
-        """True when no further candidate will come and every proposed one was told."""
-        if self.pending_ids():
-            return False
-        return len(self._candidates) >= self.config.max_sample or self._stalled
-
-    @property
-    def candidates(self) -> list[Candidate]:
-        return list(self._candidates)
-
-    def pending_ids(self) -> list[int]:
-        """Asked but not yet told (e.g. to re-run after a resume)."""
-        return [c.id for c in self._candidates if c.id not in self._metrics]
-
-    @property
-    def history(self) -> list[tuple[Candidate, dict[str, Any] | None]]:
-        """Told candidates in id order with their metrics (None for failed ones)."""
-        return [(c, self._metrics[c.id]) for c in self._candidates if c.id in self._metrics]
-
-    def pareto_ids(self) -> list[int]:
-        """Ids of successful candidates on the Pareto front of the objectives."""
-        told = [(cid, m) for cid, m in sorted(self._metrics.items()) if m is not None]
-        points = [objective_vector(m, self.config.objective_keys) for _, m in told]
-        return [told[i][0] for i in pareto_front(points, self.config.maximize)] if told else []
-
-    def best(self) -> Candidate:
-        """The front member best on the first objective (lowest id on ties)."""
-        cfg = self.config
-        best_id = best_on_objective(self._metrics, self.pareto_ids(), cfg.objective_keys[0], cfg.maximize[0])
-        return self._candidates[best_id]
-
     # ---- persistence
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable snapshot; load it into a fresh search to continue identically."""
         return {
-            "strategy": "SerialSearch",
+            "strategy": self._STRATEGY,
             "version": 1,
             "config": self.config.to_dict(),
             "seed": self.seed,
             "init_codes": list(self.init_codes),
-            "candidates": [c.to_dict() for c in self._candidates],
-            "metrics": [[cid, m] for cid, m in sorted(self._metrics.items())],
-            "stalled": self._stalled,
-            "rng": rng_state_to_json(self._rng),
+            **self._progress_state(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a snapshot taken from a search with the same config and initial codes."""
-        if state.get("strategy") != "SerialSearch":
-            raise ValueError(f"not a SerialSearch state (strategy={state.get('strategy')!r})")
+        self._check_strategy(state)
         if state["config"] != self.config.to_dict() or list(state["init_codes"]) != self.init_codes:
             raise ValueError("state was saved by a search with a different config or init_codes; "
                              "use SerialSearch.from_state_dict(state) to rebuild that search")
-        candidates = [Candidate.from_dict(c) for c in state["candidates"]]
-        if [c.id for c in candidates] != list(range(len(candidates))):
-            raise ValueError("state candidates must have ids 0..n-1 in order")
-        self._candidates = candidates
-        self._metrics = {int(cid): (None if m is None else dict(m)) for cid, m in state["metrics"]}
-        self._stalled = bool(state["stalled"])
-        self.seed = int(state["seed"])
-        self._rng.setstate(rng_state_from_json(state["rng"]))
+        self._load_progress(state, Candidate.from_dict)
+        self.seed = int(state["seed"])  # not checked above: the RNG state, not the seed, drives what follows
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> SerialSearch:

@@ -1,0 +1,172 @@
+"""The bookkeeping every ask/tell search shares: proposed candidates, told metrics, the
+Pareto front over them, and the progress part of a resumable state_dict.
+
+A subclass only decides *what* to propose (`_propose`), how many in total (`_budget`) and
+which objectives count (`_objectives`); everything a caller sees of ask/tell progress then
+behaves the same for every strategy. Pure Python: no torch, Prefect or MLflow.
+"""
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from spnas.errors import InputError
+
+from .pareto import best_on_objective, clean_metrics, objective_vector, pareto_front
+
+
+class CandidateLike(Protocol):
+    """What the base needs of a candidate: its id (= index in proposal order) and a JSON form."""
+
+    id: int
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+C = TypeVar("C", bound=CandidateLike)
+
+
+def rng_state_to_json(rng: random.Random) -> list[Any]:
+    """random.Random state as JSON lists (getstate() holds tuples)."""
+    version, internal, gauss_next = rng.getstate()
+    return [version, list(internal), gauss_next]
+
+
+def rng_state_from_json(state: Sequence[Any]) -> tuple[Any, ...]:
+    version, internal, gauss_next = state
+    return (version, tuple(internal), gauss_next)
+
+
+class AskTellSearch(ABC, Generic[C]):
+    """Ask/tell progress of a multi-objective search; subclasses propose the candidates.
+
+    Candidate ids are their index in `_candidates`; `_metrics` holds told ids only, with
+    None for a failed candidate (kept so it is never proposed again, never a parent).
+    """
+
+    # Written into state_dict and checked on load, so one strategy's state is never
+    # silently loaded into another.
+    _STRATEGY: ClassVar[str]
+
+    def __init__(self, seed: int) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InputError("seed", f"must be an integer, got {seed!r}")
+        self.seed = seed
+        # The only source of randomness, so a restored RNG state replays the search exactly.
+        self._rng = random.Random(seed)
+        self._candidates: list[C] = []
+        self._metrics: dict[int, dict[str, Any] | None] = {}
+        self._stalled = False
+
+    # ---- what a subclass decides
+
+    @abstractmethod
+    def _objectives(self) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+        """(objective_keys, maximize) of this search."""
+
+    @abstractmethod
+    def _budget(self) -> int:
+        """How many candidates the search proposes in total."""
+
+    @abstractmethod
+    def _propose(self, n: int) -> list[C]:
+        """Up to n new candidates, already appended to `_candidates`."""
+
+    # ---- ask / tell
+
+    def ask(self, n: int = 1) -> list[C]:
+        """Up to n new candidates (fewer when the budget or new candidates run out).
+
+        An empty list while candidates are pending means: tell their results, then ask again.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        n = min(n, self._budget() - len(self._candidates))
+        out = self._propose(n)
+        if not out and n > 0 and not self.pending_ids():
+            # Nothing in flight and nothing new found: no later ask can know more.
+            self._stalled = True
+        return out
+
+    def tell(self, candidate_id: int, metrics: Mapping[str, Any] | None) -> None:
+        """Report a candidate's metrics (must hold every objective key), or None if it failed.
+
+        Failed candidates stay in the history and are never proposed again, but are never
+        chosen as parents.
+        """
+        if isinstance(candidate_id, bool) or not isinstance(candidate_id, int) \
+                or not 0 <= candidate_id < len(self._candidates):
+            raise ValueError(f"unknown candidate id {candidate_id!r}")
+        if candidate_id in self._metrics:
+            raise ValueError(f"candidate {candidate_id} was already told")
+        if metrics is not None and not isinstance(metrics, Mapping):
+            raise ValueError(f"metrics must be a dict or None, got {type(metrics).__name__}")
+        self._metrics[candidate_id] = None if metrics is None else clean_metrics(metrics, self._objectives()[0])
+
+    # ---- queries
+
+    @property
+    def done(self) -> bool:
+        """True when no further candidate will come and every proposed one was told."""
+        if self.pending_ids():
+            return False
+        return len(self._candidates) >= self._budget() or self._stalled
+
+    @property
+    def candidates(self) -> list[C]:
+        return list(self._candidates)
+
+    def pending_ids(self) -> list[int]:
+        """Asked but not yet told (e.g. to re-run after a resume)."""
+        return [c.id for c in self._candidates if c.id not in self._metrics]
+
+    @property
+    def history(self) -> list[tuple[C, dict[str, Any] | None]]:
+        """Told candidates in id order with their metrics (None for failed ones)."""
+        return [(c, self._metrics[c.id]) for c in self._candidates if c.id in self._metrics]
+
+    def _successes(self) -> list[tuple[int, dict[str, Any]]]:
+        """(id, metrics) of the successfully told candidates, in id order."""
+        return [(cid, m) for cid, m in sorted(self._metrics.items()) if m is not None]
+
+    def pareto_ids(self) -> list[int]:
+        """Ids of successful candidates on the Pareto front of the objectives."""
+        keys, maximize = self._objectives()
+        told = self._successes()
+        points = [objective_vector(m, keys) for _, m in told]
+        return [told[i][0] for i in pareto_front(points, maximize)] if told else []
+
+    def best(self) -> C:
+        """The front member best on the first objective (lowest id on ties)."""
+        keys, maximize = self._objectives()
+        return self._candidates[best_on_objective(self._metrics, self.pareto_ids(), keys[0], maximize[0])]
+
+    # ---- persistence: subclasses put their settings in front of these keys
+
+    def _progress_state(self) -> dict[str, Any]:
+        """The JSON-serialisable ask/tell progress: candidates, metrics, stall flag, RNG."""
+        return {
+            "candidates": [c.to_dict() for c in self._candidates],
+            "metrics": [[cid, m] for cid, m in sorted(self._metrics.items())],
+            "stalled": self._stalled,
+            "rng": rng_state_to_json(self._rng),
+        }
+
+    def _check_strategy(self, state: Mapping[str, Any]) -> None:
+        if state.get("strategy") != self._STRATEGY:
+            raise ValueError(f"not a {self._STRATEGY} state (strategy={state.get('strategy')!r})")
+
+    def _load_progress(self, state: Mapping[str, Any], candidate_from_dict: Callable[[Mapping[str, Any]], C]) -> None:
+        """Restore what `_progress_state` wrote; the caller has checked the settings match."""
+        candidates = [candidate_from_dict(c) for c in state["candidates"]]
+        if [c.id for c in candidates] != list(range(len(candidates))):
+            raise ValueError("state candidates must have ids 0..n-1 in order")
+        self._candidates = candidates
+        self._metrics = {int(cid): (None if m is None else dict(m)) for cid, m in state["metrics"]}
+        self._stalled = bool(state["stalled"])
+        self._rng.setstate(rng_state_from_json(state["rng"]))
+
+
+__all__ = ["AskTellSearch", "CandidateLike", "rng_state_from_json", "rng_state_to_json"]
