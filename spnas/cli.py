@@ -113,7 +113,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                 watch=True)
     print()
     print(info.describe())
-    print(f"outputs: {Path(stack.stack_env(cfg)['SPNAS_HOME']) / 'outputs'}/<flow-run-name>/")
+    outputs = Path(stack.stack_env(cfg)["SPNAS_HOME"]) / "outputs"
+    summaries = sorted(outputs.glob("*/summary.json"), key=lambda f: f.stat().st_mtime)
+    if summaries:
+        print(f"outputs of this run: {summaries[-1].parent}")
+        print(json.dumps(json.loads(summaries[-1].read_text()), indent=2))
+    else:
+        print(f"outputs: {outputs}/<flow-run-name>/")
     return code
 
 

@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-OVERRIDES = {"epochs": 3, "scale": 0.5, "batch_size": 64, "predict_count": 4, "predict_repeats": 2}
+OVERRIDES = {"epochs": 5, "scale": 0.5, "batch_size": 32, "predict_count": 4, "predict_repeats": 2}
 
 
 def _task_states(flow_run_id) -> dict[str, str]:
@@ -38,7 +38,7 @@ def test_lcnet_flow_end_to_end_and_resume(prefect_api, tmp_path: Path) -> None:
                 "export/inference_model/model.onnx", "export/inference_model/model.ts",
                 "export/inference_model/model.yml", "predict/predictions.json", "predict/time_info.txt"]:
         assert (run_dir / rel).is_file(), rel
-    assert summary["test_top1"] > 0.6  # 3 short epochs; the default 10 epochs reach ≥ 0.95
+    assert summary["test_top1"] > 0.8  # 5 short epochs; the default 12 epochs reach ≥ 0.95
     assert summary["onnx_max_abs_diff"] < 1e-4
     assert "Inference Time Info" in (run_dir / "predict/time_info.txt").read_text()
 
