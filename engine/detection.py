@@ -45,8 +45,12 @@ def train_one_epoch(
     loader: Iterable[Batch],
     max_steps: int | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    max_grad_norm: float | None = None,
 ) -> dict[str, float]:
     """One pass over `loader` (or `max_steps` batches); returns mean losses and `steps`.
+
+    `max_grad_norm` clips the global gradient norm: freshly mutated candidates at lr 0.02
+    otherwise diverge now and then.
 
     Keys: torchvision's loss names plus "loss" (their sum). `on_step(step, losses)` is called
     after each optimizer step with float values (e.g. to log to MLflow or update progress).
@@ -71,6 +75,10 @@ def train_one_epoch(
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in optimizer.param_groups for p in g["params"]], max_grad_norm
+            )
         optimizer.step()
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v

@@ -27,6 +27,7 @@ class DetectorOptim:
     batch_size: int = 8
     warmup_steps: int = 50
     schedule: str = "cosine"  # "cosine" to zero over the budget, or "constant" after warm-up
+    max_grad_norm: float | None = 10.0
 
 
 def train_loader(coco: CocoSet, batch_size: int, seed: int, max_images: int | None = None) -> DataLoader:
@@ -70,7 +71,8 @@ def fit_steps(model: nn.Module, loader: DataLoader, steps: int, optim: DetectorO
             on_step(step, losses)
 
     # One "epoch" over a cycled loader capped at `steps` keeps train_one_epoch's checks and means.
-    return train_one_epoch(model, optimizer, _cycle(loader), max_steps=steps, on_step=stepped)
+    return train_one_epoch(model, optimizer, _cycle(loader), max_steps=steps, on_step=stepped,
+                           max_grad_norm=optim.max_grad_norm)
 
 
 def score(model: nn.Module, coco: CocoSet, max_images: int | None = None) -> dict[str, float]:

@@ -16,7 +16,7 @@ from tasks.split import resolve_dataset_dir, split_task
 from tasks.train_classifier import train_classifier_task
 
 
-@flow(name="lcnet", log_prints=True)
+@flow(name="lcnet")
 def lcnet(params_file: str = "params/lcnet.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     p = load_params(LcnetParams, params_file, overrides)  # bad input fails here, before any work
     values = p.model_dump(mode="json")

@@ -26,7 +26,7 @@ def _data_fingerprint(values: dict[str, Any]) -> str:
         fingerprint_tree(resolve_dataset_dir(values.get("classification_dir")))
 
 
-@flow(name="spnas", log_prints=True)
+@flow(name="spnas")
 def spnas(params_file: str = "params/spnas.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     p = load_params(SpnasParams, params_file, overrides)  # bad input fails here, before any work
     v = p.model_dump(mode="json")

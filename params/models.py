@@ -153,7 +153,7 @@ class SpnasParams(RunParams, SplitParams):
     serial: SerialSearchParams = SerialSearchParams(max_sample=8, batch=2, add_stage_ratio=0.15, expend_ratio=0.3)
     reignite: ReigniteParams = ReigniteParams()
     parallel: ParallelSearchParams = ParallelSearchParams()
-    fully_train_epochs: int = Field(4, ge=1)
+    fully_train_epochs: int = Field(3, ge=1)
     baseline: bool = Field(True, description="also fully train the starting architecture with the same budget")
     eval_max_images: int | None = Field(None, ge=1, description="cap on scoring images per candidate (null = all)")
     candidate_workers: int = Field(1, ge=1, le=256, description="candidates trained at once (threads; cores are shared)")

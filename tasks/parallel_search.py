@@ -26,7 +26,7 @@ def _candidate(cid: int, neck: list[int], p: dict[str, Any], data: dict[str, Any
             "desc": detector_desc(detector_for(p, data, base["code"], neck)), "parent_model": base["model_path"]}
 
 
-@flow(name="parallel-search", log_prints=True)
+@flow(name="parallel-search")
 def parallel_search(data: dict[str, Any], p: dict[str, Any], base: dict[str, Any], run_dir: str,
                     parent_run_id: str) -> dict[str, Any]:
     logger = get_run_logger()

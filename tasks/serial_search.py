@@ -40,7 +40,7 @@ def candidate_rows(results: dict[int, dict[str, Any]], front: list[int], best_id
     return rows
 
 
-@flow(name="serial-search", log_prints=True)
+@flow(name="serial-search")
 def serial_search(data: dict[str, Any], p: dict[str, Any], start: dict[str, Any], run_dir: str,
                   parent_run_id: str) -> dict[str, Any]:
     logger = get_run_logger()

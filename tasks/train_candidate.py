@@ -32,10 +32,10 @@ def load_detector(desc: dict[str, Any], model_path: str | None = None) -> torch.
     return model
 
 
-def optim_from(p: dict[str, Any], schedule: str = "constant") -> DetectorOptim:
+def optim_from(p: dict[str, Any], schedule: str = "constant", lr_scale: float = 1.0) -> DetectorOptim:
     o = p["optimizer"]
-    return DetectorOptim(learning_rate=o["learning_rate"], momentum=o["momentum"], weight_decay=o["weight_decay"],
-                         batch_size=o["batch_size"], schedule=schedule)
+    return DetectorOptim(learning_rate=o["learning_rate"] * lr_scale, momentum=o["momentum"],
+                         weight_decay=o["weight_decay"], batch_size=o["batch_size"], schedule=schedule)
 
 
 def measure(model: torch.nn.Module, image_size: int) -> dict[str, int]:
@@ -56,23 +56,31 @@ def save_model(out_dir: Path, tag: str, desc: dict[str, Any], model: torch.nn.Mo
 def train_candidate(candidate: dict[str, Any], data: dict[str, Any], p: dict[str, Any], steps: int,
                     out_dir: Path, on_step=None) -> dict[str, Any]:
     """candidate: {"id", "desc", "parent_model" (path or None), "freeze" (bool), ...extra columns}."""
-    configure_torch(p.get("num_threads"), p["seed"] + int(candidate["id"]))
-    model = build_from_desc(candidate["desc"])
-    inherited = {"inherited_ratio": 0.0}
-    if candidate.get("parent_model"):
-        parent = torch.load(candidate["parent_model"], map_location="cpu", weights_only=True)
-        report = inherit_weights(model, parent, freeze_inherited_blocks=bool(candidate.get("freeze")))
-        inherited = {"inherited_ratio": report.ratio, "inherited_tensors": report.matched}
     train = load_coco(Path(data["train_images"]), Path(data["search_train_json"]))
     search_val = load_coco(Path(data["train_images"]), Path(data["search_val_json"]))
     started = time.perf_counter()
-    losses = fit_steps(model, train_loader(train, p["optimizer"]["batch_size"], p["seed"] + int(candidate["id"])),
-                       steps, optim_from(p), on_step)
+    # A mutated net can diverge at the search learning rate: retry once at half of it,
+    # from the same inherited weights, before the search is told the candidate failed.
+    for lr_scale in (1.0, 0.5):
+        configure_torch(p.get("num_threads"), p["seed"] + int(candidate["id"]))
+        model = build_from_desc(candidate["desc"])
+        inherited: dict[str, Any] = {"inherited_ratio": 0.0}
+        if candidate.get("parent_model"):
+            parent = torch.load(candidate["parent_model"], map_location="cpu", weights_only=True)
+            report = inherit_weights(model, parent, freeze_inherited_blocks=bool(candidate.get("freeze")))
+            inherited = {"inherited_ratio": report.ratio, "inherited_tensors": report.matched}
+        try:
+            losses = fit_steps(model, train_loader(train, p["optimizer"]["batch_size"], p["seed"] + int(candidate["id"])),
+                               steps, optim_from(p, lr_scale=lr_scale), on_step)
+            break
+        except FloatingPointError:
+            if lr_scale < 1.0:
+                raise
     train_seconds = time.perf_counter() - started
     metrics = score(model, search_val, p.get("eval_max_images"))
     for param in model.parameters():  # frozen blocks are frozen for the search only
         param.requires_grad_(True)
-    performance = {**metrics, **measure(model, p["image_size"]), **inherited, "train_steps": steps,
+    performance = {**metrics, **measure(model, p["image_size"]), **inherited, "train_steps": steps, "lr_scale": lr_scale,
                    "train_seconds": round(train_seconds, 2), "final_loss": losses.get("loss")}
     files = save_model(out_dir, str(candidate["id"]), candidate["desc"], model, performance)
     return {**{k: v for k, v in candidate.items() if k != "desc"}, "desc": candidate["desc"],
