@@ -10,13 +10,13 @@ from params.models import LcnetParams
 from tasks.common import fingerprint_tree
 from tasks.evaluate_classifier import evaluate_classifier_task
 from tasks.export_classifier import export_classifier_task
-from tasks.pipeline import finish, pipeline, run_stage
+from tasks.pipeline import close_tracking_on_crash, finish, pipeline, run_stage
 from tasks.predict import predict_task
 from tasks.split import resolve_dataset_dir, split_task
 from tasks.train_classifier import train_classifier_task
 
 
-@flow(name="lcnet")
+@flow(name="lcnet", on_crashed=[close_tracking_on_crash], on_cancellation=[close_tracking_on_crash])
 def lcnet(params_file: str = "params/lcnet.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     p = load_params(LcnetParams, params_file, overrides)  # bad input fails here, before any work
     values = p.model_dump(mode="json")

@@ -13,7 +13,7 @@ from tasks.export_detector import export_detector_task
 from tasks.fine_tune import fine_tune_task
 from tasks.fully_train import compare_task, fully_train_task
 from tasks.parallel_search import parallel_search
-from tasks.pipeline import candidate_runner, finish, map_candidates, pipeline, run_stage
+from tasks.pipeline import close_tracking_on_crash, candidate_runner, finish, map_candidates, pipeline, run_stage
 from tasks.reignite import reignite_task
 from tasks.serial_search import serial_search
 from tasks.split import resolve_dataset_dir
@@ -26,7 +26,7 @@ def _data_fingerprint(values: dict[str, Any]) -> str:
         fingerprint_tree(resolve_dataset_dir(values.get("classification_dir")))
 
 
-@flow(name="spnas")
+@flow(name="spnas", on_crashed=[close_tracking_on_crash], on_cancellation=[close_tracking_on_crash])
 def spnas(params_file: str = "params/spnas.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     p = load_params(SpnasParams, params_file, overrides)  # bad input fails here, before any work
     v = p.model_dump(mode="json")

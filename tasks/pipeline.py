@@ -61,6 +61,19 @@ def pipeline(name: str, params: BaseModel) -> Iterator[Pipeline]:
     tracker.finish_run(parent, "FINISHED")
 
 
+def close_tracking_on_crash(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow hook (on_crashed / on_cancellation): a killed flow process left its MLflow runs
+    RUNNING; end them as KILLED so the MLflow UI tells the truth."""
+    from prefect.logging.loggers import flow_run_logger
+
+    logger = flow_run_logger(flow_run, flow)  # hooks may run outside the flow's run context
+    try:
+        ended = tracker.end_open_runs(str(flow_run.id), "KILLED")
+        logger.info("marked %d MLflow run(s) of this flow run as KILLED", ended)
+    except Exception as exc:  # a hook must not mask the crash it reports
+        logger.warning("could not close MLflow runs: %s", exc)
+
+
 def run_stage(task: Any, **kwargs: Any) -> Any:
     """Run a stage task; a Cached result whose files were deleted is recomputed, not trusted."""
     state = task(**kwargs, return_state=True)

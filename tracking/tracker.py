@@ -226,6 +226,26 @@ def child_runs(parent_run_id: str) -> list[Any]:
     )
 
 
+def end_open_runs(flow_run_id: str, status: str = "KILLED") -> int:
+    """End every still-RUNNING run of a Prefect flow run (its parent run and all descendants).
+
+    For a flow process that died: its own context managers never ran, so the runs would stay
+    RUNNING in the MLflow UI forever. Returns how many runs were ended."""
+    c = client()
+    experiment_ids = [e.experiment_id for e in c.search_experiments()]
+    if not experiment_ids:
+        return 0
+    stack = list(c.search_runs(experiment_ids, filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'"))
+    ended = 0
+    while stack:
+        run = stack.pop()
+        if run.info.status == "RUNNING":
+            c.set_terminated(run.info.run_id, status=status)
+            ended += 1
+        stack.extend(child_runs(run.info.run_id))
+    return ended
+
+
 # ---------------------------------------------------------------- Prefect artifacts
 
 
