@@ -123,13 +123,7 @@ class DetectorPredictor:
             results.append(self._postprocess(outs))
             t3 = time.perf_counter()
             if timed:
-                ti = self.time_info
-                ti.preprocess_s += t1 - t0
-                ti.inference_s += t2 - t1
-                ti.postprocess_s += t3 - t2
-                ti.images += 1
-                ti.batches += 1
-                ti.samples.append(t3 - t0)
+                self.time_info.add(t1 - t0, t2 - t1, t3 - t2, 1)
         return results
 
     def _postprocess(self, outs: dict[str, np.ndarray]) -> list[Detection]:

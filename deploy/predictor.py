@@ -32,6 +32,15 @@ class TimeInfo:
     postprocess_s: float = 0.0
     samples: list[float] = field(default_factory=list)  # per-batch total seconds
 
+    def add(self, pre_s: float, infer_s: float, post_s: float, images: int) -> None:
+        """Account one timed batch."""
+        self.preprocess_s += pre_s
+        self.inference_s += infer_s
+        self.postprocess_s += post_s
+        self.images += images
+        self.batches += 1
+        self.samples.append(pre_s + infer_s + post_s)
+
     @property
     def total_s(self) -> float:
         return self.preprocess_s + self.inference_s + self.postprocess_s
@@ -116,11 +125,5 @@ class ClassifierPredictor:
                 out.append([{"category_id": int(c), "category": self.labels[c], "score": float(row[c])} for c in order])
             t3 = time.perf_counter()
             if timed:
-                ti = self.time_info
-                ti.preprocess_s += t1 - t0
-                ti.inference_s += t2 - t1
-                ti.postprocess_s += t3 - t2
-                ti.images += len(chunk)
-                ti.batches += 1
-                ti.samples.append(t3 - t0)
+                self.time_info.add(t1 - t0, t2 - t1, t3 - t2, len(chunk))
         return out
