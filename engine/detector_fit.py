@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from data.coco import CocoDetection, CocoSet, collate_detection
 from data.coco_eval import coco_map, to_coco_detections
 from engine.detection import evaluate, train_one_epoch
+from latency.timing import min_latency_ms
 
 
 @dataclass(frozen=True)
@@ -87,15 +88,6 @@ def score(model: nn.Module, coco: CocoSet, max_images: int | None = None) -> dic
 @torch.inference_mode()
 def latency_ms(model: nn.Module, image_size: int, runs: int = 10, warmup: int = 3) -> float:
     """Eager batch-1 latency (min of `runs`), a comparable figure between architectures."""
-    import time
-
     model.eval()
     image = [torch.rand(3, image_size, image_size)]
-    for _ in range(warmup):
-        model(image)
-    best = float("inf")
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        model(image)
-        best = min(best, time.perf_counter() - t0)
-    return 1000 * best
+    return min_latency_ms(lambda: model(image), runs, warmup)

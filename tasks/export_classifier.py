@@ -2,7 +2,6 @@
 model.yml), checked against eager torch on real validation images."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,21 +11,11 @@ from prefect import get_run_logger, task
 from deploy.classifier_export import export_classifier, parity
 from deploy.onnx_export import WithSoftmax, make_session
 from engine.runtime import configure_torch
+from latency.timing import min_latency_ms
 from tasks.common import STAGE_CACHE, stage_dir, write_json
 from tasks.evaluate_classifier import load_trained
 from tasks.train_classifier import loaders, preprocess_for
 from tracking import tracker
-
-
-def _latency_ms(fn, runs: int = 30, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return 1000 * min(samples)
 
 
 def export_stage(split: dict[str, Any], trained: dict[str, Any], params: dict[str, Any],
@@ -43,8 +32,8 @@ def export_stage(split: dict[str, Any], trained: dict[str, Any], params: dict[st
     wrapped = WithSoftmax(model).eval()
     session = make_session(Path(files["onnx"]), threads)
     with torch.inference_mode():
-        torch_ms = _latency_ms(lambda: wrapped(one))
-    ort_ms = _latency_ms(lambda: session.run(None, {"image": one.numpy()}))
+        torch_ms = min_latency_ms(lambda: wrapped(one))
+    ort_ms = min_latency_ms(lambda: session.run(None, {"image": one.numpy()}))
     report = {**checks, "parity_images": int(images.shape[0]), "torch_ms_batch1": torch_ms,
               "ort_ms_batch1": ort_ms, "ort_speedup": torch_ms / ort_ms if ort_ms else None, "threads": threads}
     path = write_json(out_dir / "export_report.json", report)
