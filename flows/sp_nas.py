@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from params.loader import load_params
 from params.models import SpnasParams
@@ -26,7 +27,9 @@ def _data_fingerprint(values: dict[str, Any]) -> str:
         fingerprint_tree(resolve_dataset_dir(values.get("classification_dir")))
 
 
-@flow(name="spnas", on_crashed=[close_tracking_on_crash], on_cancellation=[close_tracking_on_crash])
+# One stage at a time with every core: the final and baseline trainings would only fight.
+@flow(name="spnas", task_runner=ThreadPoolTaskRunner(max_workers=1),
+      on_crashed=[close_tracking_on_crash], on_cancellation=[close_tracking_on_crash])
 def spnas(params_file: str = "params/spnas.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     p = load_params(SpnasParams, params_file, overrides)  # bad input fails here, before any work
     v = p.model_dump(mode="json")
