@@ -61,10 +61,23 @@ def validate(model_cls: type[P], values: dict[str, Any]) -> P:
         raise InputError(field, message) from None
 
 
+def merge_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides on top of the YAML: nested mappings merge key by key, and a dotted key
+    (`serial.max_sample`, as `--set` gives it) addresses one nested field."""
+    merged = dict(values)
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            value, key = {rest: value}, head
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_overrides(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_params(model_cls: type[P], params_file: str | Path, overrides: dict[str, Any] | None = None) -> P:
-    values = read_yaml(params_file)
-    values.update(overrides or {})
-    return validate(model_cls, values)
+    return validate(model_cls, merge_overrides(read_yaml(params_file), overrides or {}))
 
 
 def parse_override(text: str) -> tuple[str, Any]:
