@@ -157,7 +157,7 @@ class BackboneClassifier(nn.Module):
         return self.fc(torch.flatten(self.pool(last), 1))
 
 
-def _body(model: nn.Module) -> SerialBackbone:
+def serial_body(model: nn.Module) -> SerialBackbone:
     """The SerialBackbone inside a detector, a classifier, or the backbone itself."""
     if isinstance(model, SerialBackbone):
         return model
@@ -176,7 +176,7 @@ def _body(model: nn.Module) -> SerialBackbone:
 
 def backbone_state_dict(detector: nn.Module) -> OrderedDict[str, torch.Tensor]:
     """A copy of the serial backbone's weights under bare names (stem.*, stages.*)."""
-    return OrderedDict((k, v.detach().clone()) for k, v in _body(detector).state_dict().items())
+    return OrderedDict((k, v.detach().clone()) for k, v in serial_body(detector).state_dict().items())
 
 
 def load_backbone_state(detector: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
@@ -185,7 +185,7 @@ def load_backbone_state(detector: nn.Module, state_dict: Mapping[str, torch.Tens
     Accepts bare names, a BackboneClassifier's state ('backbone.*', its 'fc.*' ignored) or a
     whole detector's state ('backbone.body.*', everything else ignored).
     """
-    body = _body(detector)
+    body = serial_body(detector)
     keys = list(state_dict)
     bare = any(k.startswith(("stem.", "stages.")) for k in keys)
     for prefix in ("backbone.body.", "backbone."):

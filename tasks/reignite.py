@@ -16,7 +16,7 @@ from data.transforms import Preprocess, train_augment
 from engine.classification import TrainConfig, evaluate, fit
 from engine.detector_fit import fit_steps, score, train_loader
 from engine.runtime import configure_torch
-from nas_models.detector import BackboneClassifier, _body, load_backbone_state
+from nas_models.detector import BackboneClassifier, serial_body
 from params.models import IMAGENET_MEAN, IMAGENET_STD
 from tasks.common import STAGE_CACHE, stage_dir, write_csv
 from tasks.train_candidate import load_detector, measure, optim_from, save_model
@@ -44,10 +44,11 @@ def reignite(data: dict[str, Any], chosen: dict[str, Any], p: dict[str, Any], ou
     train_cls, val_cls = classification_loaders(data["classification"], rp, p["seed"])
     rounds = []
     for r in range(rp["rounds"]):
-        classifier = BackboneClassifier(_body(detector), len(data["classification"]["labels"]))
+        # The classifier wraps the detector's own backbone module: training it updates the
+        # detector's backbone in place, which is the "map the weights back" step.
+        classifier = BackboneClassifier(serial_body(detector), len(data["classification"]["labels"]))
         cfg = TrainConfig(epochs=rp["epochs"], learning_rate=rp["learning_rate"], weight_decay=1e-4, warmup_epochs=0)
         history = fit(classifier, train_cls, val_cls, cfg, on_epoch=on_epoch)
-        load_backbone_state(detector, classifier.backbone.state_dict())  # (shares modules; explicit for clarity)
         fit_steps(detector, train_loader(train, p["optimizer"]["batch_size"], p["seed"] + 100 + r),
                   rp["detector_steps"], optim_from(p, "cosine"))
         after = score(detector, search_val, p.get("eval_max_images"))

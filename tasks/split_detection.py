@@ -14,6 +14,7 @@ from prefect import get_run_logger, task
 from data.coco import load_coco
 from data.coco_digits import make_digits_coco
 from data.coco_split import split_image_ids, write_subset
+from spnas.errors import InputError
 from spnas.paths import data_cache_dir
 from tasks.common import STAGE_CACHE, stage_dir
 from tasks.split import split_dataset
@@ -36,7 +37,7 @@ def split_detection(p: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     train = load_coco(Path(coco["train_images"]), Path(coco["train_json"]))
     val = load_coco(Path(coco["val_images"]), Path(coco["val_json"]))
     if train.cat_ids != val.cat_ids:
-        raise ValueError(f"val_json: categories {val.cat_ids} differ from train_json's {train.cat_ids}")
+        raise InputError("val_json", f"categories {val.cat_ids} differ from train_json's {train.cat_ids}")
     train_ids, search_val_ids = split_image_ids(train, p["search_val_fraction"], p["seed"])
     search_train = write_subset(train, train_ids, out_dir / "search_train.json")
     search_val = write_subset(train, search_val_ids, out_dir / "search_val.json")
