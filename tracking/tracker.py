@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -108,8 +109,6 @@ def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
 
 def log_metrics(run_id: str, metrics: Mapping[str, Any], step: int | None = None) -> None:
     """Log the finite numeric entries of `metrics` (others are ignored, not errors)."""
-    import time
-
     now = int(time.time() * 1000)
     batch = [
         Metric(k, float(v), now, step or 0)
