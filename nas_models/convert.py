@@ -24,6 +24,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from nas_models.inherit import state_mismatch
 from nas_models.serial_backbone import SerialBackbone, validate_block, validate_code
 from spnas.errors import InputError
 
@@ -143,19 +144,8 @@ def _convert_body(
     with torch.device("meta"):
         base_width = int(body["conv1.weight"].shape[0])
         expected = SerialBackbone(code, block, base_width=base_width).state_dict()
-    missing = [k for k in expected if k not in out and not k.endswith(_COUNTER)]
-    extra = [k for k in out if k not in expected]
-    wrong = [k for k in out if k in expected and tuple(out[k].shape) != tuple(expected[k].shape)]
-    if missing or extra or wrong:
-        detail = "; ".join(
-            f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
-            for label, names in (
-                ("missing in checkpoint", missing),
-                ("not in the code's network", extra),
-                ("shape differs", wrong),
-            )
-            if names
-        )
+    detail = state_mismatch(expected, out, optional_suffix=_COUNTER)
+    if detail:
         raise InputError(
             "backbone_code",
             f"{code!r} with {block} does not match the checkpoint's structure ({detail}); "

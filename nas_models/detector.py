@@ -25,6 +25,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from nas_models.inherit import state_mismatch
 from nas_models.parallel_fpn import ParallelBackbone
 from nas_models.serial_backbone import SerialBackbone
 from spnas.errors import InputError
@@ -192,24 +193,8 @@ def load_backbone_state(detector: nn.Module, state_dict: Mapping[str, torch.Tens
         if not bare and any(k.startswith(prefix) for k in keys):
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
             break
-    expected = body.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong = sorted(
-        k
-        for k in set(expected) & set(state_dict)
-        if tuple(expected[k].shape) != tuple(state_dict[k].shape)
-    )
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{label} {len(names)} (e.g. {names[0]})"
-            for label, names in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("shape-mismatched", wrong),
-            )
-            if names
-        )
+    detail = state_mismatch(body.state_dict(), state_dict)
+    if detail:
         raise InputError(
             "backbone_state",
             f"does not fit backbone code {body.code!r} / {body.block}: {detail}; "

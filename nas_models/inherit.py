@@ -17,7 +17,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-__all__ = ["InheritReport", "inherit_weights"]
+__all__ = ["InheritReport", "inherit_weights", "state_mismatch"]
 
 # "stages.1.0.conv1.weight" or "backbone.body.stages.1.0.conv1.weight" -> block prefix
 _BLOCK = re.compile(r"^(.*?stages\.\d+\.\d+)\.")
@@ -67,3 +67,23 @@ def inherit_weights(
                     p.requires_grad_(False)
                 frozen.append(prefix)
     return InheritReport(len(matched), len(own), matched, frozen)
+
+
+def state_mismatch(
+    expected: Mapping[str, torch.Tensor],
+    given: Mapping[str, torch.Tensor],
+    optional_suffix: str | None = None,
+) -> str:
+    """'' when `given` has exactly `expected`'s names and shapes; otherwise one line saying
+    what is missing, unexpected or shape-mismatched (a few names each), for an InputError.
+    Expected names ending in `optional_suffix` (e.g. BN counters) may be absent."""
+    missing = sorted(k for k in expected if k not in given
+                     and not (optional_suffix and k.endswith(optional_suffix)))
+    unexpected = sorted(k for k in given if k not in expected)
+    wrong = sorted(k for k in given if k in expected
+                   and tuple(given[k].shape) != tuple(expected[k].shape))
+    return "; ".join(
+        f"{label} {len(names)} (e.g. {', '.join(names[:3])})"
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", wrong))
+        if names
+    )
