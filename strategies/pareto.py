@@ -1,15 +1,24 @@
-"""Pareto dominance, non-dominated sorting and parent selection over plain numbers.
+"""Pareto dominance, non-dominated sorting, crowding distance, hypervolume and parent
+selection over plain numbers.
 
 Everything here sees only objective values (lists of floats or metric dicts), never models,
 so the same helpers serve SpNasS, SpNasP and any other multi-objective strategy. Objectives
 are given with a `maximize` flag each; internally every value is turned into a "smaller is
-better" number so one dominance test covers all directions.
+better" number (pymoo's convention) and the sorting, crowding and hypervolume work is done by
+pymoo itself, so this module only adapts directions, validates input and breaks ties
+deterministically.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
+from pymoo.indicators.hv import HV
+from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
+from pymoo.util.dominator import Dominator
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting, find_non_dominated
 
 from spnas.errors import InputError
 
@@ -68,75 +77,99 @@ def clean_metrics(metrics: Mapping[str, Any], objective_keys: Sequence[str]) -> 
     return out
 
 
-def _as_minimization(points: Sequence[Sequence[float]], maximize: Sequence[bool]) -> list[tuple[float, ...]]:
+def _as_minimization(points: Sequence[Sequence[float]], maximize: Sequence[bool]) -> np.ndarray:
+    """(n, m) float array in which smaller is better everywhere; ValueError on bad shapes or NaN."""
     if not maximize:
         raise ValueError("maximize must name at least one objective")
-    out = []
+    sign = np.array([-1.0 if m else 1.0 for m in maximize])
+    rows = []
     for i, p in enumerate(points):
         if len(p) != len(maximize):
             raise ValueError(f"point {i} has {len(p)} values, expected {len(maximize)} (one per objective)")
-        row = tuple(-float(v) if m else float(v) for v, m in zip(p, maximize))
+        row = [float(v) for v in p]
         if any(math.isnan(v) for v in row):
             raise ValueError(f"point {i} contains NaN")
-        out.append(row)
-    return out
-
-
-def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    """a dominates b (minimization): no worse everywhere and strictly better somewhere."""
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+        rows.append(row)
+    # reshape keeps an empty input 2-D, which pymoo's sorters expect
+    return np.asarray(rows, dtype=float).reshape(len(rows), len(maximize)) * sign
 
 
 def dominates(a: Sequence[float], b: Sequence[float], maximize: Sequence[bool]) -> bool:
-    """True if point `a` Pareto-dominates point `b` under the given directions."""
+    """True if point `a` Pareto-dominates point `b` under the given directions
+    (no worse everywhere, strictly better somewhere)."""
     ma, mb = _as_minimization([a, b], maximize)
-    return _dominates(ma, mb)
+    return Dominator.get_relation(ma, mb) == 1
+
+
+def pareto_ranks(points: Sequence[Sequence[float]], maximize: Sequence[bool]) -> list[int]:
+    """Non-dominated sorting rank of each point: 0 for the front, 1 for the front of the rest, ...
+
+    pymoo's NonDominatedSorting (moocore's Pareto ranking underneath) gives identical points
+    the same rank, since neither dominates the other; tests/test_strategies.py checks this
+    against a brute-force reference.
+    """
+    pts = _as_minimization(points, maximize)
+    if len(pts) == 0:
+        return []
+    _, ranks = NonDominatedSorting().do(pts, return_rank=True)
+    return [int(r) for r in ranks]
 
 
 def pareto_front(points: Sequence[Sequence[float]], maximize: Sequence[bool]) -> list[int]:
     """Indices (ascending) of the non-dominated points.
 
-    Identical points do not dominate each other, so duplicates on the front are all kept.
-    O(n^2 m): searches here evaluate tens of candidates, not thousands.
+    Identical points do not dominate each other, so duplicates on the front are all kept
+    (pymoo's find_non_dominated keeps weakly non-dominated points, i.e. such ties).
     """
-    pts = _as_minimization(points, maximize)
-    return [i for i, p in enumerate(pts) if not any(_dominates(q, p) for j, q in enumerate(pts) if j != i)]
-
-
-def pareto_ranks(points: Sequence[Sequence[float]], maximize: Sequence[bool]) -> list[int]:
-    """Non-dominated sorting rank of each point: 0 for the front, 1 for the front of the rest, ..."""
-    pts = _as_minimization(points, maximize)
-    ranks = [-1] * len(pts)
-    remaining = list(range(len(pts)))
-    rank = 0
-    while remaining:
-        front = [i for i in remaining if not any(_dominates(pts[j], pts[i]) for j in remaining if j != i)]
-        for i in front:
-            ranks[i] = rank
-        remaining = [i for i in remaining if ranks[i] < 0]
-        rank += 1
-    return ranks
+    return [int(i) for i in find_non_dominated(_as_minimization(points, maximize))]
 
 
 def crowding_distances(points: Sequence[Sequence[float]]) -> list[float]:
-    """NSGA-II crowding distance of each point within one set (boundary points get inf).
+    """NSGA-II crowding distance of each point within one set, by pymoo's calc_crowding_distance.
 
-    Each objective's gap is normalized by that objective's range, so params (millions) and
-    mAP (0..1) weigh alike; an objective with zero range contributes nothing.
+    Points are taken as given (direction does not matter: the distance is symmetric). Each
+    objective's gap is normalized by that objective's range, so params (millions) and mAP
+    (0..1) weigh alike, and pymoo averages over objectives. The extreme points of every
+    objective with a non-zero range get inf (among tied extremes, the lowest index at the
+    minimum and the highest at the maximum: pymoo's stable sort); an objective with zero
+    range contributes nothing, not even inf. Sets of one or two points are all boundary: inf,
+    as in pymoo's NSGA-II survival.
     """
     n = len(points)
     if n == 0:
         return []
-    dist = [0.0] * n
-    for m in range(len(points[0])):
-        order = sorted(range(n), key=lambda i: (points[i][m], i))
-        lo, hi = points[order[0]][m], points[order[-1]][m]
-        dist[order[0]] = dist[order[-1]] = math.inf
-        if hi == lo:
-            continue
-        for left, mid, right in zip(order, order[1:], order[2:]):
-            dist[mid] += (points[right][m] - points[left][m]) / (hi - lo)
-    return dist
+    if n <= 2:
+        # calc_crowding_distance alone would give 0 to a single point (0-range -> NaN -> 0)
+        return [math.inf] * n
+    F = np.asarray([[float(v) for v in p] for p in points], dtype=float)
+    return [float(d) for d in calc_crowding_distance(F)]
+
+
+def hypervolume(
+    points: Sequence[Sequence[float]], maximize: Sequence[bool], ref_point: Sequence[float]
+) -> float:
+    """Hypervolume dominated by `points` and bounded by `ref_point` (pymoo's HV indicator).
+
+    Both the points and the reference point are in the user's directions. The reference point
+    is the worst corner that still counts: for a maximized objective a lower bound (e.g. mAP
+    0.0), for a minimized one an upper bound (e.g. the largest acceptable params). Only points
+    strictly better than the reference in every objective contribute; an empty or fully
+    out-of-bounds set has hypervolume 0. No normalization: the value is in the product of the
+    objectives' units. ValueError on NaN, a non-finite reference point, a wrong length, or a
+    contributing point with an infinite value (its volume would be infinite).
+    """
+    if len(ref_point) != len(maximize):
+        raise ValueError(f"ref_point has {len(ref_point)} values, expected {len(maximize)} (one per objective)")
+    ref = _as_minimization([ref_point], maximize)[0]
+    if not np.all(np.isfinite(ref)):
+        raise ValueError(f"ref_point must be finite, got {list(ref_point)!r}")
+    pts = _as_minimization(points, maximize)
+    inside = pts[np.all(pts < ref, axis=1)]
+    if len(inside) == 0:
+        return 0.0
+    if not np.all(np.isfinite(inside)):
+        raise ValueError("a point better than ref_point has an infinite value: unbounded hypervolume")
+    return float(HV(ref_point=ref)(inside))
 
 
 def select_parents(

@@ -17,7 +17,14 @@ from strategies.parallel import (
     sample_neck_code,
     sampling_probabilities,
 )
-from strategies.pareto import dominates, pareto_front, pareto_ranks, select_parents
+from strategies.pareto import (
+    crowding_distances,
+    dominates,
+    hypervolume,
+    pareto_front,
+    pareto_ranks,
+    select_parents,
+)
 from strategies.serial import (
     SerialSearch,
     SerialSearchConfig,
@@ -130,45 +137,145 @@ def test_mutate_rejects_invalid_codes(code: object) -> None:
 
 # --------------------------------------------------------------------------- pareto
 
+def brute_dominates(a: tuple[float, ...], b: tuple[float, ...], maximize: tuple[bool, ...]) -> bool:
+    """Reference dominance written from the definition, in the user's directions."""
+    no_worse = all((x >= y) if m else (x <= y) for x, y, m in zip(a, b, maximize))
+    return no_worse and a != b
+
+
 def brute_front(points: list[tuple[float, ...]], maximize: tuple[bool, ...]) -> list[int]:
-    def better_eq(a: float, b: float, m: bool) -> bool:
-        return a >= b if m else a <= b
-
-    front = []
-    for i, p in enumerate(points):
-        dominated = any(
-            all(better_eq(q[d], p[d], maximize[d]) for d in range(len(p))) and q != p
-            for q in points
-        )
-        if not dominated:
-            front.append(i)
-    return front
+    return [i for i, p in enumerate(points) if not any(brute_dominates(q, p, maximize) for q in points)]
 
 
-points_2d = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)).map(lambda t: tuple(float(x) for x in t)),
-                     min_size=0, max_size=25)
+def brute_ranks(points: list[tuple[float, ...]], maximize: tuple[bool, ...]) -> list[int]:
+    """Peel fronts off one by one: O(n^2) per front."""
+    ranks = [-1] * len(points)
+    rank = 0
+    while -1 in ranks:
+        rest = [i for i, r in enumerate(ranks) if r < 0]
+        for i in rest:
+            if not any(brute_dominates(points[j], points[i], maximize) for j in rest):
+                ranks[i] = rank
+        rank += 1
+    return ranks
+
+
+def brute_hypervolume_2d(points: list[tuple[float, ...]], ref: tuple[float, float]) -> float:
+    """Minimization, 2-D: sweep x ascending and sum the rectangles each new best y adds."""
+    inside = sorted(p for p in points if p[0] < ref[0] and p[1] < ref[1])
+    total, best_y = 0.0, ref[1]
+    for x, y in inside:
+        if y < best_y:
+            total += (ref[0] - x) * (best_y - y)
+            best_y = y
+    return total
+
+
+# Small integer grids make ties and exact duplicates frequent; 2 and 3 objectives.
+def point_sets(dims: int, max_size: int = 25) -> st.SearchStrategy[list[tuple[float, ...]]]:
+    coord = st.integers(0, 5).map(float)
+    return st.lists(st.tuples(*[coord] * dims), min_size=0, max_size=max_size)
+
+
+points_and_flags = st.integers(2, 3).flatmap(
+    lambda d: st.tuples(point_sets(d), st.tuples(*[st.booleans()] * d))
+)
 
 
 @FAST
-@given(points_2d, st.tuples(st.booleans(), st.booleans()))
-def test_pareto_front_matches_brute_force(points: list[tuple[float, ...]], maximize: tuple[bool, bool]) -> None:
+@given(points_and_flags)
+def test_pareto_front_matches_brute_force(case: tuple[list[tuple[float, ...]], tuple[bool, ...]]) -> None:
+    points, maximize = case
     assert pareto_front(points, maximize) == brute_front(points, maximize)
 
 
 @FAST
-@given(points_2d)
-def test_pareto_ranks_are_consistent(points: list[tuple[float, ...]]) -> None:
-    maximize = (True, False)
+@given(points_and_flags)
+def test_pareto_ranks_match_brute_force(case: tuple[list[tuple[float, ...]], tuple[bool, ...]]) -> None:
+    points, maximize = case
     ranks = pareto_ranks(points, maximize)
+    assert ranks == brute_ranks(points, maximize)
     assert [i for i, r in enumerate(ranks) if r == 0] == pareto_front(points, maximize)
     for i, j in itertools.permutations(range(len(points)), 2):
+        assert dominates(points[i], points[j], maximize) == brute_dominates(points[i], points[j], maximize)
         if dominates(points[i], points[j], maximize):
             assert ranks[i] < ranks[j]
+        if points[i] == points[j]:
+            assert ranks[i] == ranks[j]  # duplicates share a rank
 
 
 def test_pareto_front_keeps_duplicates() -> None:
     pts = [(0.5, 10.0), (0.5, 10.0), (0.4, 12.0)]
     assert pareto_front(pts, (True, False)) == [0, 1]
+    assert pareto_ranks(pts, (True, False)) == [0, 0, 1]
+
+
+def test_pareto_handles_infinities_and_rejects_nan() -> None:
+    inf = float("inf")
+    pts = [(1.0, inf), (inf, 1.0), (0.0, 0.0)]
+    assert pareto_front(pts, (True, True)) == [0, 1]
+    assert pareto_ranks(pts, (True, True)) == [0, 0, 1]
+    with pytest.raises(ValueError):
+        pareto_front([(1.0, float("nan"))], (True, False))
+    with pytest.raises(ValueError):
+        pareto_ranks([(1.0, 2.0, 3.0)], (True, False))
+    assert pareto_front([], (True, False)) == [] and pareto_ranks([], (True,)) == []
+
+
+@FAST
+@given(point_sets(2, max_size=30), st.tuples(st.booleans(), st.booleans()))
+def test_hypervolume_matches_brute_force_2d(points: list[tuple[float, ...]], maximize: tuple[bool, bool]) -> None:
+    # reference point in the user's directions: worst corner, a bit beyond the grid
+    ref = tuple(-0.5 if m else 5.5 for m in maximize)
+    sign = [-1.0 if m else 1.0 for m in maximize]
+    as_min = [tuple(s * v for s, v in zip(sign, p)) for p in points]
+    ref_min = (sign[0] * ref[0], sign[1] * ref[1])
+    assert hypervolume(points, maximize, ref) == pytest.approx(brute_hypervolume_2d(as_min, ref_min))
+
+
+def test_hypervolume_reference_point_convention() -> None:
+    # mAP maximized (ref is a lower bound), params minimized (ref is an upper bound)
+    pts = [(0.8, 2.0), (0.6, 1.0)]
+    assert hypervolume(pts, (True, False), (0.0, 4.0)) == pytest.approx(0.8 * 2 + 0.6 * 1)
+    assert hypervolume(pts, (True, False), (0.9, 4.0)) == 0.0  # no point beats the ref on mAP
+    assert hypervolume([], (True, False), (0.0, 4.0)) == 0.0
+    assert hypervolume([(0.5, 4.0)], (True, False), (0.0, 4.0)) == 0.0  # on the boundary: no volume
+    assert hypervolume([(1.0, 1.0, 1.0)], (False, False, False), (2.0, 3.0, 4.0)) == pytest.approx(6.0)
+    with pytest.raises(ValueError):
+        hypervolume(pts, (True, False), (0.0,))
+    with pytest.raises(ValueError):
+        hypervolume(pts, (True, False), (0.0, float("inf")))
+    with pytest.raises(ValueError):
+        hypervolume([(float("inf"), 1.0)], (True, False), (0.0, 4.0))
+
+
+@FAST
+@given(st.integers(2, 3).flatmap(lambda d: point_sets(d, max_size=20)))
+def test_crowding_distance_boundary_points_are_infinite(points: list[tuple[float, ...]]) -> None:
+    dist = crowding_distances(points)
+    assert len(dist) == len(points)
+    if len(points) <= 2:
+        assert all(d == float("inf") for d in dist)
+        return
+    for m in range(len(points[0])):
+        values = [p[m] for p in points]
+        lo, hi = min(values), max(values)
+        if lo == hi:
+            continue  # a zero-range objective neither rewards nor marks boundaries
+        # ties at an extreme: pymoo's stable sort marks the lowest index at the minimum and
+        # the highest index at the maximum
+        assert dist[values.index(lo)] == float("inf")
+        assert dist[len(values) - 1 - values[::-1].index(hi)] == float("inf")
+    assert all(d >= 0 for d in dist)
+
+
+def test_crowding_distance_interior_points() -> None:
+    # the middle point's neighbours span the whole range on both objectives; pymoo averages
+    # the normalized gaps over objectives
+    dist = crowding_distances([(0.0, 4.0), (1.0, 3.0), (4.0, 0.0)])
+    assert dist[0] == dist[2] == float("inf")
+    assert dist[1] == pytest.approx(1.0)
+    assert crowding_distances([]) == []
 
 
 def test_select_parents_front_then_fill_and_truncate() -> None:
@@ -185,6 +292,22 @@ def test_select_parents_front_then_fill_and_truncate() -> None:
         select_parents(recs, keys, maxi, 0)
     with pytest.raises(ValueError):
         select_parents([{"mAP": 1.0}], keys, maxi, 1)
+
+
+@FAST
+@given(points_and_flags, st.integers(1, 10))
+def test_select_parents_takes_whole_ranks_first(case: tuple[list[tuple[float, ...]], tuple[bool, ...]], k: int) -> None:
+    points, maximize = case
+    keys = [f"o{d}" for d in range(len(maximize))]
+    recs = [dict(zip(keys, p)) for p in points]
+    chosen = select_parents(recs, keys, maximize, k)
+    assert chosen == select_parents(recs, keys, maximize, k)  # deterministic
+    assert len(chosen) == min(k, len(points)) and len(set(chosen)) == len(chosen)
+    ranks = brute_ranks(points, maximize)
+    worst = max((ranks[i] for i in chosen), default=-1)
+    # nothing left out is better ranked than the worst chosen one; lower ranks come whole
+    assert all(ranks[i] >= worst for i in range(len(points)) if i not in chosen)
+    assert [ranks[i] for i in chosen] == sorted(ranks[i] for i in chosen)
 
 
 # --------------------------------------------------------------------------- SerialSearch
