@@ -2,12 +2,14 @@
 (PP-LCNet, SP-NAS reignite, and later PruneEA/SPOS/SANAS).
 
 Plain torch: no Prefect, no MLflow. Progress leaves through the `on_epoch` callback; a
-checkpoint after every epoch (model, optimizer, scheduler, epoch, config) lets `fit` resume.
+checkpoint after every epoch (model, optimizer, scheduler, epoch, config, history, RNG states;
+engine.detection's format) lets `fit` resume in a new process as if never interrupted.
 """
 from __future__ import annotations
 
+import itertools
+import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+
+from engine.detection import model_signature, read_checkpoint, restore_checkpoint, save_checkpoint
+from engine.runtime import model_on, rng_state, set_rng_state
+from spnas.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,12 +57,22 @@ def sgd_cosine(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None, criterion: nn.Module,
-                    max_steps: int | None = None) -> dict[str, float]:
+                    max_steps: int | None = None, *, device: torch.device | None = None) -> dict[str, float]:
+    """One pass (or `max_steps` batches). `device`: where to train (None: where the model is);
+    the model comes back where it was."""
+    with model_on(model, device) as dev:
+        return _train_one_epoch(model, loader, optimizer, scheduler, criterion, max_steps, dev)
+
+
+def _train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler | None, criterion: nn.Module,
+                     max_steps: int | None, device: torch.device) -> dict[str, float]:
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
-    for step, (images, labels) in enumerate(loader):
-        if max_steps is not None and step >= max_steps:
-            break
+    # islice: stop before loading a batch that won't be trained on.
+    batches = loader if max_steps is None else itertools.islice(loader, max_steps)
+    for step, (images, labels) in enumerate(batches):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits = model(images)
         loss = criterion(logits, labels)
         if not torch.isfinite(loss):
@@ -70,13 +88,21 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     return {"train_loss": total_loss / max(1, seen), "train_acc": correct / max(1, seen)}
 
 
+def evaluate(model: nn.Module, loader: DataLoader, topk: int = 5, *,
+             device: torch.device | None = None) -> dict[str, float]:
+    """top-1 / top-k accuracy and mean cross-entropy over `loader`. `device`: where to run
+    (None: where the model is); the model comes back where it was."""
+    with model_on(model, device) as dev:  # outside inference mode (see model_on)
+        return _evaluate(model, loader, topk, dev)
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, topk: int = 5) -> dict[str, float]:
-    """top-1 / top-k accuracy and mean cross-entropy over `loader`."""
+def _evaluate(model: nn.Module, loader: DataLoader, topk: int, device: torch.device) -> dict[str, float]:
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     loss, top1, topk_hits, seen = 0.0, 0, 0, 0
     for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits = model(images)
         loss += criterion(logits, labels).item()
         k = min(topk, logits.shape[1])
@@ -89,41 +115,64 @@ def evaluate(model: nn.Module, loader: DataLoader, topk: int = 5) -> dict[str, f
     return {"top1": top1 / seen, f"top{topk}": topk_hits / seen, "loss": loss / seen, "count": seen}
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None, cfg: TrainConfig,
         checkpoint_path: Path | None = None, topk: int = 5,
-        on_epoch: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
-    """Train for cfg.epochs; returns per-epoch metrics. Resumes from `checkpoint_path` when it
-    holds a checkpoint of the same config (a killed run continues at its next epoch)."""
+        on_epoch: Callable[[dict[str, float]], None] | None = None, *,
+        device: torch.device | None = None) -> list[dict[str, float]]:
+    """Train for cfg.epochs; returns per-epoch metrics (all epochs, also after a resume).
+
+    `device`: where to train and validate (None: where the model is); the model comes back
+    where it was. `checkpoint_path`: saved after every finished epoch. When it holds a
+    checkpoint of the same config (TrainConfig, model layout, steps per epoch), training
+    continues after its last finished epoch with the same weights, optimizer, LR schedule,
+    RNG states and shuffling order, so the result equals an uninterrupted run; a checkpoint of
+    another config, or an unreadable one, is ignored and overwritten.
+    """
     steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
-    optimizer, scheduler = sgd_cosine(model, cfg, steps)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    history: list[dict[str, float]] = []
-    start = 0
-    if checkpoint_path is not None and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if state.get("config") == asdict(cfg):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start, history = state["epoch"], list(state["history"])
-    for epoch in range(start + 1, cfg.epochs + 1):
-        metrics: dict[str, float] = {"epoch": epoch}
-        metrics.update(train_one_epoch(model, train_loader, optimizer, scheduler, criterion, cfg.max_steps_per_epoch))
-        metrics["lr"] = optimizer.param_groups[0]["lr"]
-        if val_loader is not None:
-            val = evaluate(model, val_loader, topk)
-            metrics.update({f"val_{k}": v for k, v in val.items() if k != "count"})
-        history.append(metrics)
+    with model_on(model, device) as dev:
+        optimizer, scheduler = sgd_cosine(model, cfg, steps)
+        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        config = {"train": asdict(cfg), "model": model_signature(model), "steps_per_epoch": steps}
+        history: list[dict[str, float]] = []
+        start = 0
         if checkpoint_path is not None:
-            _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,
-                          "config": asdict(cfg)}, checkpoint_path)
-        if on_epoch is not None:
-            on_epoch(metrics)
+            start, history = _resume(Path(checkpoint_path), config, model, optimizer, scheduler, train_loader, dev)
+        for epoch in range(start + 1, cfg.epochs + 1):
+            metrics: dict[str, float] = {"epoch": epoch}
+            metrics.update(_train_one_epoch(model, train_loader, optimizer, scheduler, criterion,
+                                            cfg.max_steps_per_epoch, dev))
+            metrics["lr"] = optimizer.param_groups[0]["lr"]
+            if val_loader is not None:
+                val = _evaluate(model, val_loader, topk, dev)
+                metrics.update({f"val_{k}": v for k, v in val.items() if k != "count"})
+            history.append(metrics)
+            if checkpoint_path is not None:
+                # The shuffling generator's state now is the next epoch's order: a resume restores it.
+                gen = train_loader.generator
+                save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, config,
+                                extra={"history": history, "rng": rng_state(dev),
+                                       "loader_rng": gen.get_state() if gen is not None else None})
+            if on_epoch is not None:
+                on_epoch(metrics)
     return history
+
+
+def _resume(path: Path, config: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: Any, train_loader: DataLoader, device: torch.device) -> tuple[int, list[dict[str, float]]]:
+    """Restore a matching checkpoint; returns (finished epochs, their history), (0, []) if none."""
+    if not path.exists():
+        return 0, []
+    try:
+        ckpt = read_checkpoint(path)
+    except InputError as exc:
+        log.warning("ignoring checkpoint: %s", exc)
+        return 0, []
+    if ckpt.get("config") != config or not {"history", "rng", "loader_rng"} <= set(ckpt):
+        log.info("ignoring checkpoint %s: written for another config; starting fresh", path)
+        return 0, []
+    restore_checkpoint(ckpt, model, optimizer, scheduler)
+    set_rng_state(ckpt["rng"], device)  # augmentation and dropout draw from these
+    if ckpt["loader_rng"] is not None and train_loader.generator is not None:
+        train_loader.generator.set_state(ckpt["loader_rng"])
+    log.info("resuming %s after epoch %d of %d", path, ckpt["epoch"], config["train"]["epochs"])
+    return int(ckpt["epoch"]), list(ckpt["history"])

@@ -1,11 +1,21 @@
-"""Process-wide torch settings a stage applies before it trains."""
+"""Process-wide torch settings a stage applies before it trains: threads, seeds, the device,
+and the RNG snapshots a resumable training stores in its checkpoint."""
 from __future__ import annotations
 
 import os
 import random
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from spnas.errors import InputError
+
+_CUDA = re.compile(r"cuda(?::(\d+))?")
 
 
 def configure_torch(num_threads: int | None, seed: int) -> int:
@@ -16,3 +26,85 @@ def configure_torch(num_threads: int | None, seed: int) -> int:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     return threads
+
+
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """"auto" | "cpu" | "cuda" | "cuda:N" -> a usable torch.device, or an InputError naming `device`.
+
+    Cheap enough for params validation: "cpu" never touches CUDA, and the others only ask
+    whether CUDA is there (no context is created).
+    """
+    text = str(spec).strip().lower()
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    match = _CUDA.fullmatch(text)
+    if match is None:
+        raise InputError("device", f"{str(spec)!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    if not torch.cuda.is_available():
+        raise InputError("device", f"{str(spec)!r} asks for CUDA but no CUDA GPU is usable here; "
+                                   "use 'cpu' or 'auto'.")
+    index, count = int(match.group(1) or 0), torch.cuda.device_count()
+    if index >= count:
+        raise InputError("device", f"{str(spec)!r} does not exist: this machine has {count} CUDA "
+                                   f"device(s), cuda:0 to cuda:{count - 1}.")
+    # An explicit index so it compares equal to the device a parameter reports.
+    return torch.device("cuda", index)
+
+
+def module_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@contextmanager
+def model_on(model: nn.Module, device: torch.device | str | None) -> Iterator[torch.device]:
+    """Run a block with `model` on `device` and put it back where it was afterwards (also on error).
+
+    None leaves the model where it is. Restoring keeps every engine call's contract simple: the
+    caller's model comes back on the device it went in on (CPU in the tasks), so state dicts it
+    saves and `latency_ms` stay on CPU. Parameters keep their identity (`Module.to` swaps
+    `.data`), so an optimizer built on them stays valid. Call outside inference mode: moving
+    parameters inside it would turn them into inference tensors that cannot train again.
+    """
+    home = module_device(model)
+    target = home if device is None else torch.device(device)
+    if target != home:
+        model.to(target)
+    try:
+        yield target
+    finally:
+        if target != home:
+            model.to(home)
+
+
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """The global RNG streams a training draws from (torch CPU, CUDA on `device`, numpy, python),
+    as tensors and plain lists so a `weights_only` load accepts them."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": _plain(random.getstate()),
+    }
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    torch.set_rng_state(state["torch"].cpu())  # loaded with map_location, it may not be on CPU
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate(_tuple(state["python"]))
+    if device is not None and device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(_tuple(v) for v in value) if isinstance(value, list) else value
