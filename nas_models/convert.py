@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from spnas.errors import InputError
 
 __all__ = [
     "Conversion",
+    "check_weights_file",
     "convert_checkpoint",
     "convert_torchvision_resnet",
     "detect_format",
@@ -219,29 +221,97 @@ def convert_torchvision_resnet(
     return conv.state_dict
 
 
-def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state_dict from a .pth file (weights_only), unwrapping {"model"/"state_dict": ...}."""
-    p = Path(path)
+WEIGHTS_ALLOWED = ("give a state_dict saved with torch.save(model.state_dict(), path) "
+                   "(optionally under 'model' or 'state_dict')")
+_WRAPPERS = ("model", "state_dict", "model_state_dict")
+_ZIP_MAGIC = b"PK\x03\x04"
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def load_weights_file(path: str | Path, field: str = "pretrained_weights") -> dict[str, torch.Tensor]:
+    """A state_dict from a weights file, loaded with weights_only=True (no code runs).
+
+    Unwraps {"model"/"state_dict"/"model_state_dict": sd} and strips DataParallel's "module."
+    prefix. Every problem is an InputError naming `field`; PyTorch's own text is never shown,
+    since it suggests weights_only=False, which would execute code from the file.
+    """
+    return _load_weights(Path(path), field, mmap=False)
+
+
+def check_weights_file(path: str | Path, field: str) -> None:
+    """Load and validate a weights file once (for a parameter validator); InputError on problems."""
+    # mmap: a zip checkpoint's tensors are not read into memory just to be checked.
+    _load_weights(Path(path), field, mmap=True)
+
+
+def _load_weights(p: Path, field: str, mmap: bool) -> dict[str, torch.Tensor]:
     if not p.is_file():
-        raise InputError("weights_file", f"{str(p)!r} does not exist or is not a file.")
+        raise InputError(field, f"{str(p)!r} does not exist or is not a file; {WEIGHTS_ALLOWED}.")
+    with p.open("rb") as f:
+        head = f.read(4096)
+    if not head:
+        raise InputError(field, f"{str(p)!r} is empty; {WEIGHTS_ALLOWED}.")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors vary by cause; the user needs one sentence
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. pickle-protocol notes: the user cannot act on them
+            obj = torch.load(p, map_location="cpu", weights_only=True,
+                             mmap=mmap and head.startswith(_ZIP_MAGIC))
+    except Exception as exc:  # pickle/zip/EOF errors vary by cause; the user needs one sentence
         raise InputError(
-            "weights_file", f"{str(p)!r} is not a readable torch weights file ({first[:200]})."
-        ) from exc
-    wrappers = ("model", "state_dict")
-    while isinstance(obj, Mapping) and any(isinstance(obj.get(k), Mapping) for k in wrappers):
-        obj = obj["model"] if isinstance(obj.get("model"), Mapping) else obj["state_dict"]
-    if (
-        not isinstance(obj, Mapping)
-        or not obj
-        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-    ):
-        raise InputError(
-            "weights_file",
-            f"{str(p)!r} holds no state_dict (expected a dict of name -> tensor, optionally "
-            "under 'model' or 'state_dict').",
-        )
-    return dict(obj)
+            field, f"{str(p)!r} is not a readable torch weights file ({_load_failure(head, exc)}); "
+                   f"{WEIGHTS_ALLOWED}.") from exc
+    while isinstance(obj, Mapping) and any(isinstance(obj.get(k), Mapping) for k in _WRAPPERS):
+        obj = next(obj[k] for k in _WRAPPERS if isinstance(obj.get(k), Mapping))
+    problem = _not_a_state_dict(obj)
+    if problem:
+        raise InputError(field, f"{str(p)!r} has no state_dict: it holds {problem}; {WEIGHTS_ALLOWED}.")
+    return _strip_module_prefix(obj)
+
+
+def _load_failure(head: bytes, exc: Exception) -> str:
+    """Why torch.load failed, in our words (never PyTorch's message, see load_weights_file)."""
+    if _looks_like_text(head):  # first: a text line starting with "c" reads as a pickle GLOBAL
+        return "it is a text file"
+    # torch.save writes a zip archive (or, before 1.6, a binary pickle starting with PROTO).
+    unsafe = _UNSAFE_GLOBAL.search(str(exc)) if head.startswith((_ZIP_MAGIC, b"\x80")) else None
+    if unsafe:
+        return (f"it holds a pickled {unsafe.group(1)}, and only tensors and plain containers are "
+                "loaded, as other objects could run code")
+    if head.startswith(_ZIP_MAGIC):
+        return "the zip archive is damaged or truncated"
+    return "it is neither a zip archive nor a pickle written by torch.save"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # The 4 KiB cut may split a multi-byte character: retry without the last few bytes.
+        try:
+            text = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return "\x00" not in text and all(ch.isprintable() or ch in "\t\r\n\f" for ch in text)
+
+
+def _not_a_state_dict(obj: object) -> str:
+    """'' for a non-empty {str: tensor} mapping, else what the file holds instead."""
+    if isinstance(obj, torch.Tensor):
+        return f"a single tensor of shape {tuple(obj.shape)}"
+    if not isinstance(obj, Mapping):
+        return _a(type(obj).__name__)
+    if not obj:
+        return "an empty dict"
+    if not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        keys = ", ".join(repr(k) for k in list(obj)[:5])
+        return f"a dict with no tensors (keys {keys}{', ...' if len(obj) > 5 else ''})"
+    for k, v in obj.items():
+        if not isinstance(k, str):
+            return f"a dict with the non-text key {k!r}"
+        if not isinstance(v, torch.Tensor):
+            return f"a dict whose entry {k!r} is {_a(type(v).__name__)} rather than a tensor"
+    return ""
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"

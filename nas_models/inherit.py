@@ -17,7 +17,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
-__all__ = ["InheritReport", "inherit_weights", "state_mismatch"]
+from spnas.errors import InputError
+
+__all__ = ["InheritReport", "inherit_weights", "require_loaded_share", "state_mismatch"]
 
 # "stages.1.0.conv1.weight" or "backbone.body.stages.1.0.conv1.weight" -> block prefix
 _BLOCK = re.compile(r"^(.*?stages\.\d+\.\d+)\.")
@@ -67,6 +69,34 @@ def inherit_weights(
                     p.requires_grad_(False)
                 frozen.append(prefix)
     return InheritReport(len(matched), len(own), matched, frozen)
+
+
+def require_loaded_share(
+    report: InheritReport | int,
+    total_tensors: int | None,
+    field: str,
+    min_share: float = 0.5,
+) -> None:
+    """Refuse a user's weights file of which too little fits the model.
+
+    `report` is inherit_weights' report (or the number of tensors loaded); `total_tensors` is
+    what the share is taken of (None: the report's total, i.e. the model's tensors). Loading by
+    name and shape silently skips whatever does not fit, so weights for another architecture
+    would otherwise "load" and leave the model untrained.
+    """
+    matched = report.matched if isinstance(report, InheritReport) else int(report)
+    total = total_tensors if total_tensors is not None else (
+        report.total if isinstance(report, InheritReport) else None)
+    if total is None or total < 1:
+        raise ValueError(f"total_tensors must be a positive count, got {total!r}")
+    if not 0 < min_share <= 1:
+        raise ValueError(f"min_share must be in (0, 1], got {min_share!r}")
+    if matched < min_share * total:
+        raise InputError(
+            field,
+            f"only {matched} of {total} tensors matched by name and shape (need at least "
+            f"{min_share * 100:g} %); give weights saved from the same architecture.",
+        )
 
 
 def state_mismatch(

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.coco import CocoDetection, collate_detection, load_coco
+from data.coco import CocoDetection, check_coco_files, collate_detection, load_coco
 from data.coco_digits import default_digits_coco, make_digits_coco
 from data.coco_eval import coco_map, to_coco_detections
 from spnas.errors import InputError
@@ -205,15 +205,130 @@ def test_load_coco_missing_and_unparsable_files(small, tmp_path):
         load_coco(tmp_path / "no_images", small.val_json)
 
 
+# --- check_coco_files: the parameter-edge check -----------------------------------------------
+
+IMAGES_FIELD, JSON_FIELD = "data.train_images", "data.train_json"
+
+
+def _json_edit(edit):
+    """A case writing the small set's val json after `edit(data)`."""
+    def write(small, path: Path) -> None:
+        data = json.loads(small.val_json.read_text())
+        edit(data)
+        path.write_text(json.dumps(data))
+    return write
+
+
+def _raw(content: bytes):
+    return lambda small, path: path.write_bytes(content)
+
+
+def _set(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def edit(data):
+        target = data
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+    return edit
+
+
+def _duplicate_image_id(data):
+    data["images"][1]["id"] = data["images"][0]["id"]
+
+
+BAD_COCO_FILES = [
+    ("text, not JSON", _raw(b"images: none\n"), JSON_FIELD),
+    ("broken JSON", _raw(b'{"images": [}'), JSON_FIELD),
+    ("random bytes", _raw(bytes(np.random.default_rng(0).integers(0, 256, 512, dtype=np.uint8))), JSON_FIELD),
+    ("PNG bytes", _raw(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"), JSON_FIELD),
+    ("empty file", _raw(b""), JSON_FIELD),
+    ("top level list", _raw(b"[]"), JSON_FIELD),
+    ("top level number", _raw(b"3"), JSON_FIELD),
+    ("no images", _json_edit(lambda d: d.pop("images")), JSON_FIELD),
+    ("no annotations", _json_edit(lambda d: d.pop("annotations")), JSON_FIELD),
+    ("no categories", _json_edit(lambda d: d.pop("categories")), JSON_FIELD),
+    ("images not a list", _json_edit(_set("images", {"1": "a.png"})), JSON_FIELD),
+    ("zero width box", _json_edit(_set("annotations", 0, "bbox", 2, 0)), JSON_FIELD),
+    ("negative height box", _json_edit(_set("annotations", 0, "bbox", 3, -4.0)), JSON_FIELD),
+    ("unknown image id", _json_edit(_set("annotations", 0, "image_id", 12345)), JSON_FIELD),
+    ("unknown category id", _json_edit(_set("annotations", 0, "category_id", 99)), JSON_FIELD),
+    ("duplicate image ids", _json_edit(_duplicate_image_id), JSON_FIELD),
+    ("missing image file", _json_edit(_set("images", 1, "file_name", "not_there.png")), IMAGES_FIELD),
+]
+
+
+@pytest.mark.parametrize("write, field", [c[1:] for c in BAD_COCO_FILES], ids=[c[0] for c in BAD_COCO_FILES])
+def test_bad_coco_files_are_refused_naming_the_field(small, tmp_path, write, field):
+    ann_file = tmp_path / "instances.json"
+    write(small, ann_file)
+    with pytest.raises(InputError) as err:
+        check_coco_files(small.val_images, ann_file, IMAGES_FIELD, JSON_FIELD)
+    assert err.value.field == field
+    # load_coco runs the same checks and names the same field when given the names.
+    with pytest.raises(InputError) as again:
+        load_coco(small.val_images, ann_file, images_field=IMAGES_FIELD, json_field=JSON_FIELD)
+    assert again.value.field == field and str(again.value) == str(err.value)
+
+
+def test_missing_paths_name_their_field(small, tmp_path):
+    with pytest.raises(InputError) as err:
+        check_coco_files(small.val_images, tmp_path / "none.json", IMAGES_FIELD, JSON_FIELD)
+    assert err.value.field == JSON_FIELD and "none.json" in str(err.value)
+    with pytest.raises(InputError) as err:
+        check_coco_files(tmp_path / "no_images", small.val_json, IMAGES_FIELD, JSON_FIELD)
+    assert err.value.field == IMAGES_FIELD and "no_images" in str(err.value)
+
+
+def test_good_files_pass_without_decoding_images(small, monkeypatch):
+    import PIL.Image
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("check_coco_files must not open images")
+
+    monkeypatch.setattr(PIL.Image, "open", no_decoding)
+    assert check_coco_files(str(small.val_images), str(small.val_json), IMAGES_FIELD, JSON_FIELD) is None
+
+
+def test_image_files_in_sub_folders_are_found(small, tmp_path):
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    data = json.loads(small.val_json.read_text())
+    for im in data["images"]:
+        (images / "sub" / im["file_name"]).write_bytes((small.val_images / im["file_name"]).read_bytes())
+        im["file_name"] = f"sub/{im['file_name']}"
+    ann_file = tmp_path / "nested.json"
+    ann_file.write_text(json.dumps(data))
+    check_coco_files(images, ann_file, IMAGES_FIELD, JSON_FIELD)
+    (images / data["images"][-1]["file_name"]).unlink()
+    with pytest.raises(InputError) as err:
+        check_coco_files(images, ann_file, IMAGES_FIELD, JSON_FIELD)
+    assert err.value.field == IMAGES_FIELD
+
+
 # --- mAP ----------------------------------------------------------------------------------------
 
 def test_perfect_detections_score_one(val_set):
     assert coco_map(val_set, ground_truth_detections(val_set)) == {"mAP": 1.0, "mAP50": 1.0}
 
 
+def shifted_detections(coco_set, fraction: float) -> list[dict]:
+    """Ground-truth boxes moved right by `fraction` of their own width (same size)."""
+    dets = ground_truth_detections(coco_set)
+    for d in dets:
+        d["bbox"][0] += fraction * d["bbox"][2]
+    return dets
+
+
 def test_ann_file_path_is_accepted_and_shifted_boxes_score_less(val_set):
-    shifted = coco_map(val_set.ann_file, ground_truth_detections(val_set, shift=3.0))
-    assert shifted["mAP"] < 1.0 and shifted["mAP50"] <= 1.0 and shifted["mAP"] < shifted["mAP50"] + 1e-9
+    # A shift of w/5 gives IoU 0.8/1.2 = 2/3 for every box: a hit at the thresholds
+    # .50 .55 .60 .65, a miss at .70 ... .95, so mAP@.5 stays 1 and mAP@[.5:.95] is 4/10.
+    fifth = coco_map(val_set.ann_file, shifted_detections(val_set, 0.2))
+    assert fifth["mAP50"] == pytest.approx(1.0) and fifth["mAP"] == pytest.approx(0.4, abs=1e-6)
+    # A shift of w/2 gives IoU 0.5/1.5 = 1/3: below every threshold, nothing counts.
+    half = coco_map(val_set.ann_file, shifted_detections(val_set, 0.5))
+    assert half == {"mAP": 0.0, "mAP50": 0.0}
 
 
 def test_no_detections_score_zero(val_set):

@@ -147,7 +147,7 @@ def test_load_weights_file(tmp_path: Path, resnet18: torch.nn.Module) -> None:
         assert set(loaded) == set(sd) and torch.equal(loaded["conv1.weight"], sd["conv1.weight"])
     with pytest.raises(InputError) as err:
         load_weights_file(tmp_path / "missing.pth")
-    assert err.value.field == "weights_file"
+    assert err.value.field == "pretrained_weights"
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="not a readable"):

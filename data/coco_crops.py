@@ -1,0 +1,248 @@
+"""An ImageNet-format classification folder cut out of a COCO detection set (SP-NAS reignite).
+
+Reignite trains the searched backbone as a classifier. A user who gives only COCO files has
+no classification folder, so the objects of their own boxes become one: one sub-folder per
+category, one PNG per box whose sides are both at least `min_size` px.
+
+    <root>/crops_<ann stem>_<key>/<category folder>/<image_id>_<annotation index>.png
+                                 crops.json   (what was kept and skipped; read on reuse)
+
+`<key>` hashes the annotation file's bytes and the crop settings, so each combination is built
+once (atomically, by data._build.build_once) and reused by later runs; a changed file gets a
+new folder instead of silently reusing stale crops.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data._build import build_once
+from data.coco import CocoSet, load_coco
+from data.transforms import load_rgb
+from spnas.errors import InputError
+
+MANIFEST = "crops.json"
+FORMAT_VERSION = 1  # bump when the folder layout or crop rule changes: old builds are not reused
+_UNSAFE = re.compile(r"[^\w.-]+")  # \w keeps non-ASCII letters; spaces, slashes etc. become "_"
+
+
+@dataclass(frozen=True)
+class CropSet:
+    root: Path                                   # the ImageNet-format folder (classification_dir)
+    ann_file: Path
+    min_size: int
+    max_per_class: int | None
+    class_counts: dict[str, int]                 # folder name -> crops, sorted by folder name
+    category_folders: dict[int, str]             # COCO category id -> folder (categories with crops)
+    skipped_small: int                           # boxes with a side below min_size
+    capped: int = 0                              # boxes left out by max_per_class
+    crowd_skipped: int = 0                       # iscrowd regions (not single objects)
+    empty_categories: list[str] = field(default_factory=list)  # names of categories without a crop
+
+    @property
+    def total(self) -> int:
+        return sum(self.class_counts.values())
+
+    def describe(self) -> str:
+        """One line for logs."""
+        text = (f"{self.total:,} crops of {len(self.class_counts)} categories from {self.ann_file} "
+                f"(boxes >= {self.min_size} px; {self.skipped_small:,} smaller skipped")
+        if self.capped:
+            text += f"; {self.capped:,} over the cap of {self.max_per_class} per class left out"
+        if self.crowd_skipped:
+            text += f"; {self.crowd_skipped:,} crowd regions skipped"
+        if self.empty_categories:
+            text += f"; {len(self.empty_categories)} categories without a crop"
+        return text + ")"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly (Prefect results, MLflow params)."""
+        return {"root": str(self.root), "ann_file": str(self.ann_file), "min_size": self.min_size,
+                "max_per_class": self.max_per_class, "class_counts": dict(self.class_counts),
+                "category_folders": {str(k): v for k, v in self.category_folders.items()},
+                "skipped_small": self.skipped_small, "capped": self.capped,
+                "crowd_skipped": self.crowd_skipped, "empty_categories": list(self.empty_categories),
+                "total": self.total, "summary": self.describe()}
+
+
+def make_crops_imagefolder(images_dir: str | Path, ann_file: str | Path, root: str | Path,
+                           min_size: int = 16, max_per_class: int | None = None, seed: int = 0,
+                           *, images_field: str = "train_images",
+                           json_field: str = "train_json") -> CropSet:
+    """Build (once) and describe the crops folder of `ann_file` under the cache folder `root`.
+
+    `max_per_class` keeps a seeded random choice of that many boxes per category (None: all);
+    `seed` only matters with a cap. Raises InputError naming `json_field` when fewer than two
+    categories have a box of at least `min_size` px on both sides.
+    """
+    _check_args(min_size, max_per_class, seed)
+    images_dir, ann_file = Path(images_dir), Path(ann_file)
+    if not ann_file.is_file():
+        raise InputError(json_field, f"{ann_file} does not exist; give a COCO instances json file")
+    params: dict[str, Any] = {
+        "kind": "coco_crops", "version": FORMAT_VERSION, "ann_sha256": _sha256(ann_file),
+        "images_dir": str(images_dir.expanduser().resolve()), "min_size": min_size,
+        "max_per_class": max_per_class,
+        # Without a cap every box is kept: the seed changes nothing, so it must not force a rebuild.
+        "seed": seed if max_per_class is not None else None,
+    }
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    final = Path(root) / f"crops_{_folder_name(ann_file.stem, 'annotations')[:40]}_{key}"
+
+    def build(tmp: Path) -> None:
+        coco = load_coco(images_dir, ann_file, images_field=images_field, json_field=json_field)
+        plan = _plan(coco, min_size, max_per_class, seed)
+        _require_two_classes(plan, coco, min_size, json_field)
+        _write(tmp, coco, plan, images_field, min_size, max_per_class)
+
+    build_once(final, params, build)
+    return _read_manifest(final, ann_file)
+
+
+# --- planning: which boxes become which files (no image decoded yet) -------------------------
+
+@dataclass
+class _Plan:
+    folders: dict[int, str]                                   # cat id -> folder, every category
+    names: dict[int, str]                                     # cat id -> category name
+    crops: dict[int, list[tuple[int, int, tuple[int, int, int, int]]]]  # cat id -> (image, ann index, box)
+    skipped_small: int = 0
+    capped: int = 0
+    crowd_skipped: int = 0
+
+
+def _plan(coco: CocoSet, min_size: int, max_per_class: int | None, seed: int) -> _Plan:
+    images = {im["id"]: im for im in coco.images}
+    plan = _Plan(folders=_unique_folders(coco), names=dict(zip(coco.cat_ids, coco.cat_names)),
+                 crops={cat_id: [] for cat_id in coco.cat_ids})
+    # Annotation index in the file: unique and stable even when annotation ids are absent or repeated.
+    for index, ann in enumerate(coco.dataset["annotations"]):
+        if ann.get("iscrowd", 0):
+            plan.crowd_skipped += 1
+            continue
+        box = _pixel_box(ann["bbox"], images[ann["image_id"]])
+        x, y, w, h = ann["bbox"]
+        if w < min_size or h < min_size or box is None:
+            plan.skipped_small += 1
+            continue
+        plan.crops[ann["category_id"]].append((ann["image_id"], index, box))
+    if max_per_class is not None:
+        for label, cat_id in enumerate(coco.cat_ids):
+            items = plan.crops[cat_id]
+            if len(items) > max_per_class:
+                # One generator per category: a class's choice does not depend on the others.
+                rng = np.random.default_rng([seed, label])
+                keep = sorted(rng.choice(len(items), size=max_per_class, replace=False).tolist())
+                plan.capped += len(items) - max_per_class
+                plan.crops[cat_id] = [items[i] for i in keep]
+    return plan
+
+
+def _pixel_box(bbox: list[float], image: dict[str, Any]) -> tuple[int, int, int, int] | None:
+    """Whole pixels covering the box, clipped to the image (load_coco allows 1 px overhang)."""
+    x, y, w, h = bbox
+    x0, y0 = max(0, math.floor(x)), max(0, math.floor(y))
+    x1, y1 = min(image["width"], math.ceil(x + w)), min(image["height"], math.ceil(y + h))
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def _require_two_classes(plan: _Plan, coco: CocoSet, min_size: int, json_field: str) -> None:
+    with_crops = [cat_id for cat_id, items in plan.crops.items() if items]
+    if len(with_crops) < 2:
+        raise InputError(json_field, (
+            f"{coco.ann_file} gives crops of only {len(with_crops)} of {len(coco.cat_ids)} categories "
+            f"with boxes of at least {min_size} px ({plan.skipped_small:,} boxes were smaller); "
+            "reignite needs at least 2 classes, so lower the minimum crop size or give classification_dir"))
+
+
+def _unique_folders(coco: CocoSet) -> dict[int, str]:
+    folders: dict[int, str] = {}
+    taken: set[str] = set()  # compared case-folded: macOS/Windows folders ignore case
+    for cat_id, name in zip(coco.cat_ids, coco.cat_names):
+        base = _folder_name(name, f"category_{cat_id}")
+        candidate, n = base, 1
+        while candidate.casefold() in taken:
+            candidate = f"{base}_{cat_id}" if n == 1 else f"{base}_{cat_id}_{n}"
+            n += 1
+        taken.add(candidate.casefold())
+        folders[cat_id] = candidate
+    return folders
+
+
+def _folder_name(name: Any, fallback: str) -> str:
+    # Leading dots would hide the folder from the ImageNet scan (hidden folders are ignored).
+    clean = _UNSAFE.sub("_", str(name).strip()).strip("._")
+    return clean[:64] or fallback
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+def _write(folder: Path, coco: CocoSet, plan: _Plan, images_field: str, min_size: int,
+           max_per_class: int | None) -> None:
+    by_image: dict[int, list[tuple[int, int, tuple[int, int, int, int]]]] = {}
+    for cat_id, items in plan.crops.items():
+        for image_id, index, box in items:
+            by_image.setdefault(image_id, []).append((cat_id, index, box))
+    for cat_id, items in plan.crops.items():
+        if items:
+            (folder / plan.folders[cat_id]).mkdir()
+    images = {im["id"]: im for im in coco.images}
+    for image_id in sorted(by_image):  # each image decoded once, however many boxes it holds
+        info = images[image_id]
+        path = coco.images_dir / info["file_name"]
+        try:
+            image = load_rgb(path)
+        except InputError as exc:
+            raise InputError(images_field, f"{path} cannot be read as an image") from exc
+        if image.size != (info["width"], info["height"]):
+            raise InputError(images_field, f"{path} is {image.size[0]}x{image.size[1]} but "
+                                           f"{coco.ann_file} says {info['width']}x{info['height']}")
+        for cat_id, index, box in by_image[image_id]:
+            image.crop(box).save(folder / plan.folders[cat_id] / f"{image_id:06d}_{index:06d}.png")
+    manifest = {
+        "class_counts": {plan.folders[c]: len(items) for c, items in plan.crops.items() if items},
+        "category_folders": {str(c): plan.folders[c] for c, items in plan.crops.items() if items},
+        "empty_categories": [plan.names[c] for c, items in plan.crops.items() if not items],
+        "skipped_small": plan.skipped_small, "capped": plan.capped, "crowd_skipped": plan.crowd_skipped,
+        "min_size": min_size, "max_per_class": max_per_class,
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def _read_manifest(final: Path, ann_file: Path) -> CropSet:
+    data = json.loads((final / MANIFEST).read_text())
+    return CropSet(root=final, ann_file=ann_file, min_size=data["min_size"],
+                   max_per_class=data["max_per_class"], class_counts=dict(sorted(data["class_counts"].items())),
+                   category_folders={int(k): v for k, v in data["category_folders"].items()},
+                   skipped_small=data["skipped_small"], capped=data["capped"],
+                   crowd_skipped=data["crowd_skipped"], empty_categories=data["empty_categories"])
+
+
+# --- arguments --------------------------------------------------------------------------------
+
+def _check_args(min_size: int, max_per_class: int | None, seed: int) -> None:
+    if not _is_int(min_size) or min_size < 1:
+        raise InputError("min_size", f"must be a positive integer (pixels), got {min_size!r}")
+    if max_per_class is not None and (not _is_int(max_per_class) or max_per_class < 1):
+        raise InputError("max_per_class", f"must be a positive integer or None, got {max_per_class!r}")
+    if not _is_int(seed) or seed < 0:
+        raise InputError("seed", f"must be a non-negative integer, got {seed!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
