@@ -1,4 +1,4 @@
-"""lcnet/full — PP-LCNet (PaddleX recipe): split → train → evaluate → export → predict."""
+"""lcnet/full — PP-LCNet (PaddleX recipe): data → split → train → evaluate → export → predict."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,27 +7,29 @@ from prefect import flow
 
 from params.loader import load_params
 from params.models import LcnetParams
-from tasks.common import fingerprint_tree
 from tasks.evaluate_classifier import evaluate_classifier_task
 from tasks.export_classifier import export_classifier_task
-from tasks.pipeline import close_tracking_on_crash, finish, pipeline, run_stage
+from tasks.pipeline import close_tracking_on_crash, finish, pipeline
 from tasks.predict import predict_task
-from tasks.split import resolve_dataset_dir, split_task
+from tasks.prepare_data import classification_data_task
+from tasks.split import split_task
 from tasks.train_classifier import train_classifier_task
 
 
+
 @flow(name="lcnet", on_crashed=[close_tracking_on_crash], on_cancellation=[close_tracking_on_crash])
-def lcnet(params_file: str = "params/lcnet.yaml", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def lcnet(params_file: str = "params/lcnet.yaml", overrides: dict[str, Any] | None = None,
+          refresh_from: str | None = None) -> dict[str, Any]:
+    """`refresh_from`: "all" recomputes every stage, a stage name recomputes it and what follows."""
     p = load_params(LcnetParams, params_file, overrides)  # bad input fails here, before any work
-    values = p.model_dump(mode="json")
-    with pipeline("lcnet", p) as pipe:
-        run = {"run_dir": str(pipe.run_dir), "parent_run_id": pipe.parent_run_id}
-        split = run_stage(split_task, dataset_dir=p.dataset_dir, val_value=p.val_value, test_value=p.test_value,
-                          seed=p.seed, data_fingerprint=fingerprint_tree(resolve_dataset_dir(p.dataset_dir)), **run)
-        trained = run_stage(train_classifier_task, split=split, params=values, **run)
-        evaluated = run_stage(evaluate_classifier_task, split=split, trained=trained, params=values, **run)
-        exported = run_stage(export_classifier_task, split=split, trained=trained, params=values, **run)
-        predicted = run_stage(predict_task, split=split, exported=exported, params=values, **run)
+    with pipeline("lcnet", p, p.STAGES, refresh_from) as pipe:
+        sources = pipe.run("data", classification_data_task, data=p.data)
+        split = pipe.run("split", split_task, sources=sources, data=p.data, seed=p.seed)
+        trained = pipe.run("train", train_classifier_task, split=split, model=p.model, train=p.train, seed=p.seed)
+        evaluated = pipe.run("evaluate", evaluate_classifier_task, split=split, trained=trained, model=p.model,
+                             topk=p.train.topk, seed=p.seed)
+        exported = pipe.run("export", export_classifier_task, split=split, trained=trained, model=p.model, seed=p.seed)
+        predicted = pipe.run("predict", predict_task, split=split, exported=exported, predict=p.predict)
         metrics = evaluated["metrics"]
         summary = {"val_top1": metrics["val"]["top1"], "test_top1": metrics.get("test", {}).get("top1"),
                    "macs": trained["performance"]["macs"], "params": trained["performance"]["params"],

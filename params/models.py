@@ -1,38 +1,131 @@
-"""Pydantic models of every deployment's parameters (defaults live in params/<flow>.yaml)."""
+"""Pydantic models of every deployment's parameters — the one place their defaults live.
+
+A pipeline's parameters are grouped into sections, one per stage (or per concern several stages
+share: `data`, `model`, `optimizer`). A stage task receives exactly the sections it reads, so its
+cache key covers only those: changing `fully_train.epochs` leaves every earlier stage cached.
+
+`params/<flow>.yaml` files hold only what a deployment changes from these defaults (the demo
+files hold nothing); `spnas check-params <deployment>` prints every value a run would use.
+"""
 from __future__ import annotations
 
+import math
+import re
+import types
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DASK_ADDRESS = re.compile(r"^(tcp|tls|ucx|ws|wss)://[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+KeepWeights = Literal["auto", "all", "pareto", "best"]
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    if annotation is bool:
+        return True
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return any(_accepts_bool(a) for a in typing.get_args(annotation))
+    return False
+
+
+class Section(BaseModel):
+    """Frozen, no unknown keys, no NaN/inf, and `true` is not a number (pydantic would make it 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
+            numeric = any(t in (int, float) for t in (field.annotation, *typing.get_args(field.annotation)))
+            raise ValueError(f"must be {'a number' if numeric else 'text'}, not true/false")
+        if isinstance(value, float) and math.isnan(value):
+            raise ValueError("must be a number, not NaN")
+        return value
+
+
+def _resolved(value: str | None) -> str | None:
+    """Absolute paths: the worker runs in another directory than the user's shell."""
+    return None if value is None else str(Path(value).expanduser().resolve())
 
 
 def _existing_dir(value: str | None, what: str) -> str | None:
     if value is not None and not Path(value).expanduser().is_dir():
         raise ValueError(f"must be an existing folder ({what})")
-    return value
+    return _resolved(value)
 
 
 def _existing_file(value: str | None, what: str) -> str | None:
-    if value is not None and not Path(value).expanduser().is_file():
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise ValueError(f"is a folder; give a file ({what})")
+    if not path.is_file():
         raise ValueError(f"must be an existing file ({what})")
-    return value
+    return _resolved(value)
 
 
-class RunParams(BaseModel):
-    """Fields every pipeline has."""
+def _writable_root(value: str | None) -> str | None:
+    """`output_root` may not exist yet, but it must be creatable: checked without creating it."""
+    if value is None:
+        return None
+    path = Path(value).expanduser().resolve()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"cannot be created: {probe} is a file, not a folder")
+    import os
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot be created: {probe} is not writable")
+    return str(path)
+
+
+# ----------------------------------------------------------------------- shared by all pipelines
+
+
+class RunParams(Section):
+    """Fields every pipeline has. `device` and `num_threads` say where a stage runs, not what it
+    computes, so they are not part of any stage's cache key."""
 
     seed: int = Field(0, ge=0, description="every random choice (split, init, sampling) derives from it")
     output_root: str | None = Field(None, description="outputs go to <output_root>/<flow-run-name>/; null = .spnas/outputs")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N (auto = CUDA when present)")
     num_threads: int | None = Field(None, ge=1, le=256, description="torch threads; null = all cores")
 
+    @field_validator("output_root")
+    @classmethod
+    def _output_root(cls, v: str | None) -> str | None:
+        return _writable_root(v)
 
-class SplitParams(BaseModel):
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        from engine.runtime import resolve_device
+
+        resolve_device(v)  # refuses cuda on a machine without it, before any work
+        return v
+
+
+class Runtime(Section):
+    """Where stages run (handed to every task, never part of a cache key)."""
+
+    device: str = "auto"
+    num_threads: int | None = None
+
+
+def runtime_of(p: RunParams) -> Runtime:
+    return Runtime(device=p.device, num_threads=p.num_threads)
+
+
+class SplitRatios(Section):
     """PaddleX `split_dataset --format ImageNet` ratios."""
 
     val_value: float = Field(0.2, gt=0, lt=1)
@@ -45,32 +138,29 @@ class SplitParams(BaseModel):
         return self
 
 
-class LcnetParams(RunParams, SplitParams):
+# ----------------------------------------------------------------------------------- lcnet/full
+
+
+class LcnetData(SplitRatios):
     dataset_dir: str | None = Field(
-        None, description="ImageNet-format folder (one sub-folder of images per class); null = embedded digits"
-    )
-    scale: Literal[0.25, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5] = 1.0
-    input_size: int = Field(32, ge=16, le=1024)
-    resize_short: int | None = Field(None, ge=16, le=2048, description="null = input_size")
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    epochs: int = Field(10, ge=1, le=10_000)
-    batch_size: int = Field(64, ge=1, le=4096)
-    learning_rate: float = Field(0.1, gt=0, le=10)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(4e-5, ge=0, lt=1)
-    warmup_epochs: int = Field(1, ge=0)
-    dropout: float = Field(0.2, ge=0, lt=1)
-    pretrained_weights: str | None = Field(None, description="a state_dict .pth; tensors whose name+shape match are loaded")
-    topk: int = Field(5, ge=1)
-    predict_count: int = Field(8, ge=1, description="test images the predict stage runs through the exported model")
-    predict_warmup: int = Field(5, ge=0, description="warm-up iterations before timing")
-    predict_repeats: int = Field(20, ge=1, description="timed passes over the predict images")
+        None, description="ImageNet-format folder (one sub-folder of images per class); null = embedded digits")
 
     @field_validator("dataset_dir")
     @classmethod
     def _dataset_dir(cls, v: str | None) -> str | None:
         return _existing_dir(v, "a folder of class sub-folders, or null for the embedded digits")
+
+
+class LcnetModel(Section):
+    """The network and the preprocessing the exported model carries."""
+
+    scale: Literal[0.25, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5] = 1.0
+    input_size: int = Field(32, ge=16, le=1024)
+    resize_short: int | None = Field(None, ge=16, le=2048, description="null = input_size")
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    dropout: float = Field(0.2, ge=0, lt=1)
+    pretrained_weights: str | None = Field(None, description="a state_dict .pth; tensors whose name+shape match are loaded")
 
     @field_validator("pretrained_weights")
     @classmethod
@@ -78,96 +168,107 @@ class LcnetParams(RunParams, SplitParams):
         return _existing_file(v, "a state_dict saved with torch.save, or null to train from scratch")
 
     @model_validator(mode="after")
+    def _weights_fit(self):
+        """At least half of the network's tensors must load by name and shape (else the weights
+        belong to another architecture and would silently leave the model untrained)."""
+        if self.pretrained_weights is not None:
+            from nas_models.convert import load_weights_file
+            from nas_models.inherit import inherit_weights, require_loaded_share
+            from nas_models.lcnet import build_lcnet
+
+            report = inherit_weights(build_lcnet(self.scale, num_classes=2, dropout=self.dropout),
+                                     load_weights_file(self.pretrained_weights, "pretrained_weights"))
+            require_loaded_share(report, None, "pretrained_weights")
+        return self
+
+    @model_validator(mode="after")
     def _sizes(self):
         if self.resize_short is not None and self.resize_short < self.input_size:
             raise ValueError(f"resize_short: must be at least input_size ({self.input_size})")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std: every value must be positive (got {list(self.std)})")
         return self
 
 
-class DetectorTrainParams(BaseModel):
-    """SGD for the detector (torchvision reference recipe, sized for CPU)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    learning_rate: float = Field(0.02, gt=0, le=10)
+class LcnetTrain(Section):
+    epochs: int = Field(12, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    learning_rate: float = Field(0.1, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0, lt=1)
-    batch_size: int = Field(8, ge=1, le=512)
+    weight_decay: float = Field(4e-5, ge=0, lt=1)
+    warmup_epochs: int = Field(1, ge=0)
+    topk: int = Field(5, ge=1, le=1000, description="top-k accuracy reported beside top-1")
 
 
-class SerialSearchParams(BaseModel):
-    """SpNasS (Vega names). The seed's values are in params/spnas_seed.yaml."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_sample: int = Field(20, ge=1, le=10_000)
-    max_optimal: int = Field(5, ge=1)
-    num_mutate: int = Field(3, ge=1, le=20)
-    add_stage_ratio: float = Field(0.05, ge=0, le=1)
-    expend_ratio: float = Field(0.3, ge=0, le=1)
-    max_stages: int = Field(6, ge=1, le=6)
-    batch: int = Field(2, ge=1, le=64, description="candidates proposed (and trained via .map) per round")
-    candidate_steps: int = Field(60, ge=1, description="training steps per candidate on inherited weights")
-    freeze_inherited: bool = Field(False, description="Vega's freeze_swap_keys: freeze fully inherited blocks")
+class LcnetPredict(Section):
+    count: int = Field(8, ge=1, description="test images the predict stage runs through the exported model")
+    warmup: int = Field(5, ge=0, description="warm-up iterations before timing")
+    repeats: int = Field(20, ge=1, description="timed passes over the predict images")
+    topk: int = Field(5, ge=1, le=1000)
 
 
-class ReigniteParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class LcnetParams(RunParams):
+    STAGES: ClassVar[tuple[str, ...]] = ("data", "split", "train", "evaluate", "export", "predict")
 
-    rounds: int = Field(1, ge=0, le=2, description="classification re-trainings of the chosen backbone (seed: at most 2)")
-    epochs: int = Field(2, ge=1)
-    input_size: int = Field(64, ge=32, le=1024)
-    batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(0.05, gt=0, le=10)
-    detector_steps: int = Field(40, ge=0, description="detector steps after mapping the reignited weights back")
+    data: LcnetData = LcnetData()
+    model: LcnetModel = LcnetModel()
+    train: LcnetTrain = LcnetTrain()
+    predict: LcnetPredict = LcnetPredict()
 
 
-class ParallelSearchParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_sample: int = Field(4, ge=0, le=1000)
-    max_per_stage: int = Field(2, ge=1, le=8)
-    max_additions: int = Field(3, ge=1, le=32)
-    batch: int = Field(2, ge=1, le=64)
-    candidate_steps: int = Field(60, ge=1)
+# ----------------------------------------------------------------------------------- spnas/full
 
 
-class SpnasParams(RunParams, SplitParams):
-    """spnas/full. COCO paths null = the embedded digit canvases."""
+class SpnasData(SplitRatios):
+    """Detection data (COCO instances files; null = the embedded digit canvases) and the
+    classification data reignite trains on."""
 
     train_images: str | None = None
     train_json: str | None = None
     val_images: str | None = None
     val_json: str | None = None
-    num_train_images: int = Field(600, ge=10, description="embedded set only: training canvases")
-    num_val_images: int = Field(150, ge=5, description="embedded set only: held-out canvases (held-out digits)")
+    num_train_images: int = Field(600, ge=10, le=100_000, description="embedded set only: training canvases")
+    num_val_images: int = Field(150, ge=5, le=100_000, description="embedded set only: held-out canvases (held-out digits)")
     search_val_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training images that scores candidates")
-    classification_dir: str | None = Field(None, description="ImageNet-format folder for reignite; null = embedded digits")
-    backbone_code: str = "11-21-21-21"
-    block: Literal["BasicBlock", "Bottleneck", "ResNeXt"] = "BasicBlock"
-    pretrained_weights: str | None = Field(None, description="torchvision ResNet or fasterrcnn_resnet50_fpn state_dict")
-    image_size: int = Field(96, ge=32, le=2048)
-    fpn_channels: int = Field(64, ge=8, le=1024)
-    optimizer: DetectorTrainParams = DetectorTrainParams()
-    fine_tune_epochs: int = Field(3, ge=0)
-    serial: SerialSearchParams = SerialSearchParams(max_sample=8, batch=2, add_stage_ratio=0.15, expend_ratio=0.3)
-    reignite: ReigniteParams = ReigniteParams()
-    parallel: ParallelSearchParams = ParallelSearchParams()
-    fully_train_epochs: int = Field(3, ge=1)
-    baseline: bool = Field(True, description="also fully train the starting architecture with the same budget")
-    eval_max_images: int | None = Field(None, ge=1, description="cap on scoring images per candidate (null = all)")
-    candidate_workers: int = Field(1, ge=1, le=256, description="candidates trained at once (threads; cores are shared)")
-    dask_address: str | None = Field(None, description="tcp://host:port of a Dask scheduler to train candidates on")
+    classification_dir: str | None = Field(
+        None, description="ImageNet-format folder for reignite; null = crops of your train_json boxes "
+                          "(or the embedded digits when you give no COCO files)")
+    crop_min_size: int = Field(16, ge=4, le=4096, description="reignite crops: smallest box side kept (px)")
 
     @field_validator("train_images", "val_images", "classification_dir")
     @classmethod
     def _dirs(cls, v: str | None) -> str | None:
         return _existing_dir(v, "a folder of images, or null for the embedded set")
 
-    @field_validator("train_json", "val_json", "pretrained_weights")
+    @field_validator("train_json", "val_json")
     @classmethod
     def _files(cls, v: str | None) -> str | None:
-        return _existing_file(v, "an existing file, or null")
+        return _existing_file(v, "a COCO instances JSON file, or null")
+
+    @model_validator(mode="after")
+    def _coco(self):
+        for images, ann in (("train_images", "train_json"), ("val_images", "val_json")):
+            if (getattr(self, images) is None) != (getattr(self, ann) is None):
+                raise ValueError(f"{ann}: give both {images} and {ann}, or neither (embedded digits)")
+        if (self.train_json is None) != (self.val_json is None):
+            raise ValueError("val_json: give your own train and val sets together, or neither")
+        if self.train_json is not None:
+            from data.coco import check_coco_files
+
+            # Bad files fail here, before a run folder or an MLflow run exists.
+            check_coco_files(self.train_images, self.train_json, "data.train_images", "data.train_json")
+            check_coco_files(self.val_images, self.val_json, "data.val_images", "data.val_json")
+        return self
+
+
+class DetectorModel(Section):
+    """The starting detector: serial backbone code and block, FPN width, image size."""
+
+    backbone_code: str = Field("11-21-21-21", description="ResNet-18; see README for the code grammar")
+    block: Literal["BasicBlock", "Bottleneck", "ResNeXt"] = "BasicBlock"
+    pretrained_weights: str | None = Field(None, description="torchvision ResNet or fasterrcnn_resnet50_fpn state_dict")
+    image_size: int = Field(96, ge=32, le=2048)
+    fpn_channels: int = Field(64, ge=8, le=1024)
 
     @field_validator("backbone_code")
     @classmethod
@@ -177,13 +278,119 @@ class SpnasParams(RunParams, SplitParams):
         validate_code(v)
         return v
 
+    @field_validator("pretrained_weights")
+    @classmethod
+    def _weights(cls, v: str | None) -> str | None:
+        return _existing_file(v, "a torchvision ResNet or fasterrcnn_resnet50_fpn state_dict, or null")
+
     @model_validator(mode="after")
-    def _coco_pairs(self):
-        for images, ann in (("train_images", "train_json"), ("val_images", "val_json")):
-            if (getattr(self, images) is None) != (getattr(self, ann) is None):
-                raise ValueError(f"{ann}: give both {images} and {ann}, or neither (embedded digits)")
-        if (self.train_json is None) != (self.val_json is None):
-            raise ValueError("val_json: give your own train and val sets together, or neither")
-        if self.serial.max_stages < len(self.backbone_code.split("-")):
-            raise ValueError(f"serial.max_stages: must be at least the stages of backbone_code ({self.backbone_code})")
+    def _weights_fit(self):
+        """The weights must convert to this backbone code and block: checked here, not at fine_tune."""
+        if self.pretrained_weights is not None:
+            from nas_models.convert import convert_checkpoint, load_weights_file
+            from spnas.errors import InputError
+
+            state = load_weights_file(self.pretrained_weights, "pretrained_weights")
+            try:
+                convert_checkpoint(state, self.backbone_code, self.block)
+            except InputError as exc:
+                raise ValueError(f"pretrained_weights: {str(exc).split(': ', 1)[-1]}") from None
+        return self
+
+
+class DetectorTrainParams(Section):
+    """SGD for the detector (torchvision reference recipe, sized for CPU), and how candidates are scored."""
+
+    learning_rate: float = Field(0.02, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0, lt=1)
+    batch_size: int = Field(8, ge=1, le=512)
+    eval_max_images: int | None = Field(None, ge=1, description="cap on scoring images per candidate (null = all)")
+
+
+class FineTuneParams(Section):
+    epochs: int = Field(3, ge=0, le=10_000)
+
+
+class ResourceLimit(Section):
+    """Vega: "the best network under a given resource limit". "start" = the starting network's
+    own figure (the default: a better detector at no greater size); null = no limit."""
+
+    max_params: int | Literal["start"] | None = "start"
+    max_macs: int | Literal["start"] | None = "start"
+    keep_weights: KeepWeights = Field(
+        "auto", description="which candidates keep model_<id>.pth after the search: all | pareto | best; "
+                            "auto = all up to 100 candidates, pareto above")
+
+
+class SerialSearchParams(ResourceLimit):
+    """SpNasS (Vega names). The seed's values are in params/spnas_seed.yaml."""
+
+    max_sample: int = Field(8, ge=1, le=10_000)
+    max_optimal: int = Field(5, ge=1)
+    num_mutate: int = Field(3, ge=1, le=20)
+    add_stage_ratio: float = Field(0.15, ge=0, le=1)
+    expend_ratio: float = Field(0.3, ge=0, le=1)
+    max_stages: int = Field(6, ge=1, le=6)
+    batch: int = Field(2, ge=1, le=64, description="candidates proposed (and trained via .map) per round")
+    candidate_steps: int = Field(40, ge=1, description="training steps per candidate on inherited weights")
+    freeze_inherited: bool = Field(False, description="Vega's freeze_swap_keys: freeze fully inherited blocks")
+
+
+class ReigniteParams(Section):
+    rounds: int = Field(1, ge=0, le=2, description="classification re-trainings of the chosen backbone (seed: at most 2)")
+    epochs: int = Field(2, ge=1)
+    input_size: int = Field(64, ge=32, le=1024)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(0.05, gt=0, le=10)
+    detector_steps: int = Field(30, ge=0, description="detector steps after mapping the reignited weights back")
+
+
+class ParallelSearchParams(ResourceLimit):
+    max_sample: int = Field(3, ge=0, le=1000)
+    max_per_stage: int = Field(2, ge=1, le=8)
+    max_additions: int = Field(3, ge=1, le=32)
+    batch: int = Field(2, ge=1, le=64)
+    candidate_steps: int = Field(40, ge=1)
+
+
+class FullyTrainParams(Section):
+    epochs: int = Field(3, ge=1, le=10_000)
+    baseline: bool = Field(True, description="also fully train the starting architecture with the same budget")
+
+
+class DetectorExportParams(Section):
+    num_images: int = Field(4, ge=1, le=1000, description="held-out images for parity checks and drawn predictions")
+
+
+class SpnasParams(RunParams):
+    """spnas/full."""
+
+    STAGES: ClassVar[tuple[str, ...]] = ("data", "split", "fine_tune", "serial", "reignite", "parallel",
+                                         "fully_train", "export")
+
+    data: SpnasData = SpnasData()
+    model: DetectorModel = DetectorModel()
+    optimizer: DetectorTrainParams = DetectorTrainParams()
+    fine_tune: FineTuneParams = FineTuneParams()
+    serial: SerialSearchParams = SerialSearchParams()
+    reignite: ReigniteParams = ReigniteParams()
+    parallel: ParallelSearchParams = ParallelSearchParams()
+    fully_train: FullyTrainParams = FullyTrainParams()
+    export: DetectorExportParams = DetectorExportParams()
+    candidate_workers: int = Field(1, ge=1, le=256, description="candidates trained at once (threads; cores are shared)")
+    dask_address: str | None = Field(None, description="tcp://host:port of a Dask scheduler to train candidates on")
+
+    @field_validator("dask_address")
+    @classmethod
+    def _dask(cls, v: str | None) -> str | None:
+        if v is not None and not DASK_ADDRESS.match(v):
+            raise ValueError("must be a scheduler address like tcp://10.0.0.5:8786 (tcp, tls, ucx, ws or wss), or null")
+        return v
+
+    @model_validator(mode="after")
+    def _stages_fit(self):
+        if self.serial.max_stages < len(self.model.backbone_code.split("-")):
+            raise ValueError(f"serial.max_stages: must be at least the stages of model.backbone_code "
+                             f"({self.model.backbone_code})")
         return self

@@ -89,13 +89,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from params.loader import load_params
     from spnas import stack
 
+    from tasks.pipeline import REFRESH_ALL, check_refresh
+
     model, default_file = _params_model(args.deployment)
     params_file = args.params_file or default_file
     overrides = _overrides(args.set)
     load_params(model, params_file, overrides)
+    refresh_from = REFRESH_ALL if args.refresh else args.refresh_from
+    if args.refresh and args.refresh_from:
+        raise InputError("--refresh-from", "give --refresh (every stage) or --refresh-from STAGE, not both")
+    check_refresh(refresh_from, model.STAGES)
     cfg = stack.StackConfig()
-    return stack.run_deployment(cfg, args.deployment, {"params_file": params_file, "overrides": overrides},
-                                watch=not args.no_watch)
+    parameters = {"params_file": params_file, "overrides": overrides, "refresh_from": refresh_from}
+    return stack.run_deployment(cfg, args.deployment, parameters, watch=not args.no_watch)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -164,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("deployment", help=f"one of {', '.join(PIPELINES)}")
     add_params_args(p)
     p.add_argument("--no-watch", action="store_true")
+    p.add_argument("--refresh", action="store_true", help="recompute every stage (ignore cached results)")
+    p.add_argument("--refresh-from", metavar="STAGE",
+                   help="recompute this stage and every stage after it (e.g. serial, fully_train)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("demo", help="up + deploy + run the main job end to end")

@@ -138,10 +138,25 @@ class AskTellSearch(ABC, Generic[C]):
         points = [objective_vector(m, keys) for _, m in told]
         return [told[i][0] for i in pareto_front(points, maximize)] if told else []
 
-    def best(self) -> C:
-        """The front member best on the first objective (lowest id on ties)."""
+    def best(self, limits: Mapping[str, float] | None = None) -> C:
+        """The candidate best on the first objective among the successful ones whose metrics stay
+        within `limits` (metric -> maximum, e.g. {"params": 15.7e6}); lowest id on ties. Without
+        limits that is the front member best on the first objective. ValueError if none qualifies."""
         keys, maximize = self._objectives()
-        return self._candidates[best_on_objective(self._metrics, self.pareto_ids(), keys[0], maximize[0])]
+        ok = self.within(limits)
+        if not ok:
+            raise ValueError(f"no successful candidate within the limits {dict(limits or {})}")
+        return self._candidates[best_on_objective(self._metrics, ok, keys[0], maximize[0])]
+
+    def within(self, limits: Mapping[str, float] | None) -> list[int]:
+        """Ids of successful candidates whose metrics stay within `limits` (all of them without)."""
+        return [cid for cid, m in self._successes()
+                if all(k in m and float(m[k]) <= float(v) for k, v in (limits or {}).items())]
+
+    @property
+    def budget(self) -> int:
+        """How many candidates the search proposes in total."""
+        return self._budget()
 
     # ---- persistence: subclasses put their settings in front of these keys
 

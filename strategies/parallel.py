@@ -121,10 +121,11 @@ class ParallelSearch(AskTellSearch[ParallelCandidate]):
         max_additions: int = 4,
         objective_keys: Sequence[str] = ("mAP", "macs"),
         maximize: Sequence[bool] = (True, False),
+        include_plain: bool = False,
     ) -> None:
         self.num_stages = _check_int("num_stages", num_stages, 1)
         self.extra_cost = _check_costs(extra_cost, num_stages)
-        self.max_sample = _check_int("max_sample", max_sample, 1)
+        self.max_sample = _check_int("max_sample", max_sample, 0 if include_plain else 1)
         super().__init__(seed)
         self.max_per_stage = _check_int("max_per_stage", max_per_stage, 1)
         self.max_additions = _check_int("max_additions", max_additions, 1)
@@ -132,12 +133,15 @@ class ParallelSearch(AskTellSearch[ParallelCandidate]):
             raise InputError("max_additions", f"must be at most num_stages * max_per_stage = "
                                               f"{num_stages * max_per_stage}, got {max_additions}")
         self.objective_keys, self.maximize = check_objectives(objective_keys, maximize)
+        # Candidate 0 = no extra sub-networks (the plain-FPN twin every sampled neck is compared
+        # with); it comes on top of the max_sample sampled codes.
+        self.include_plain = bool(include_plain)
         # A budget larger than the space cannot be met without duplicates; stop at the space.
         self.space_size = count_neck_codes(num_stages, max_per_stage, max_additions)
 
     @property
     def budget(self) -> int:
-        return min(self.max_sample, self.space_size)
+        return min(self.max_sample, self.space_size) + int(self.include_plain)
 
     def _objectives(self) -> tuple[tuple[str, ...], tuple[bool, ...]]:
         return self.objective_keys, self.maximize
@@ -149,7 +153,12 @@ class ParallelSearch(AskTellSearch[ParallelCandidate]):
         """Up to n new, never-seen neck codes (fewer when the space runs out)."""
         seen = {tuple(c.code) for c in self._candidates}
         out: list[ParallelCandidate] = []
-        for _ in range(n):
+        if self.include_plain and not self._candidates and n > 0:
+            plain = ParallelCandidate(id=0, code=[0] * self.num_stages)
+            self._candidates.append(plain)
+            out.append(plain)
+            seen.add(tuple(plain.code))
+        for _ in range(n - len(out)):
             for _attempt in range(MAX_ATTEMPTS):
                 code = sample_neck_code(self._rng, self.extra_cost, self.max_per_stage, self.max_additions)
                 if tuple(code) not in seen:
@@ -167,6 +176,7 @@ class ParallelSearch(AskTellSearch[ParallelCandidate]):
             "num_stages": self.num_stages, "extra_cost": list(self.extra_cost), "max_sample": self.max_sample,
             "seed": self.seed, "max_per_stage": self.max_per_stage, "max_additions": self.max_additions,
             "objective_keys": list(self.objective_keys), "maximize": list(self.maximize),
+            "include_plain": self.include_plain,
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,27 +1,21 @@
-"""What every stage task shares: the cache policy that makes flows resumable, stage folders,
-small file writers for Vega's handoff layout (desc_/model_/performance_ + output.csv)."""
+"""What every stage task shares: small atomic file writers for Vega's handoff layout
+(desc_<id>.json / model_<id>.pth / performance_<id>.json), cache-hit file checks, and linking
+a stage's work folder into a run folder."""
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+import torch
 
-# Resume: a stage re-run with the same inputs and the same task code comes back Cached.
-# The MLflow parent run id and the run's output folder differ between flow runs, so they are
-# not part of the key (a resumed run reuses the earlier run's files, which the flow checks).
-STAGE_CACHE = (INPUTS - "parent_run_id" - "run_dir") + TASK_SOURCE
-
-
-def stage_dir(run_dir: str | Path, name: str) -> Path:
-    path = Path(run_dir) / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+# Files of a work folder that stay there: training checkpoints (resume state, not results),
+# locks and half-written temporaries.
+PRIVATE_PREFIXES = ("checkpoint", ".")
+PRIVATE_SUFFIXES = (".tmp",)
 
 
 def write_json(path: Path, data: Any) -> Path:
@@ -35,19 +29,20 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def write_csv(path: Path, rows: list[Mapping[str, Any]]) -> Path:
-    """`output.csv` of a step: one row per candidate, the union of keys as columns."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row.get(k, "") for k in columns})
-    os.replace(tmp, path)
+def save_state_dict(model: torch.nn.Module, path: Path) -> Path:
+    """Atomic: a new inode each time, so a run folder's hard link keeps the earlier file."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(path)
     return path
+
+
+def save_handoff(out_dir: Path, tag: str, desc: dict[str, Any], model: torch.nn.Module,
+                 performance: dict[str, Any]) -> list[str]:
+    """desc_<tag>.json, model_<tag>.pth, performance_<tag>.json — [desc, model, performance]."""
+    model_path = save_state_dict(model, out_dir / f"model_{tag}.pth")
+    return [str(write_json(out_dir / f"desc_{tag}.json", desc)), str(model_path),
+            str(write_json(out_dir / f"performance_{tag}.json", performance))]
 
 
 def missing_files(result: Any) -> list[str]:
@@ -57,21 +52,30 @@ def missing_files(result: Any) -> list[str]:
     return [p for p in result.get("files", []) if not Path(p).exists()]
 
 
-def fingerprint_files(paths: Iterable[str | Path]) -> str:
-    """Content hash of small files (lists, json) so downstream cache keys follow their content."""
-    digest = hashlib.sha256()
-    for path in sorted(str(p) for p in paths):
-        digest.update(path.encode())
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()[:16]
+def _private(name: str) -> bool:
+    return name.startswith(PRIVATE_PREFIXES) or name.endswith(PRIVATE_SUFFIXES)
 
 
-def fingerprint_tree(root: str | Path) -> str:
-    """Cheap identity of a data folder (names, sizes, mtimes): a changed data set misses the cache."""
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in sorted(os.walk(root)):
-        dirnames.sort()
-        for name in sorted(filenames):
-            stat = os.stat(os.path.join(dirpath, name))
-            digest.update(f"{os.path.relpath(os.path.join(dirpath, name), root)}:{stat.st_size}:{int(stat.st_mtime)}".encode())
-    return digest.hexdigest()[:16]
+def link_tree(src: Path, dst: Path) -> int:
+    """Hard-link (or copy, across file systems) every result file of `src` into `dst`, so a run
+    folder holds the full layout even when its stages were reused from earlier runs. Returns
+    how many files were linked."""
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames[:] = [d for d in dirnames if not _private(d)]
+        target_dir = dst / Path(dirpath).relative_to(src)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        for name in filenames:
+            if _private(name):
+                continue
+            source, target = Path(dirpath) / name, target_dir / name
+            if target.exists():
+                if os.path.samefile(source, target):
+                    continue
+                target.unlink()
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+            count += 1
+    return count

@@ -1,22 +1,44 @@
-"""What every flow does around its stages: validate params first, open the run's output
-folder and MLflow parent run, run stages (re-running a cache hit whose files are gone), and
-close with a summary in both UIs."""
+"""What every flow does around its stages: open the run's output folder and MLflow parent run,
+run each stage in its own work folder (named by the stage's cache key, so a re-run finds its
+checkpoints and saved search state), link the stage's files into the run folder, and close
+with a summary in both UIs.
+
+Work folders live under `<state>/work/<pipeline>/<stage>/<key>/`; a run folder
+`<output_root>/<flow-run-name>/<stage>/` holds hard links to them, so every run folder is
+complete even when most of its stages were reused from earlier runs.
+"""
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger
+from prefect import get_run_logger, unmapped
 from prefect.runtime import flow_run
-from pydantic import BaseModel
 
-from spnas.paths import default_output_root
-from tasks.common import missing_files, write_json
+from params.models import RunParams, Runtime, runtime_of
+from spnas.errors import InputError
+from spnas.paths import default_output_root, state_dir
+from tasks.caching import stage_key
+from tasks.common import link_tree, missing_files, write_json
 from tracking import tracker
+
+REFRESH_ALL = "all"
+
+
+def work_root() -> Path:
+    return state_dir() / "work"
+
+
+def check_refresh(refresh_from: str | None, stages: Sequence[str]) -> None:
+    if refresh_from is not None and refresh_from != REFRESH_ALL and refresh_from not in stages:
+        raise InputError("refresh_from", f"{refresh_from!r} is not a stage of this pipeline; use "
+                                         f"{REFRESH_ALL!r} or one of {', '.join(stages)}")
 
 
 @dataclass
@@ -26,7 +48,75 @@ class Pipeline:
     run_dir: Path
     parent_run_id: str
     experiment_id: str
-    started: float
+    runtime: Runtime
+    stages: tuple[str, ...]
+    refresh_from: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def refreshing(self, stage: str) -> bool:
+        """`--refresh` recomputes every stage; `--refresh-from S` recomputes S and what follows it."""
+        if self.refresh_from is None:
+            return False
+        if self.refresh_from == REFRESH_ALL:
+            return True
+        return self.stages.index(stage) >= self.stages.index(self.refresh_from)
+
+    def work_dir(self, stage: str, fn: Any, inputs: dict[str, Any]) -> Path:
+        return work_root() / self.name / stage / stage_key(fn, inputs)
+
+    def _prepare(self, stage: str, work: Path) -> bool:
+        refresh = self.refreshing(stage)
+        if refresh:  # no checkpoint, saved state or old file may leak into a forced recompute
+            shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+        return refresh
+
+    def _publish(self, stage: str, work: Path) -> None:
+        linked = link_tree(work, self.run_dir / stage)
+        get_run_logger().info("%s: %d file(s) in %s (work folder %s)", stage, linked, self.run_dir / stage, work)
+
+    def run(self, stage: str, task: Any, **inputs: Any) -> Any:
+        """Run one stage task; a cache hit is reused (and recorded in MLflow as reused), unless
+        files it lists were deleted, then it is recomputed."""
+        logger = get_run_logger()
+        work = self.work_dir(stage, task.fn, inputs)
+        refresh = self._prepare(stage, work)
+        call = dict(inputs, work_dir=str(work), parent_run_id=self.parent_run_id, runtime=self.runtime)
+        state = task.with_options(refresh_cache=refresh)(**call, return_state=True)
+        result = state.result()
+        if state.name == "Cached":
+            missing = missing_files(result)
+            if missing:
+                logger.warning("cached %s lists missing files (%s); recomputing", stage, missing[0])
+                result = task.with_options(refresh_cache=True)(**call)
+            else:
+                logger.info("%s: reused the result of an earlier run with the same inputs and code", stage)
+                tracker.record_reused_stage(self.parent_run_id, stage, result, str(work))
+        self._publish(stage, work)
+        return result
+
+    def map(self, stage: str, task: Any, candidates: list[dict[str, Any]], **common: Any) -> list[Any]:
+        """`task.map` over candidates, each in its own work folder (e.g. the searched detector and
+        the baseline of fully_train); a failed candidate gives None."""
+        works = [self.work_dir(stage, task.fn, {"candidate": c, **common}) for c in candidates]
+        refresh = any([self._prepare(stage, w) for w in works])
+        results = map_candidates(task, candidates, work_dirs=[str(w) for w in works], refresh=refresh,
+                                 parent_run_id=self.parent_run_id, runtime=self.runtime, **common)
+        for work in works:
+            self._publish(stage, work)
+        return results
+
+    def search(self, stage: str, subflow: Any, task_runner: Any, runtime: Runtime | None = None,
+               **inputs: Any) -> Any:
+        """A search stage is a subflow (it maps candidate tasks and must not be a task itself);
+        its work folder holds the saved search state it resumes from."""
+        work = self.work_dir(stage, subflow.fn, inputs)
+        refresh = self._prepare(stage, work)
+        result = subflow.with_options(task_runner=task_runner)(
+            **inputs, work_dir=str(work), parent_run_id=self.parent_run_id, runtime=runtime or self.runtime,
+            refresh=refresh)
+        self._publish(stage, work)
+        return result
 
 
 def _run_name() -> str:
@@ -34,21 +124,24 @@ def _run_name() -> str:
 
 
 @contextlib.contextmanager
-def pipeline(name: str, params: BaseModel) -> Iterator[Pipeline]:
+def pipeline(name: str, params: RunParams, stages: Sequence[str], refresh_from: str | None = None) -> Iterator[Pipeline]:
     """One output folder and one MLflow parent run per flow run; FAILED in MLflow if a stage raises."""
+    check_refresh(refresh_from, stages)  # before anything is written
     logger = get_run_logger()
     run_name = _run_name()
-    root = Path(getattr(params, "output_root", None) or default_output_root()).expanduser().resolve()
+    root = Path(params.output_root or default_output_root()).expanduser().resolve()
     run_dir = root / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "params.json", params.model_dump(mode="json"))
     experiment_id = tracker.ensure_experiment(name)
     tags = {"prefect.flow_run_id": str(flow_run.get_id() or ""), "prefect.flow_run_name": run_name,
             "output_dir": str(run_dir)}
+    if refresh_from:
+        tags["refresh_from"] = refresh_from
     if flow_run.get_flow_run_ui_url():
         tags["prefect.flow_run_url"] = flow_run.get_flow_run_ui_url()
     parent = tracker.start_run(experiment_id, run_name, params=params.model_dump(mode="json"), tags=tags)
-    pipe = Pipeline(name, run_name, run_dir, parent, experiment_id, time.perf_counter())
+    pipe = Pipeline(name, run_name, run_dir, parent, experiment_id, runtime_of(params), tuple(stages), refresh_from)
     logger.info("outputs: %s", run_dir)
     url = tracker.run_url(parent)
     if url:
@@ -74,20 +167,6 @@ def close_tracking_on_crash(flow: Any, flow_run: Any, state: Any) -> None:
         logger.warning("could not close MLflow runs: %s", exc)
 
 
-def run_stage(task: Any, **kwargs: Any) -> Any:
-    """Run a stage task; a Cached result whose files were deleted is recomputed, not trusted."""
-    state = task(**kwargs, return_state=True)
-    result = state.result()
-    if state.is_completed() and state.name == "Cached":
-        missing = missing_files(result)
-        if missing:
-            get_run_logger().warning("cached %s lists missing files (%s); recomputing", task.name, missing[0])
-            result = task.with_options(refresh_cache=True)(**kwargs)
-        else:
-            get_run_logger().info("%s: reused the cached result of an earlier run", task.name)
-    return result
-
-
 def finish(pipe: Pipeline, summary: dict[str, Any], table: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Summary metrics on the parent run, summary.json in the run folder, a Prefect table and link."""
     summary = {**summary, "wall_seconds": round(time.perf_counter() - pipe.started, 1)}
@@ -105,15 +184,21 @@ def finish(pipe: Pipeline, summary: dict[str, Any], table: list[dict[str, Any]] 
     return {**summary, "run_dir": str(pipe.run_dir), "mlflow_run_id": pipe.parent_run_id}
 
 
-def map_candidates(task: Any, candidates: list[dict[str, Any]], **common: Any) -> list[Any]:
+def map_candidates(task: Any, candidates: list[dict[str, Any]], work_dirs: list[str] | str, refresh: bool = False,
+                   **common: Any) -> list[Any]:
     """`task.map` over candidates (a task runner may spread them); a failed candidate gives None
-    (the search is told it failed) instead of failing the stage."""
-    from prefect import unmapped
-
+    (the search is told it failed) instead of failing the stage. `work_dirs`: one per candidate,
+    or one shared folder (a search stage's)."""
     logger = get_run_logger()
-    futures = task.map(candidate=candidates, **{k: unmapped(v) for k, v in common.items()})
+    mapped = {"candidate": candidates}
+    if isinstance(work_dirs, str):
+        common = {**common, "work_dir": work_dirs}
+    else:
+        mapped["work_dir"] = work_dirs
+    runner = task.with_options(refresh_cache=refresh)
+    futures = runner.map(**mapped, **{k: unmapped(v) for k, v in common.items()})
     results: list[Any] = []
-    for candidate, future in zip(candidates, futures):
+    for i, (candidate, future) in enumerate(zip(candidates, futures)):
         future.wait()
         state = future.state
         if not state.is_completed():
@@ -122,26 +207,28 @@ def map_candidates(task: Any, candidates: list[dict[str, Any]], **common: Any) -
             continue
         result = future.result()
         if state.name == "Cached" and missing_files(result):
-            result = task.with_options(refresh_cache=True)(candidate=candidate, **common)
+            one = {k: v[i] for k, v in mapped.items()}
+            result = task.with_options(refresh_cache=True)(**one, **common)
         results.append(result)
     return results
 
 
-def candidate_runner(values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """The task runner the search stages map candidates over, and the params adjusted for it.
+def candidate_runner(workers: int, dask_address: str | None) -> tuple[Any, int | None]:
+    """The task runner the search stages map candidates over, and the torch threads per candidate.
 
     Default: one candidate at a time with every core (two trainings on 2 cores only fight).
     `candidate_workers` > 1 splits the cores between threads; `dask_address` sends candidates to
     an existing Dask cluster (its workers need this project installed)."""
-    import os
-
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    workers = values.get("candidate_workers", 1)
-    if values.get("dask_address"):
+    if dask_address:
         from prefect_dask import DaskTaskRunner
 
-        return DaskTaskRunner(address=values["dask_address"]), values
-    if workers > 1 and not values.get("num_threads"):
-        values = {**values, "num_threads": max(1, (os.cpu_count() or 1) // workers)}
-    return ThreadPoolTaskRunner(max_workers=workers), values
+        return DaskTaskRunner(address=dask_address), None
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+    return ThreadPoolTaskRunner(max_workers=workers), threads
+
+
+__all__ = ["Pipeline", "candidate_runner", "check_refresh", "close_tracking_on_crash", "finish", "map_candidates",
+           "pipeline", "work_root"]
+

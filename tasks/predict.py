@@ -9,18 +9,20 @@ from prefect import get_run_logger, task
 
 from data.imagefolder import read_list
 from deploy.predictor import ClassifierPredictor
-from tasks.common import STAGE_CACHE, stage_dir, write_json
+from params.models import LcnetPredict, Runtime
+from tasks.caching import STAGE_CACHE
+from tasks.common import write_json
 from tracking import tracker
 
 
-def predict_stage(split: dict[str, Any], exported: dict[str, Any], params: dict[str, Any],
+def predict_stage(split: dict[str, Any], exported: dict[str, Any], cfg: LcnetPredict, runtime: Runtime,
                   out_dir: Path) -> dict[str, Any]:
     source = split.get("test_list") or split["val_list"]
-    items = read_list(Path(source), len(split["labels"]))[: params["predict_count"]]
+    items = read_list(Path(source), len(split["labels"]))[: cfg.count]
     paths = [Path(split["dataset_dir"]) / rel for rel, _ in items]
-    predictor = ClassifierPredictor(exported["model_dir"], threads=params.get("num_threads") or 2)
-    results = predictor.predict([str(p) for p in paths], topk=min(params["topk"], len(split["labels"])),
-                                warmup=params["predict_warmup"], repeats=params["predict_repeats"])
+    predictor = ClassifierPredictor(exported["model_dir"], threads=runtime.num_threads or 2)
+    results = predictor.predict([str(p) for p in paths], topk=min(cfg.topk, len(split["labels"])),
+                                warmup=cfg.warmup, repeats=cfg.repeats)
     rows = [{"image": str(p), "true_label": split["labels"][label], **r[0]}
             for p, (_, label), r in zip(paths, items, results)]
     timing = predictor.time_info.as_dict()
@@ -35,10 +37,10 @@ def predict_stage(split: dict[str, Any], exported: dict[str, Any], params: dict[
 
 
 @task(name="predict", persist_result=True, cache_policy=STAGE_CACHE)
-def predict_task(split: dict[str, Any], exported: dict[str, Any], params: dict[str, Any],
-                 run_dir: str, parent_run_id: str) -> dict[str, Any]:
-    with tracker.child_run(parent_run_id, "predict", {"predict_count": params["predict_count"]}) as run_id:
-        out = predict_stage(split, exported, params, stage_dir(run_dir, "predict"))
+def predict_task(split: dict[str, Any], exported: dict[str, Any], predict: LcnetPredict, work_dir: str,
+                 parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+    with tracker.child_run(parent_run_id, "predict", predict.model_dump()) as run_id:
+        out = predict_stage(split, exported, predict, runtime, Path(work_dir))
         tracker.log_metrics(run_id, out["timing"] | {"sample_accuracy": out["accuracy"]})
         tracker.log_files(run_id, out["files"], "predict")
     get_run_logger().info("predictions on %d images (%.0f%% correct)\n%s", len(out["rows"]),

@@ -1,8 +1,8 @@
 """Stage `split` of spnas/full: check the detection data, carve a search-val part out of the
 training images, and split the classification folder that reignite trains on.
 
-Outputs in `<run>/split/`: search_train.json, search_val.json (subsets of the training
-instances file) and classification/{train,val,test}_list.txt + labels.txt.
+Outputs: search_train.json, search_val.json (subsets of the training instances file) and
+classification/{train,val,test}_list.txt + labels.txt.
 """
 from __future__ import annotations
 
@@ -12,40 +12,30 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from data.coco import load_coco
-from data.coco_digits import make_digits_coco
 from data.coco_split import split_image_ids, write_subset
+from data.split import format_split_summary, split_imagenet_folder
+from params.models import Runtime, SpnasData
 from spnas.errors import InputError
-from spnas.paths import data_cache_dir
-from tasks.common import STAGE_CACHE, stage_dir
-from tasks.split import split_dataset
+from tasks.caching import STAGE_CACHE
 from tracking import tracker
 
 
-def resolve_coco(p: dict[str, Any]) -> dict[str, str]:
-    """The user's COCO files, or the embedded digit canvases (built once per size/count/seed)."""
-    if p.get("train_json"):
-        return {k: str(Path(p[k]).expanduser().resolve()) for k in ("train_images", "train_json", "val_images", "val_json")}
-    root = data_cache_dir() / f"digits_coco_{p['image_size']}px_{p['num_train_images']}_{p['num_val_images']}_s{p['seed']}"
-    d = make_digits_coco(root, num_train=p["num_train_images"], num_val=p["num_val_images"],
-                         canvas_size=p["image_size"], seed=p["seed"])
-    return {"train_images": str(d.train_images), "train_json": str(d.train_json),
-            "val_images": str(d.val_images), "val_json": str(d.val_json)}
-
-
-def split_detection(p: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    coco = resolve_coco(p)
-    train = load_coco(Path(coco["train_images"]), Path(coco["train_json"]))
-    val = load_coco(Path(coco["val_images"]), Path(coco["val_json"]))
+def split_detection(sources: dict[str, Any], data: SpnasData, seed: int, out_dir: Path) -> dict[str, Any]:
+    train = load_coco(Path(sources["train_images"]), Path(sources["train_json"]))
+    val = load_coco(Path(sources["val_images"]), Path(sources["val_json"]))
     if train.cat_ids != val.cat_ids:
-        raise InputError("val_json", f"categories {val.cat_ids} differ from train_json's {train.cat_ids}")
-    train_ids, search_val_ids = split_image_ids(train, p["search_val_fraction"], p["seed"])
+        raise InputError("data.val_json", f"categories {val.cat_ids} differ from train_json's {train.cat_ids}")
+    train_ids, search_val_ids = split_image_ids(train, data.search_val_fraction, seed)
     search_train = write_subset(train, train_ids, out_dir / "search_train.json")
     search_val = write_subset(train, search_val_ids, out_dir / "search_val.json")
     (out_dir / "classification").mkdir(exist_ok=True)
-    cls = split_dataset(p.get("classification_dir"), p["val_value"], p["test_value"], p["seed"],
-                        out_dir / "classification")
+    result = split_imagenet_folder(Path(sources["classification_dir"]), data.val_value, data.test_value, seed,
+                                   out_dir / "classification")
+    cls = {**result.to_dict(), "summary": format_split_summary(result), "source": sources["classification_source"]}
+    cls["files"] = [str(p) for p in (result.train_list, result.val_list, result.test_list, result.labels_file) if p]
     return {
-        **coco, "search_train_json": str(search_train), "search_val_json": str(search_val),
+        **{k: sources[k] for k in ("train_images", "train_json", "val_images", "val_json")},
+        "search_train_json": str(search_train), "search_val_json": str(search_val),
         "labels": train.label_names, "num_classes": train.num_classes,
         "counts": {"train": len(train_ids), "search_val": len(search_val_ids), "val": len(val.images)},
         "classification": cls,
@@ -54,13 +44,14 @@ def split_detection(p: dict[str, Any], out_dir: Path) -> dict[str, Any]:
 
 
 @task(name="split", persist_result=True, cache_policy=STAGE_CACHE)
-def split_detection_task(p: dict[str, Any], data_fingerprint: str, run_dir: str, parent_run_id: str) -> dict[str, Any]:
-    """`data_fingerprint` is only there so changed data misses the cache."""
-    with tracker.child_run(parent_run_id, "split") as run_id:
-        out = split_detection(p, stage_dir(run_dir, "split"))
+def split_detection_task(sources: dict[str, Any], data: SpnasData, seed: int, work_dir: str, parent_run_id: str,
+                         runtime: Runtime) -> dict[str, Any]:
+    with tracker.child_run(parent_run_id, "split", {"search_val_fraction": data.search_val_fraction,
+                                                    "classification": sources["classification_source"]}) as run_id:
+        out = split_detection(sources, data, seed, Path(work_dir))
         tracker.log_metrics(run_id, {f"n_{k}": v for k, v in out["counts"].items()}
                             | {f"n_cls_{k}": v for k, v in out["classification"]["counts"].items()})
         tracker.log_files(run_id, out["files"], "split")
-    get_run_logger().info("detection images: %s; classification split for reignite:\n%s", out["counts"],
-                          out["classification"]["summary"])
+    get_run_logger().info("detection images: %s; reignite classification split (%s):\n%s", out["counts"],
+                          out["classification"]["source"], out["classification"]["summary"])
     return out

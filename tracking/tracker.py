@@ -26,6 +26,8 @@ from mlflow.tracking import MlflowClient
 from spnas.paths import state_dir
 
 PARENT_TAG = "mlflow.parentRunId"
+# Runs per search_runs request when listing runs (MLflow's own default page); tests shrink it.
+SEARCH_PAGE_SIZE = 1000
 _PARAM_VALUE_LIMIT = 6000
 
 
@@ -218,31 +220,78 @@ def experiment_runs_url(experiment_id: str) -> str | None:
     return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
 
 
-def child_runs(parent_run_id: str) -> list[Any]:
+def search_all_runs(experiment_ids: list[str], filter_string: str = "",
+                    page_size: int | None = None) -> list[Any]:
+    """Every run matching `filter_string`, fetched page by page.
+
+    `MlflowClient.search_runs` returns at most `max_results` runs (1,000 by default) and a
+    page token for the rest; a flow with many candidates easily has more. Runs are ordered
+    by MLflow's default (newest first, then run id) and de-duplicated by id, in case a run
+    created while paging shifts a page boundary.
+    """
+    size = SEARCH_PAGE_SIZE if page_size is None else page_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"page_size must be a positive integer, got {page_size!r}")
+    c = client()
+    runs: dict[str, Any] = {}
+    token: str | None = None
+    while True:
+        page = c.search_runs(experiment_ids, filter_string=filter_string, max_results=size, page_token=token)
+        for run in page:
+            runs.setdefault(run.info.run_id, run)
+        token = page.token
+        if not token:
+            return list(runs.values())
+
+
+def _all_experiment_ids() -> list[str]:
+    """Ids of every active experiment (search_experiments pages like search_runs)."""
+    c = client()
+    ids: list[str] = []
+    token: str | None = None
+    while True:
+        page = c.search_experiments(max_results=SEARCH_PAGE_SIZE, page_token=token)
+        ids += [e.experiment_id for e in page]
+        token = page.token
+        if not token:
+            return ids
+
+
+def child_runs(parent_run_id: str, page_size: int | None = None) -> list[Any]:
+    """All direct children of a run (every page; `page_size` defaults to SEARCH_PAGE_SIZE)."""
     parent = client().get_run(parent_run_id)
-    return client().search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
-    )
+    return search_all_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", page_size)
 
 
-def end_open_runs(flow_run_id: str, status: str = "KILLED") -> int:
+def end_open_runs(flow_run_id: str, status: str = "KILLED", page_size: int | None = None) -> int:
     """End every still-RUNNING run of a Prefect flow run (its parent run and all descendants).
 
     For a flow process that died: its own context managers never ran, so the runs would stay
-    RUNNING in the MLflow UI forever. Returns how many runs were ended."""
+    RUNNING in the MLflow UI forever. Returns how many runs were ended. Every search pages
+    through all results (`page_size` as in `child_runs`)."""
     c = client()
-    experiment_ids = [e.experiment_id for e in c.search_experiments()]
+    experiment_ids = _all_experiment_ids()
     if not experiment_ids:
         return 0
-    stack = list(c.search_runs(experiment_ids, filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'"))
+    stack = search_all_runs(experiment_ids, f"tags.`prefect.flow_run_id` = '{flow_run_id}'", page_size)
     ended = 0
     while stack:
         run = stack.pop()
         if run.info.status == "RUNNING":
             c.set_terminated(run.info.run_id, status=status)
             ended += 1
-        stack.extend(child_runs(run.info.run_id))
+        stack.extend(child_runs(run.info.run_id, page_size))
     return ended
+
+
+def record_reused_stage(parent_run_id: str, stage: str, result: Mapping[str, Any], work_dir: str) -> str:
+    """A child run for a stage whose result came from the cache: the run tree of every flow run
+    shows every stage, with the reused figures and where the files are, without re-logging them."""
+    performance = result.get("performance") if isinstance(result, Mapping) else None
+    with child_run(parent_run_id, stage, tags={"spnas.reused": "true", "spnas.work_dir": work_dir}) as run_id:
+        if isinstance(performance, Mapping):
+            log_metrics(run_id, performance)
+    return run_id
 
 
 # ---------------------------------------------------------------- Prefect artifacts

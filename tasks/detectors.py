@@ -1,0 +1,61 @@
+"""What the SP-NAS stages share (no stage imports another stage): build a detector from the
+`model` section, its desc, rebuild one from a desc and weights, measure it, and the optimizer
+settings a stage trains with. Plain functions over params sections: no Prefect, no MLflow."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from engine.detector_fit import DetectorOptim
+from latency.flops import count_macs_params
+from nas_models.detector import build_detector
+from nas_models.registry import build_from_desc
+from params.models import DetectorModel, DetectorTrainParams
+
+
+def detector_desc(model: torch.nn.Module) -> dict[str, Any]:
+    """The JSON architecture description saved as desc_<id>.json."""
+    return {"type": "FasterRCNN", **model.arch}
+
+
+def detector_for(model: DetectorModel, num_classes: int, code: str | None = None,
+                 neck_code: list[int] | None = None) -> torch.nn.Module:
+    """A detector of the run's block, FPN width and image size; `code` defaults to the starting one."""
+    return build_detector(code or model.backbone_code, model.block, neck_code=neck_code, num_classes=num_classes,
+                          fpn_channels=model.fpn_channels, image_size=model.image_size)
+
+
+def desc_for(model: DetectorModel, num_classes: int, code: str | None = None,
+             neck_code: list[int] | None = None) -> dict[str, Any]:
+    return detector_desc(detector_for(model, num_classes, code, neck_code))
+
+
+def load_detector(desc: dict[str, Any], model_path: str | None = None) -> torch.nn.Module:
+    detector = build_from_desc(desc)
+    if model_path:
+        detector.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
+    return detector
+
+
+def optim_from(optimizer: DetectorTrainParams, schedule: str = "constant", lr_scale: float = 1.0) -> DetectorOptim:
+    return DetectorOptim(learning_rate=optimizer.learning_rate * lr_scale, momentum=optimizer.momentum,
+                         weight_decay=optimizer.weight_decay, batch_size=optimizer.batch_size, schedule=schedule)
+
+
+def measure(detector: torch.nn.Module, image_size: int) -> dict[str, int]:
+    """MACs (FlopCounterMode) and parameters of one image's forward pass, on CPU."""
+    detector = detector.cpu()
+    macs, params = count_macs_params(detector, [torch.rand(3, image_size, image_size)])
+    return {"macs": macs, "params": params}
+
+
+def limits_of(max_params: int | str | None, max_macs: int | str | None, start: dict[str, Any]) -> dict[str, float]:
+    """A search stage's resource limits: "start" = the starting network's own figure."""
+    limits: dict[str, float] = {}
+    for key, value in (("params", max_params), ("macs", max_macs)):
+        if value == "start":
+            limits[key] = float(start["performance"][key])
+        elif value is not None:
+            limits[key] = float(value)
+    return limits

@@ -1,0 +1,178 @@
+"""The one search driver every search stage uses: ask → map candidate tasks → tell, resumable.
+
+Given an ask/tell strategy (strategies/: it sees only candidates and numbers), a candidate task
+and the stage's work folder, `run_search` loops until the strategy is done. After every batch
+it writes `search_state.json` (the strategy's state_dict, RNG included, plus every told
+candidate's result), the candidates table (`output.csv` + `output.parquet`), a Prefect progress
+artifact and table (Pareto members marked), and the Pareto plot in MLflow.
+
+Started again on the same work folder (same stage key: same inputs and code) it loads the saved
+state and continues: candidates already told are not evaluated again. A candidate that finished
+in a killed batch but was never told comes back from Prefect's result cache.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from prefect import get_run_logger
+
+from spnas.errors import InputError
+from tasks.common import read_json, write_json
+from tasks.pipeline import map_candidates
+from tasks.tables import write_table
+from tracking import tracker
+
+STATE_FILE = "search_state.json"
+TABLE_FILE = "output.csv"
+KEEP_ALL_UP_TO = 100  # keep_weights "auto": every candidate's weights up to this many, the front above
+
+
+class Strategy(Protocol):
+    """What the driver needs of a strategy (strategies.ask_tell.AskTellSearch has it all)."""
+
+    done: bool
+    budget: int
+    candidates: list[Any]
+
+    def ask(self, n: int) -> list[Any]: ...
+    def tell(self, candidate_id: int, metrics: dict[str, Any] | None) -> None: ...
+    def pending_ids(self) -> list[int]: ...
+    def pareto_ids(self) -> list[int]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """How one search stage maps between its strategy and its candidate task."""
+
+    stage: str                                   # folder/run name, e.g. "serial"
+    task: Any                                    # the candidate task (mapped)
+    batch: int                                   # candidates asked (and mapped) per round
+    to_input: Callable[[Any], dict[str, Any]]    # strategy candidate -> task input (with "id")
+    metrics_of: Callable[[dict[str, Any]], dict[str, Any]]  # task result -> metrics told
+    row_of: Callable[[dict[str, Any]], dict[str, Any]]      # task result (or failed input) -> table row
+    plot: tuple[str, str] = ("params", "mAP")    # x, y of the Pareto plot
+    title: str = ""
+    # Called with every successful result, restored ones included (e.g. to remember weight files
+    # that children inherit from).
+    on_result: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class SearchOutcome:
+    results: dict[int, dict[str, Any]]           # id -> task result ("status": "failed" if it failed)
+    front: list[int]
+    resumed_from: int                            # candidates already told when this run started
+    files: list[str] = field(default_factory=list)
+
+    def ok(self, cid: int) -> bool:
+        return self.results[cid].get("status") != "failed"
+
+
+def _rows(spec: SearchSpec, results: dict[int, dict[str, Any]], front: list[int],
+          chosen: int | None = None) -> list[dict[str, Any]]:
+    rows = []
+    for cid in sorted(results):
+        row = {"id": cid, **spec.row_of(results[cid]), "pareto": cid in front}
+        if chosen is not None:
+            row["chosen"] = cid == chosen
+        rows.append(row)
+    return rows
+
+
+def run_search(strategy: Strategy, spec: SearchSpec, work_dir: str | Path, stage_run_id: str, refresh: bool,
+               **common: Any) -> SearchOutcome:
+    """Drive `strategy` to the end; `common` goes unmapped to every candidate task."""
+    logger = get_run_logger()
+    work = Path(work_dir)
+    state_path = work / STATE_FILE
+    results: dict[int, dict[str, Any]] = {}
+    if state_path.exists() and not refresh:
+        saved = read_json(state_path)
+        strategy.load_state_dict(saved["strategy"])
+        results = {int(k): v for k, v in saved["results"].items()}
+        logger.info("%s: resuming a saved search: %d candidate(s) already evaluated", spec.stage, len(results))
+        for result in results.values():
+            if spec.on_result and result.get("status") != "failed":
+                spec.on_result(result)
+    resumed_from = len(results)
+    progress = tracker.Progress(f"{spec.stage}-search-progress", f"{spec.stage} search: candidates evaluated")
+    while not strategy.done:
+        pending = strategy.pending_ids()
+        batch = [strategy.candidates[i] for i in pending] if pending else strategy.ask(spec.batch)
+        if not batch:
+            break
+        inputs = [spec.to_input(c) for c in batch]
+        outs = map_candidates(spec.task, inputs, work_dirs=str(work), refresh=refresh, parent_run_id=stage_run_id,
+                              **common)
+        for cand, inp, out in zip(batch, inputs, outs):
+            strategy.tell(cand.id, spec.metrics_of(out) if out else None)
+            results[cand.id] = out if out else {**inp, "status": "failed"}
+            if out and spec.on_result:
+                spec.on_result(out)
+        front = strategy.pareto_ids()
+        write_json(state_path, {"strategy": strategy.state_dict(), "results": {str(k): v for k, v in results.items()}})
+        rows = _rows(spec, results, front)
+        write_table(rows, work / TABLE_FILE)
+        done = len(results)
+        progress.update(done / max(1, strategy.budget), f"{done}/{strategy.budget} candidates")
+        tracker.publish_table(f"{spec.stage}-search-candidates", rows, f"{spec.title} (pareto = on the front)")
+        x, y = spec.plot
+        tracker.log_pareto_plot(stage_run_id, [r for r in rows if r.get("status") != "failed"], x, y, "pareto",
+                                f"{spec.stage}/pareto.png", f"{spec.title}: {y} vs {x}")
+        logger.info("%s search: %d/%d candidates evaluated, front %s", spec.stage, done, strategy.budget, front)
+    progress.update(1.0, f"{len(results)} candidates")
+    return SearchOutcome(results, strategy.pareto_ids(), resumed_from, [str(state_path)])
+
+
+def keep_weights(outcome: SearchOutcome, policy: str, needed: set[int]) -> list[int]:
+    """Delete `model_<id>.pth` of candidates the policy drops (all | pareto | best | auto), never
+    one in `needed` (what later stages read). Returns the ids whose weights were removed."""
+    if policy not in ("auto", "all", "pareto", "best"):
+        raise InputError("keep_weights", f"{policy!r} is not one of auto, all, pareto, best")
+    if policy == "auto":
+        policy = "all" if len(outcome.results) <= KEEP_ALL_UP_TO else "pareto"
+    if policy == "all":
+        return []
+    keep = set(needed) | (set(outcome.front) if policy == "pareto" else set())
+    removed = []
+    for cid, result in outcome.results.items():
+        path = result.get("model_path")
+        if cid in keep or not path or not Path(path).exists():
+            continue
+        Path(path).unlink()
+        result["files"] = [f for f in result.get("files", []) if f != path]
+        result["model_path"] = None
+        removed.append(cid)
+    return removed
+
+
+def finalize(strategy: Strategy, spec: SearchSpec, outcome: SearchOutcome, work_dir: str | Path, chosen: int,
+             policy: str, needed: set[int]) -> list[dict[str, Any]]:
+    """After the choice: prune weights per `policy`, write the final table (with `chosen`) and
+    state. Returns the table rows."""
+    work = Path(work_dir)
+    removed = keep_weights(outcome, policy, needed | {chosen})
+    if removed:
+        get_run_logger().info("%s: removed the weights of %d candidate(s) off the front (keep_weights=%s)",
+                              spec.stage, len(removed), policy)
+    write_json(work / STATE_FILE, {"strategy": strategy.state_dict(),
+                                   "results": {str(k): v for k, v in outcome.results.items()}})
+    rows = _rows(spec, outcome.results, outcome.front, chosen)
+    outcome.files += [str(p) for p in write_table(rows, work / TABLE_FILE)]
+    return rows
+
+
+def choose(strategy: Any, limits: dict[str, float], stage: str) -> Any:
+    """The best candidate within `limits`; if none is within them (a limit set below every
+    candidate), the best one overall, with a warning saying so."""
+    try:
+        return strategy.best(limits)
+    except ValueError:
+        get_run_logger().warning("%s: no candidate within the limits %s; taking the best one without them",
+                                 stage, limits)
+        return strategy.best()

@@ -1,0 +1,150 @@
+"""Bad input a user can give a pipeline: each is one clear line naming the field, exit code 2,
+before any work (nothing written, no MLflow run, no traceback). Table-driven through the CLI
+exactly as a user runs it (`spnas check-params`, `spnas run` refuses before touching the stack).
+`spnas predict`'s bad inputs are in test_bad_inputs_predict.py."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from spnas.cli import main
+
+
+def _random_bytes(path: Path) -> Path:
+    path.write_bytes(bytes(range(256)) * 8)
+    return path
+
+
+def _text(path: Path) -> Path:
+    path.write_text("these are not weights\n")
+    return path
+
+
+def _single_tensor(path: Path) -> Path:
+    torch.save(torch.zeros(3), path)
+    return path
+
+
+def _foreign_state_dict(path: Path) -> Path:
+    torch.save({f"unrelated.{i}.weight": torch.zeros(4, 4) for i in range(5)}, path)
+    return path
+
+
+def _coco(tmp: Path, mutate: Callable[[dict], None] | None = None, raw: bytes | None = None) -> dict[str, str]:
+    """A small valid COCO set the test writes itself; `mutate` breaks its JSON on purpose."""
+    from PIL import Image
+
+    images = tmp / "images"
+    images.mkdir(exist_ok=True)
+    Image.new("RGB", (32, 32)).save(images / "a.png")
+    doc = {"images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100,
+                            "iscrowd": 0}],
+           "categories": [{"id": 1, "name": "thing"}]}
+    if mutate:
+        mutate(doc)
+    ann = tmp / "instances.json"
+    ann.write_bytes(raw if raw is not None else json.dumps(doc).encode())
+    good = tmp / "good.json"
+    good.write_text(json.dumps(_valid()))
+    return {"train_images": str(images), "train_json": str(ann), "val_images": str(images), "val_json": str(good)}
+
+
+def _valid() -> dict:
+    return {"images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100,
+                             "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "thing"}]}
+
+
+def _coco_sets(tmp: Path, **kw) -> list[str]:
+    paths = _coco(tmp, **kw)
+    return [f"--set=data.{k}={v}" for k, v in paths.items()]
+
+
+def _bad_bbox(doc: dict) -> None:
+    doc["annotations"][0]["bbox"] = [2, 2, -5, 10]
+
+
+def _unknown_image(doc: dict) -> None:
+    doc["annotations"][0]["image_id"] = 99
+
+
+def _no_annotations(doc: dict) -> None:
+    del doc["annotations"]
+
+
+# (id, deployment, args builder(tmp) -> extra argv, expected field)
+CASES: list[tuple[str, str, Callable[[Path], list[str]], str]] = [
+    ("yaml-syntax-in-set", "spnas/full", lambda t: ["--set", "seed=["], "seed"),
+    ("params-file-random-bytes", "lcnet/full", lambda t: ["--params-file", str(_random_bytes(t / "p.yaml"))],
+     "params_file"),
+    ("params-file-is-folder", "lcnet/full", lambda t: ["--params-file", str(t)], "params_file"),
+    ("params-file-missing", "lcnet/full", lambda t: ["--params-file", str(t / "nope.yaml")], "params_file"),
+    ("params-file-not-mapping", "lcnet/full",
+     lambda t: ["--params-file", str((t / "l.yaml").write_text("- 1\n- 2\n") and t / "l.yaml")], "params_file"),
+    ("unknown-key", "spnas/full", lambda t: ["--set", "fully_train.epoch=3"], "fully_train.epoch"),
+    ("bool-as-int", "spnas/full", lambda t: ["--set", "optimizer.batch_size=true"], "optimizer.batch_size"),
+    ("nan", "spnas/full", lambda t: ["--set", "optimizer.learning_rate=.nan"], "optimizer.learning_rate"),
+    ("dask-not-url", "spnas/full", lambda t: ["--set", "dask_address=notaurl"], "dask_address"),
+    ("output-root-under-file", "lcnet/full",
+     lambda t: ["--set", f"output_root={_text(t / 'file')}/sub"], "output_root"),
+    ("device-cuda-without-gpu", "lcnet/full", lambda t: ["--set", "device=cuda"], "device"),
+    ("device-unknown", "lcnet/full", lambda t: ["--set", "device=tpu"], "device"),
+    ("backbone-code", "spnas/full", lambda t: ["--set", "model.backbone_code=11-x1"], "model.backbone_code"),
+    ("lcnet-weights-random", "lcnet/full",
+     lambda t: ["--set", f"model.pretrained_weights={_random_bytes(t / 'w.pth')}"], "model.pretrained_weights"),
+    ("lcnet-weights-text", "lcnet/full",
+     lambda t: ["--set", f"model.pretrained_weights={_text(t / 'w.pth')}"], "model.pretrained_weights"),
+    ("lcnet-weights-single-tensor", "lcnet/full",
+     lambda t: ["--set", f"model.pretrained_weights={_single_tensor(t / 'w.pth')}"], "model.pretrained_weights"),
+    ("lcnet-weights-no-match", "lcnet/full",
+     lambda t: ["--set", f"model.pretrained_weights={_foreign_state_dict(t / 'w.pth')}"], "model.pretrained_weights"),
+    ("spnas-weights-text", "spnas/full",
+     lambda t: ["--set", f"model.pretrained_weights={_text(t / 'w.pth')}"], "model.pretrained_weights"),
+    ("spnas-weights-no-match", "spnas/full",
+     lambda t: ["--set", f"model.pretrained_weights={_foreign_state_dict(t / 'w.pth')}"], "model.pretrained_weights"),
+    ("coco-not-json", "spnas/full", lambda t: _coco_sets(t, raw=b"\x00\xff not json"), "data.train_json"),
+    ("coco-no-annotations", "spnas/full", lambda t: _coco_sets(t, mutate=_no_annotations), "data.train_json"),
+    ("coco-negative-width", "spnas/full", lambda t: _coco_sets(t, mutate=_bad_bbox), "data.train_json"),
+    ("coco-unknown-image", "spnas/full", lambda t: _coco_sets(t, mutate=_unknown_image), "data.train_json"),
+    ("coco-half-given", "spnas/full", lambda t: [f"--set=data.train_json={_coco(t)['val_json']}"], "data.train_json"),
+]
+
+
+@pytest.mark.parametrize("deployment, build, field", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_check_params_refuses_with_one_line(deployment, build, field, tmp_path: Path, capsys) -> None:
+    argv = ["check-params", deployment, *build(tmp_path)]
+    before = sorted(tmp_path.rglob("*"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {field}: "), err
+    assert "Traceback" not in err and "weights_only=False" not in err
+    assert err.count(field.split(".")[-1] + ":") == 1, err  # the field is named once, in front
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_nan_is_not_reported_as_a_range(capsys) -> None:
+    assert main(["check-params", "spnas/full", "--set", "optimizer.learning_rate=.nan"]) == 2
+    assert "NaN" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["run", "spnas/full", "--refresh-from", "bogus"], "refresh_from"),
+    (["run", "spnas/full", "--refresh", "--refresh-from", "serial"], "--refresh-from"),
+    (["run", "lcnet/full", "--set", "train.epochs=0"], "train.epochs"),
+])
+def test_run_refuses_before_touching_the_stack(argv, field, capsys) -> None:
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"error: {field}: ")
+
+
+def test_good_params_pass(tmp_path: Path, capsys) -> None:
+    assert main(["check-params", "spnas/full", *_coco_sets(tmp_path)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["data"]["train_json"].endswith("instances.json") and shown["fully_train"]["epochs"] == 3
