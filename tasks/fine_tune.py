@@ -21,7 +21,7 @@ from tasks.tables import write_table
 from tracking import tracker
 
 
-def fine_tune(data: dict[str, Any], model: DetectorModel, optimizer: DetectorTrainParams, cfg: FineTuneParams,
+def fine_tune_detector(data: dict[str, Any], model: DetectorModel, optimizer: DetectorTrainParams, cfg: FineTuneParams,
               seed: int, runtime: Runtime, out_dir: Path, on_step=None) -> dict[str, Any]:
     configure_torch(runtime.num_threads, seed)
     device = resolve_device(runtime.device)
@@ -67,7 +67,7 @@ def fine_tune_task(data: dict[str, Any], model: DetectorModel, optimizer: Detect
                 progress.update((i + 1) / total, f"step {i + 1}/{total}  loss {losses['loss']:.3f}")
                 logger.info("fine_tune step %d/%d loss %.4f", i + 1, total, losses["loss"])
 
-        out = fine_tune(data, model, optimizer, fine_tune, seed, runtime, Path(work_dir), on_step)
+        out = fine_tune_detector(data, model, optimizer, fine_tune, seed, runtime, Path(work_dir), on_step)
         progress.update(1.0, "done")
         tracker.log_metrics(run_id, out["performance"])
         tracker.log_files(run_id, out["files"], "fine_tune")

@@ -58,7 +58,7 @@ def test_serial_search_on_a_dask_cluster(prefect_api, tmp_path: Path) -> None:
     from distributed import LocalCluster
 
     from params.models import Runtime, SpnasParams
-    from tasks.fine_tune import fine_tune
+    from tasks.fine_tune import fine_tune_detector
     from tasks.prepare_data import detection_sources
     from tasks.serial_search import serial_search
     from tasks.split_detection import split_detection
@@ -71,7 +71,7 @@ def test_serial_search_on_a_dask_cluster(prefect_api, tmp_path: Path) -> None:
     for d in ("split", "fine_tune", "serial"):
         (tmp_path / d).mkdir()
     data = split_detection(detection_sources(p.data, p.model.image_size, p.seed), p.data, p.seed, tmp_path / "split")
-    start = fine_tune(data, p.model, p.optimizer, p.fine_tune, p.seed, Runtime(), tmp_path / "fine_tune")
+    start = fine_tune_detector(data, p.model, p.optimizer, p.fine_tune, p.seed, Runtime(), tmp_path / "fine_tune")
     parent = tracker.start_run(tracker.ensure_experiment("dask-test"), "dask")
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
         runner, _ = candidate_runner(1, cluster.scheduler_address)
