@@ -2,39 +2,66 @@
 
     model.onnx   one image [3, H, W] float RGB in [0, 1] -> boxes (N, 4) xyxy, labels (N,),
                  scores (N,); H and W are symbolic, resizing/normalising happen in the graph
-    model.ts     TorchScript: List[Tensor[3, H, W]] -> List[{"boxes", "labels", "scores"}]
+    model.pt2    torch.export program of the whole eval-mode detector:
+                 [Tensor[3, S, S]] -> [{"boxes", "labels", "scores"}], S = image_size (fixed);
+                 read it with `deploy.onnx_export.load_program` (imports torchvision first)
     model.yml    labels (index 0 = background), image size, preprocessing, file names
 
-Exporter settings checked on torch 2.14.1 / torchvision 0.29.1 / onnxruntime 1.32:
+Checked on torch 2.14.1 / torchvision 0.29.1 / onnxruntime 1.32:
+- torch.export of torchvision's FasterRCNN (it replaces `model.ts`: TorchScript is
+  deprecated). As is, it fails three ways; each is handled here without touching
+  torchvision or nas_models:
+  1. `_batched_nms_coordinate_trick` branches on `boxes.numel() == 0` for a data-dependent
+     count (GuardOnDataDependentSymNode: "Could not guard on data-dependent expression
+     Eq(4*u1, 0)", torchvision/ops/boxes.py:103), in the RPN and in the box head alike.
+     `_exportable_nms` swaps `torchvision.ops.boxes.batched_nms` for the same per-class
+     offset trick without the branch while exporting (the saved graph holds only
+     torchvision::nms, so loading needs no patch).
+  2. torchvision's fake (shape-only) nms declares "keeps >= 2 boxes" (its
+     `create_unbacked_symint()` defaults to min=2) and the program then asserts that at run
+     time: an image with 0 or 1 detections raised "Runtime assertion failed for expression
+     u9 >= 2". A correct fake (0 <= kept <= N) is registered for the export only.
+  3. With strict=False, `len(rois)` in MultiScaleRoIAlign needs a Python int of a
+     data-dependent size ("Could not extract specialized integer from data-dependent
+     expression Min(100, u2)", poolers.py:185); strict=True (TorchDynamo) keeps it symbolic.
+     The box decoder then branches on the proposal count being > 0 (_utils.py:176), so
+     `_ProgramDetector` (GeneralizedRCNN's eval forward over the same submodules) states
+     `torch._check(proposals > 0)`: the RPN's score threshold is 0 and NMS always keeps the
+     top box, so a real image always has proposals (and if not, the program raises).
+  With these the program matches eager torch exactly (max |diff| 0.0 with 0, 1 and 20
+  detections per image). Symbolic height/width do not work: that export took ~3 min on 2
+  cores and `torch.export.save` then failed ("Failed serializing node ceil ... op <built-in
+  function ceil> is not in _SYM_OPS": GeneralizedRCNNTransform pads with math.ceil of a
+  symbolic float). So the program takes S x S images, the size the model was trained at.
 - ONNX: the TorchScript-based exporter (`dynamo=False`) traces torchvision's FasterRCNN in
   eval mode at opset 11 and 17 alike (torchvision has ONNX-aware code paths for tracing:
   RoIAlign, NMS, the resize inside GeneralizedRCNNTransform) and the graph accepts any image
-  size. The torch.export-based exporter (`dynamo=True`) fails: batched NMS's box offsets need
-  a guard on a data-dependent size (GuardOnDataDependentSymNode in torchvision/ops/boxes.py).
-- TorchScript: `torch.jit.script` of the whole detector. torchvision's parts script as they
-  are; our backbone does not, because its forward is annotated `OrderedDict[str, Tensor]`
-  (TorchScript knows only `Dict`) and ParallelBackbone.fuse zips dict items with a
-  ModuleList. `_ScriptableBackbone` below re-states the same computation over the same
-  submodules, so weights and parameter names are unchanged and nas_models stays as it is.
+  size. The torch.export-based exporter could start from the program above, but only at its
+  one fixed size, so the ONNX file stays on the (deprecated) tracer; its deprecation and
+  tracer notices are filtered by category and text in `_export_onnx`.
 """
 from __future__ import annotations
 
 import copy
 import os
+import threading
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
+import torchvision
 import yaml
 from torch import Tensor, nn
+from torch.export import ExportedProgram
+from torchvision.ops import boxes as box_ops
 
-from deploy.onnx_export import make_session
+from deploy.onnx_export import load_program, make_session, save_program
 from spnas.errors import InputError
 
 __all__ = [
@@ -42,83 +69,105 @@ __all__ = [
     "ONNX_FILE",
     "ONNX_OPSET",
     "OUTPUT_NAMES",
-    "TORCHSCRIPT_FILE",
+    "PROGRAM_FILE",
     "export_detector",
+    "export_detector_program",
     "parity_check",
-    "scriptable_detector",
 ]
 
-ONNX_FILE, TORCHSCRIPT_FILE, MODEL_YML = "model.onnx", "model.ts", "model.yml"
-ONNX_OPSET = 17  # 11 works too; 17 is what the classifier exports use
+ONNX_FILE, PROGRAM_FILE, MODEL_YML = "model.onnx", "model.pt2", "model.yml"
+ONNX_OPSET = 17  # 11 works too; opsets of the tracer, not of the dynamo exporter
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("boxes", "labels", "scores")
 
 
-# --- TorchScript-friendly backbone ----------------------------------------------------------
+# --- torch.export program -------------------------------------------------------------------
 
 
-class _ScriptableSerial(nn.Module):
-    """SerialBackbone's forward with a `Dict` return type, over the original stem/stages."""
-
-    def __init__(self, serial: nn.Module) -> None:
-        super().__init__()
-        self.stem = serial.stem
-        self.stages = serial.stages
-
-    def forward(self, x: Tensor) -> Dict[str, Tensor]:
-        x = self.stem(x)
-        features: Dict[str, Tensor] = {}
-        for s, stage in enumerate(self.stages):
-            x = stage(x)
-            features[str(s)] = x
-        return features
-
-
-class _ScriptableBackbone(nn.Module):
-    """ParallelBackbone (body → branches summed in → FPN) with the same attribute names, so
-    `backbone.body.stem...`, `backbone.branches...`, `backbone.fpn...` keep their keys."""
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.body = _ScriptableSerial(backbone.body)
-        self.branches = backbone.branches
-        self.fpn = backbone.fpn
-        self.out_channels: int = backbone.out_channels  # read by FasterRCNN's heads
-
-    def forward(self, x: Tensor) -> Dict[str, Tensor]:
-        features = self.body(x)
-        fused: Dict[str, Tensor] = {}
-        # Iterating the ModuleList (not zip over dict items) is what TorchScript can unroll.
-        for s, branches in enumerate(self.branches):
-            feat = features[str(s)]
-            out = feat
-            for branch in branches:
-                out = out + branch(feat)
-            fused[str(s)] = out
-        return self.fpn(fused)
-
-
-class _DetectionsOnly(nn.Module):
-    """Scripted torchvision detectors return (losses, detections); keep eager mode's API."""
+class _ProgramDetector(nn.Module):
+    """GeneralizedRCNN's eval-mode forward over the same transform/backbone/rpn/roi_heads,
+    with the one hint torch.export needs: every image has at least one proposal."""
 
     def __init__(self, detector: nn.Module) -> None:
         super().__init__()
         self.detector = detector
 
-    def forward(self, images: List[Tensor]) -> List[Dict[str, Tensor]]:
-        return self.detector(images)[1]
+    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        det = self.detector
+        original_sizes = [(im.shape[-2], im.shape[-1]) for im in images]
+        image_list, _ = det.transform(images)
+        features = det.backbone(image_list.tensors)
+        proposals, _ = det.rpn(image_list, features)
+        for boxes in proposals:
+            torch._check(boxes.shape[0] > 0)
+        detections, _ = det.roi_heads(features, proposals, image_list.image_sizes)
+        return det.transform.postprocess(detections, image_list.image_sizes, original_sizes)
 
 
-def scriptable_detector(model: nn.Module) -> nn.Module:
-    """A copy of `model` (eval mode) whose backbone TorchScript can compile, returning only
-    detections. The caller's model is not modified."""
+def _batched_nms_without_branch(boxes: Tensor, scores: Tensor, idxs: Tensor,
+                                iou_threshold: float) -> Tensor:
+    """Per-class NMS by shifting each class's boxes beyond all others (torchvision's trick),
+    valid for zero boxes without an `if`: the shift uses max(all coordinates, 0)."""
+    top = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
+    shifted = boxes + (idxs.to(boxes) * (top + 1))[:, None]
+    return torchvision.ops.nms(shifted, scores, iou_threshold)
+
+
+def _nms_fake(dets: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Shape of torchvision::nms's output while tracing: any count from 0 to len(dets)."""
+    kept = torch.library.get_ctx().new_dynamic_size(min=0)
+    torch._check(kept <= dets.shape[0])
+    return dets.new_empty(kept, dtype=torch.long)
+
+
+_EXPORT_LOCK = threading.Lock()  # the shims below are process-wide while in place
+
+
+@contextmanager
+def _exportable_nms() -> Iterator[None]:
+    """Fixes 1 and 2 of the module docstring, undone on exit. The swapped batched_nms keeps
+    the same boxes, so a detector running in another thread meanwhile is unaffected."""
+    with _EXPORT_LOCK:
+        original = box_ops.batched_nms
+        lib = torch.library.Library("torchvision", "FRAGMENT")
+        try:
+            torch.library.register_fake("torchvision::nms", _nms_fake, lib=lib)
+            box_ops.batched_nms = _batched_nms_without_branch
+            yield
+        finally:
+            box_ops.batched_nms = original
+            lib._destroy()  # drops our fake kernel; torchvision's is current again
+
+
+def _example_image(image_size: int) -> Tensor:
+    # A fixed pseudo-random image: tracing only records ops, but an all-zero image would take
+    # no path through the detections that a real image takes.
+    return torch.rand(3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+
+
+def export_detector_program(model: nn.Module, image_size: int) -> ExportedProgram:
+    """torch.export program of `model` (a torchvision FasterRCNN) in eval mode for a list of
+    one [3, image_size, image_size] image; the caller's model is not modified."""
     clone = copy.deepcopy(model).eval()
-    backbone = clone.backbone
-    if all(hasattr(backbone, a) for a in ("body", "branches", "fpn")) and hasattr(
-        backbone.body, "stages"
-    ):
-        clone.backbone = _ScriptableBackbone(backbone).eval()
-    return _DetectionsOnly(clone).eval()
+    example = _example_image(image_size)
+    with torch.no_grad():
+        # One eager pass fills the RoI pooler's cached level scales, so the traced forward
+        # reads constants instead of computing and assigning them.
+        clone([example])
+    with _exportable_nms(), warnings.catch_warnings():
+        # Dynamo notes that the anchor generator re-assigns its cached anchors in forward:
+        # a cache of constants, the same in the graph.
+        warnings.filterwarnings("ignore", "While compiling, we found certain side effects",
+                                UserWarning)
+        return torch.export.export(_ProgramDetector(clone), ([example],), strict=True)
+
+
+def _program_input_shape(program: ExportedProgram) -> tuple[int, ...]:
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            return tuple(int(d) for d in node.meta["val"].shape)
+    raise ValueError("the program has no tensor input")
 
 
 # --- export ---------------------------------------------------------------------------------
@@ -173,9 +222,20 @@ def _export_onnx(model: nn.Module, example: Tensor, path: Path, opset: int) -> N
     }
     try:
         with warnings.catch_warnings():
-            # Tracer warnings about Python ints/shape arithmetic in torchvision's transform and
-            # the exporter's deprecation notice are expected for this (deliberate) exporter.
-            warnings.simplefilter("ignore")
+            # Expected with this deliberate (deprecated) exporter, nothing to act on: its own
+            # two deprecation notices, torchvision scripting its NMS helpers while tracing
+            # ("`torch.jit.script` is deprecated", 8 per export), tracer notes on Python
+            # numbers and shape arithmetic in torchvision's transform/poolers (parity_check
+            # measures the result) and two notes from those code paths. Others still show.
+            for message, category in (
+                ("You are using the legacy TorchScript-based ONNX export", DeprecationWarning),
+                ("The feature will be removed", DeprecationWarning),
+                ("`torch.jit.script` is deprecated", FutureWarning),
+                ("To copy construct from a tensor", UserWarning),
+                ("Exporting aten::index operator of advanced indexing", UserWarning),
+            ):
+                warnings.filterwarnings("ignore", message, category)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             with torch.no_grad():
                 torch.onnx.export(
                     model, ([example],), str(tmp), dynamo=False, opset_version=opset,
@@ -183,20 +243,6 @@ def _export_onnx(model: nn.Module, example: Tensor, path: Path, opset: int) -> N
                     dynamic_axes=dynamic_axes, do_constant_folding=True,
                 )
         onnx.checker.check_model(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _export_torchscript(model: nn.Module, path: Path) -> None:
-    tmp = _atomic(path)
-    try:
-        with warnings.catch_warnings():
-            # "torch.jit.script is deprecated" and torchvision's "(Losses, Detections) tuple"
-            # notice: both expected, the wrapper unpacks the tuple.
-            warnings.simplefilter("ignore")
-            scripted = torch.jit.script(scriptable_detector(model))
-        scripted.save(str(tmp))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -224,21 +270,19 @@ def export_detector(
     labels: list[str],
     opset: int = ONNX_OPSET,
 ) -> dict[str, str]:
-    """Write model.onnx, model.ts and model.yml for a torchvision FasterRCNN into `out_dir`.
+    """Write model.onnx, model.pt2 and model.yml for a torchvision FasterRCNN into `out_dir`.
 
     `labels` names every class the detector outputs, index 0 = background (len = num_classes).
-    Returns the paths written. Each file goes to a temporary name first and is renamed once
-    complete, and the model's training flags are restored afterwards.
+    Returns the paths written (keys model_dir, onnx, program, model_yml). Each file goes to a
+    temporary name first and is renamed once complete, and the model's training flags are
+    restored afterwards.
     """
     labels = _check_export_args(model, image_size, labels)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # A fixed pseudo-random image: tracing only records ops, but an all-zero image would take
-    # no path through the detections that a real image takes.
-    example = torch.rand(3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     with _eval_mode(model):
-        _export_onnx(model, example, out_dir / ONNX_FILE, opset)
-        _export_torchscript(model, out_dir / TORCHSCRIPT_FILE)
+        _export_onnx(model, _example_image(image_size), out_dir / ONNX_FILE, opset)
+        save_program(export_detector_program(model, image_size), out_dir / PROGRAM_FILE)
     meta = {
         "task": "detection",
         "model": dict(getattr(model, "arch", {})),
@@ -255,8 +299,10 @@ def export_detector(
             "score_threshold_in_model": float(getattr(model.roi_heads, "score_thresh", 0.0)),
             "max_detections": int(getattr(model.roi_heads, "detections_per_img", 0)),
         },
-        "files": {"onnx": ONNX_FILE, "torchscript": TORCHSCRIPT_FILE},
+        "files": {"onnx": ONNX_FILE, "program": PROGRAM_FILE},
         "export": {"onnx_exporter": "torchscript (dynamo=False)", "onnx_opset": opset,
+                   "program_input": f"list of one float32 RGB image [3, {image_size}, "
+                                    f"{image_size}] in [0, 1]",
                    "torch": str(torch.__version__)},
     }
     yml = out_dir / MODEL_YML
@@ -268,7 +314,7 @@ def export_detector(
         tmp.unlink(missing_ok=True)
     return {
         "model_dir": str(out_dir), "onnx": str(out_dir / ONNX_FILE),
-        "torchscript": str(out_dir / TORCHSCRIPT_FILE), "model_yml": str(yml),
+        "program": str(out_dir / PROGRAM_FILE), "model_yml": str(yml),
     }
 
 
@@ -325,48 +371,53 @@ def _summarise(prefix: str, ref: list[Detections], got: list[Detections],
 
 def parity_check(model: nn.Module, out_dir: Path, images: list[Tensor],
                  threads: int = 2) -> dict[str, Any]:
-    """Run eager torch, ONNX Runtime (model.onnx) and TorchScript (model.ts) on the same images.
+    """Run eager torch, ONNX Runtime (model.onnx) and the torch.export program (model.pt2,
+    loaded back from disk) on the same images.
 
-    Per runtime: detections found, how many pair up with torch's (same label, nearest box),
-    images whose counts differ, max |box diff| (px) and |score diff| over matched pairs, and
-    the fastest single-image time (ms; one run per image, so a rough figure).
+    Per runtime (prefix `onnx_`, `pt2_`): detections found, how many pair up with torch's
+    (same label, nearest box), images whose counts differ, max |box diff| (px) and |score
+    diff| over matched pairs, and the fastest single-image time (ms; one run per image, so a
+    rough figure). The program takes only its export size (module docstring), so it runs on
+    the images of that size; `pt2_images` says how many (its other keys are absent if none).
     """
     out_dir = Path(out_dir)
-    for name in (ONNX_FILE, TORCHSCRIPT_FILE):
+    for name in (ONNX_FILE, PROGRAM_FILE):
         if not (out_dir / name).is_file():
             raise InputError("out_dir", f"{out_dir} has no {name}; run export_detector first.")
     if not images or not all(isinstance(im, Tensor) and im.ndim == 3 and im.shape[0] == 3
                              for im in images):
         raise InputError("images", "give a non-empty list of float RGB tensors [3, H, W] in [0, 1].")
     session = make_session(out_dir / ONNX_FILE, threads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit deprecation notice
-        scripted = torch.jit.load(str(out_dir / TORCHSCRIPT_FILE))
-    runs: dict[str, tuple[list[Detections], list[float]]] = {
-        "torch": ([], []), "onnx": ([], []), "torchscript": ([], [])}
+    exported = load_program(out_dir / PROGRAM_FILE)
+    program, program_shape = exported.module(), _program_input_shape(exported)
+    runs: dict[str, tuple[list[int], list[Detections], list[float]]] = {
+        "torch": ([], [], []), "onnx": ([], [], []), "pt2": ([], [], [])}
 
-    def timed(name: str, fn) -> None:
+    def timed(name: str, index: int, fn) -> None:
         t0 = time.perf_counter()
         out = fn()
-        runs[name][1].append(time.perf_counter() - t0)
-        runs[name][0].append(_as_numpy(out))
+        runs[name][2].append(time.perf_counter() - t0)
+        runs[name][0].append(index)
+        runs[name][1].append(_as_numpy(out))
 
-    with _eval_mode(model), torch.no_grad(), warnings.catch_warnings():
-        # The scripted RCNN warns on every call that it returns (losses, detections).
-        warnings.filterwarnings("ignore", message="RCNN always returns")
-        for image in images:
+    with _eval_mode(model), torch.no_grad():
+        for i, image in enumerate(images):
             image = image.detach().float().cpu()
-            timed("torch", lambda: model([image])[0])
-            timed("onnx", lambda: dict(zip(OUTPUT_NAMES, session.run(
+            timed("torch", i, lambda: model([image])[0])
+            timed("onnx", i, lambda: dict(zip(OUTPUT_NAMES, session.run(
                 None, {INPUT_NAME: image.numpy()}))))
-            timed("torchscript", lambda: scripted([image])[0])
+            if tuple(image.shape) == program_shape:
+                timed("pt2", i, lambda: program([image])[0])
 
-    ref, ref_s = runs["torch"]
+    _, ref, ref_s = runs["torch"]
     report: dict[str, Any] = {
         "images": len(images),
         "torch_detections": int(sum(len(r["scores"]) for r in ref)),
         "torch_min_ms_per_image": 1000 * min(ref_s),
+        "pt2_images": len(runs["pt2"][0]),
     }
-    for name in ("onnx", "torchscript"):
-        report.update(_summarise(name, ref, *runs[name]))
+    for name in ("onnx", "pt2"):
+        indices, got, seconds = runs[name]
+        if indices:
+            report.update(_summarise(name, [ref[i] for i in indices], got, seconds))
     return report

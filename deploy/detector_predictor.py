@@ -5,6 +5,8 @@ inside it), so preprocessing here is only: decode → RGB → float32 CHW in [0,
 size go in whole, and boxes come back in that image's pixels. One image per ONNX run: the
 exported graph takes a single [3, H, W] image, as torchvision's ONNX export of detectors does.
 Timing uses the classifier predictor's PaddleX-style `TimeInfo` (pre / infer / post).
+Bad input (folder, model.yml, model.onnx, counts, images) is one InputError naming the
+argument, raised before anything is run.
 """
 from __future__ import annotations
 
@@ -13,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from PIL import Image, ImageDraw, ImageFont
 
-from data.transforms import as_rgb_image, load_rgb
 from deploy.detector_export import INPUT_NAME, MODEL_YML, ONNX_FILE
 from deploy.onnx_export import make_session
-from deploy.predictor import ImageLike, TimeInfo
+from deploy.predictor import ImageLike, TimeInfo, check_count, load_image, load_yaml_mapping
 from spnas.errors import InputError
 
 __all__ = ["DetectorPredictor", "read_detector_yml"]
@@ -40,12 +40,7 @@ def read_detector_yml(model_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError("model_dir", f"{model_dir} holds no {MODEL_YML}; give a folder written "
                                       "by export_detector.")
-    try:
-        meta = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InputError("model_dir", f"{path} is not valid YAML ({exc}).") from exc
-    if not isinstance(meta, dict):
-        raise InputError("model_dir", f"{path} must hold a mapping; re-export the model.")
+    meta = load_yaml_mapping(path, "model_dir")
     if meta.get("task") != "detection":
         raise InputError("model_dir", f"{path} is not a detector export (task: "
                                       f"{meta.get('task')!r}); use the matching predictor.")
@@ -65,6 +60,7 @@ class DetectorPredictor:
         if (isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float))
                 or not 0.0 <= score_threshold <= 1.0):
             raise InputError("score_threshold", f"must be a number in [0, 1], got {score_threshold!r}.")
+        check_count("threads", threads, 1)
         self.model_dir = Path(model_dir)
         self.meta = read_detector_yml(self.model_dir)
         self.labels: list[str] = list(self.meta["labels"])
@@ -72,7 +68,7 @@ class DetectorPredictor:
         onnx_path = self.model_dir / self.meta["files"].get("onnx", ONNX_FILE)
         if not onnx_path.is_file():
             raise InputError("model_dir", f"{onnx_path} is missing; re-export the model.")
-        self.session = make_session(onnx_path, threads)
+        self.session = make_session(onnx_path, threads, field="model_dir")
         inputs = [i.name for i in self.session.get_inputs()]
         self.input_name = INPUT_NAME if INPUT_NAME in inputs else inputs[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -80,14 +76,7 @@ class DetectorPredictor:
 
     # --- predict --------------------------------------------------------------------------
 
-    @staticmethod
-    def _load(image: ImageLike) -> Image.Image:
-        if isinstance(image, (str, Path)):
-            return load_rgb(image)
-        if isinstance(image, (Image.Image, np.ndarray)):
-            return as_rgb_image(image)
-        raise InputError("images", f"expected a path, PIL image or HWC uint8 array, got "
-                                   f"{type(image).__name__}.")
+    _load = staticmethod(load_image)  # the classifier's checks and messages (field `images`)
 
     def predict(self, images: ImageLike | list[ImageLike], warmup: int = 0,
                 repeats: int = 1) -> list[list[Detection]]:
@@ -97,9 +86,8 @@ class DetectorPredictor:
         scores >= score_threshold are kept. `warmup` untimed passes run first; `repeats` timed
         passes accumulate into `self.time_info`. A single image gives a list of one.
         """
-        for name, value, low in (("warmup", warmup, 0), ("repeats", repeats, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InputError(name, f"must be an integer >= {low}, got {value!r}.")
+        check_count("warmup", warmup, 0)
+        check_count("repeats", repeats, 1)
         items = images if isinstance(images, list) else [images]
         if not items:
             raise InputError("images", "give at least one image.")

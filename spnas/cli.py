@@ -140,11 +140,24 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from deploy.predictor import ClassifierPredictor
+    from deploy.predictor import ClassifierPredictor, check_count
 
-    predictor = ClassifierPredictor(args.model_dir, threads=args.threads)
-    results = predictor.predict(list(args.images), topk=args.topk, batch_size=args.batch_size,
-                                warmup=args.warmup, repeats=args.repeats)
+    # The predictor's argument names -> the flags a user typed, so errors name what to fix.
+    flags = {"model_dir": "--model-dir", "topk": "--topk", "batch_size": "--batch-size",
+             "threads": "--threads", "warmup": "--warmup", "repeats": "--repeats"}
+    try:
+        # Counts first: nothing is loaded when one is out of range.
+        for name, minimum in (("topk", 1), ("batch_size", 1), ("threads", 1), ("warmup", 0),
+                              ("repeats", 1)):
+            check_count(name, getattr(args, name), minimum)
+        predictor = ClassifierPredictor(args.model_dir, threads=args.threads)
+        results = predictor.predict(list(args.images), topk=args.topk, batch_size=args.batch_size,
+                                    warmup=args.warmup, repeats=args.repeats)
+    except InputError as exc:
+        if exc.field not in flags:
+            raise
+        message = str(exc)[len(exc.field) + 2:]  # InputError's text is "<field>: <message>"
+        raise InputError(flags[exc.field], message) from exc
     for image, result in zip(args.images, results):
         print(json.dumps({"image": image, "result": result}))
     print(predictor.time_info.report())
@@ -194,13 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_split)
 
     p = sub.add_parser("predict", help="top-k classes of images with an exported model folder")
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("images", nargs="+")
-    p.add_argument("--topk", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--model-dir", required=True, help="inference_model folder written by the export stage")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, BMP, ...)")
+    p.add_argument("--topk", type=int, default=1, help="classes per image, >= 1")
+    p.add_argument("--batch-size", type=int, default=1, help="images per ONNX Runtime call, >= 1")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads, >= 1")
+    p.add_argument("--warmup", type=int, default=5, help="untimed passes first, >= 0")
+    p.add_argument("--repeats", type=int, default=1, help="timed passes, >= 1")
     p.set_defaults(fn=cmd_predict)
     return parser
 

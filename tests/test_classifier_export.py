@@ -1,4 +1,5 @@
-"""Exported classifier folder and its ONNX Runtime Predictor (PaddleX-style results and timing)."""
+"""Exported classifier folder (ONNX + torch.export program), parity with eager torch, and its
+ONNX Runtime Predictor (PaddleX-style results and timing)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,8 @@ import yaml
 from PIL import Image
 
 from data.transforms import Preprocess
-from deploy.classifier_export import export_classifier, parity
-from deploy.onnx_export import WithSoftmax
+from deploy.classifier_export import MODEL_YML, ONNX_FILE, PROGRAM_FILE, export_classifier, parity
+from deploy.onnx_export import WithSoftmax, load_program
 from deploy.predictor import ClassifierPredictor
 from nas_models.lcnet import build_lcnet
 from spnas.errors import InputError
@@ -22,9 +23,16 @@ LABELS = ["cat", "dog", "panda"]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path, Preprocess]:
     torch.manual_seed(0)
-    model = build_lcnet(0.25, num_classes=3).train()
-    with torch.no_grad():  # real BN statistics, so outputs are not near-uniform
+    model = build_lcnet(0.25, num_classes=3)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: one batch sets the statistics exactly
+    model.train()
+    with torch.no_grad():
         model(torch.randn(16, 3, 32, 32))
+        # Fresh statistics and the std-0.01 classifier init leave the softmax at ~1/3 for every
+        # class, which any comparison would pass; a wider classifier makes outputs differ.
+        torch.nn.init.normal_(model.classifier.weight, std=0.3)
     model.eval()
     pre = Preprocess(input_size=32, resize_short=36)
     out = export_classifier(model, {"type": "PPLCNet", "scale": 0.25, "num_classes": 3}, LABELS, pre,
@@ -39,11 +47,26 @@ def _images(n: int) -> list[np.ndarray]:
 
 def test_folder_and_parity(exported) -> None:
     model, model_dir, pre = exported
-    meta = yaml.safe_load((model_dir / "model.yml").read_text())
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted([ONNX_FILE, PROGRAM_FILE, MODEL_YML])
+    meta = yaml.safe_load((model_dir / MODEL_YML).read_text())
     assert meta["labels"] == LABELS and meta["transforms"] == pre.to_dict()
+    assert meta["files"] == {"onnx": ONNX_FILE, "program": PROGRAM_FILE}
     images = torch.from_numpy(np.stack([pre(im) for im in _images(4)]))
-    checks = parity(model, model_dir / "model.onnx", images)
-    assert checks["onnx_max_abs_diff"] < 1e-4 and checks["torchscript_max_abs_diff"] < 1e-5
+    with torch.no_grad():
+        assert WithSoftmax(model)(images).max() > 0.5  # not uniform, so the diffs mean something
+    checks = parity(model, model_dir / ONNX_FILE, images)
+    assert checks["onnx_max_abs_diff"] < 1e-4 and checks["pt2_max_abs_diff"] < 1e-5
+
+
+def test_program_runs_any_batch(exported) -> None:
+    model, model_dir, pre = exported
+    program = load_program(model_dir / PROGRAM_FILE).module()
+    for batch in (1, 3):
+        x = torch.from_numpy(np.stack([pre(im) for im in _images(batch)]))
+        with torch.no_grad():
+            expected, got = WithSoftmax(model)(x), program(x)
+        assert got.shape == (batch, len(LABELS))
+        assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_predictor_matches_torch_and_times(exported) -> None:

@@ -1,4 +1,5 @@
-"""Detector export (ONNX + TorchScript + model.yml), parity with eager torch, and the predictor.
+"""Detector export (ONNX + torch.export program + model.yml), parity with eager torch, and the
+predictor.
 
 One small detector is trained once per module on embedded digit canvases so that it emits
 real boxes; every check then runs on real images.
@@ -21,12 +22,13 @@ from data.coco_digits import make_digits_coco
 from deploy.detector_export import (
     MODEL_YML,
     ONNX_FILE,
-    TORCHSCRIPT_FILE,
+    PROGRAM_FILE,
     export_detector,
+    export_detector_program,
     parity_check,
-    scriptable_detector,
 )
 from deploy.detector_predictor import DetectorPredictor
+from deploy.onnx_export import load_program, save_program
 from engine.detection import train_one_epoch
 from nas_models.detector import build_detector
 from spnas.errors import InputError
@@ -36,7 +38,8 @@ LABELS = ["__background__", "digit"]
 TRAIN_STEPS, BATCH, LR, WARMUP = 30, 4, 0.01, 5
 # Measured on real canvases (20 images, 117 detections): ONNX Runtime vs eager torch differ
 # by at most 1.7e-5 px in boxes and 1.2e-6 in scores (float32 rounding in different conv
-# kernels; a few ULPs at 96 px); TorchScript runs torch's own kernels and matched exactly.
+# kernels; a few ULPs at 96 px); the torch.export program runs torch's own kernels and
+# matched exactly.
 # Bounds sit ~50x above that to allow other CPUs' kernels, and far below anything visible.
 BOX_TOL_PX, SCORE_TOL = 1e-3, 1e-4
 
@@ -79,27 +82,28 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
 def test_export_files_and_yml(trained) -> None:
     out_dir: Path = trained["dir"]
     assert trained["training_after_export"], "export_detector must restore the training flag"
-    assert trained["files"]["onnx"] == str(out_dir / ONNX_FILE)
-    for name in (ONNX_FILE, TORCHSCRIPT_FILE, MODEL_YML):
-        assert (out_dir / name).is_file()
-    assert not list(out_dir.glob(".*tmp")), "no temporary files left behind"
+    assert trained["files"] == {"model_dir": str(out_dir), "onnx": str(out_dir / ONNX_FILE),
+                                "program": str(out_dir / PROGRAM_FILE),
+                                "model_yml": str(out_dir / MODEL_YML)}
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([ONNX_FILE, PROGRAM_FILE, MODEL_YML])
     meta = yaml.safe_load((out_dir / MODEL_YML).read_text())
     assert meta["task"] == "detection" and meta["labels"] == LABELS
     assert meta["image_size"] == 96 and meta["model"]["backbone_code"] == R18
     assert meta["preprocessing"]["input_range"] == [0.0, 1.0]
-    assert meta["files"] == {"onnx": ONNX_FILE, "torchscript": TORCHSCRIPT_FILE}
+    assert meta["files"] == {"onnx": ONNX_FILE, "program": PROGRAM_FILE}
+    assert "[3, 96, 96]" in meta["export"]["program_input"]
     graph = onnx.load(str(out_dir / ONNX_FILE), load_external_data=False).graph
     assert [i.name for i in graph.input] == ["image"]
     assert [o.name for o in graph.output] == ["boxes", "labels", "scores"]
 
 
 @pytest.mark.slow
-def test_parity_onnx_and_torchscript_vs_torch(trained) -> None:
+def test_parity_onnx_and_program_vs_torch(trained) -> None:
     report = parity_check(trained["model"], trained["dir"], trained["images"])
-    assert report["images"] == len(trained["images"])
+    assert report["images"] == report["pt2_images"] == len(trained["images"])
     n = report["torch_detections"]
     assert n >= len(trained["images"]), f"the trained detector should emit boxes: {report}"
-    for runtime in ("onnx", "torchscript"):
+    for runtime in ("onnx", "pt2"):
         assert report[f"{runtime}_detections"] == n, report
         assert report[f"{runtime}_images_with_count_mismatch"] == 0, report
         assert report[f"{runtime}_matched"] == n, report
@@ -195,21 +199,32 @@ def test_export_rejects_wrong_labels(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir()), "nothing written on bad input"
 
 
-@pytest.mark.filterwarnings("ignore:RCNN always returns", "ignore::FutureWarning")
-def test_scripted_parallel_backbone_matches_eager() -> None:
-    """The TorchScript wrapper re-states ParallelBackbone's forward: check it with branches."""
+def test_program_with_parallel_branches_and_0_or_1_detections(tmp_path: Path) -> None:
+    """The program of a detector with parallel branches, saved and loaded back, matches eager
+    torch on images with no and with one detection (torchvision's own shape rule for nms
+    would make the program assert >= 2), and refuses other image sizes."""
     torch.manual_seed(0)
-    model = build_detector(R18, neck_code=[1, 0, 2, 0], base_width=16).eval()
+    model = build_detector(R18, neck_code=[1, 0, 2, 0], num_classes=2, base_width=16).eval()
     with torch.no_grad():
         for p in model.backbone.branches.parameters():  # branches start as no-ops (zero BN)
             p.normal_(0.0, 0.1)
-    wrapped = scriptable_detector(model)
-    assert list(wrapped.detector.state_dict()) == list(model.state_dict())
-    scripted = torch.jit.script(wrapped)
-    images = [torch.rand(3, 96, 96), torch.rand(3, 80, 120)]
+    gen = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 96, 96, generator=gen) for _ in range(4)]
     with torch.no_grad():
-        expected, got = model(images), scripted(images)
-    assert sum(len(e["boxes"]) for e in expected) > 0
-    for e, g in zip(expected, got):
+        best = sorted(float(model([im])[0]["scores"].max()) for im in images)
+    # Between the 2nd and 3rd best image: two images keep one detection, two keep none.
+    model.roi_heads.score_thresh = (best[1] + best[2]) / 2
+    model.roi_heads.detections_per_img = 1
+    path = save_program(export_detector_program(model, 96), tmp_path / PROGRAM_FILE)
+    program = load_program(path).module()
+    counts = []
+    for image in images:
+        with torch.no_grad():
+            expected, got = model([image])[0], program([image])[0]
+        counts.append(len(expected["scores"]))
         for key in ("boxes", "labels", "scores"):
-            assert torch.allclose(e[key].float(), g[key].float(), atol=1e-5)
+            assert got[key].shape == expected[key].shape
+            assert torch.allclose(expected[key].float(), got[key].float(), atol=1e-5)
+    assert sorted(counts) == [0, 0, 1, 1]
+    with pytest.raises(Exception, match="96"):
+        program([torch.rand(3, 80, 120)])

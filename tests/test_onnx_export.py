@@ -1,13 +1,25 @@
-"""ONNX export of a small PP-LCNet with softmax: ORT matches torch at batch 1 and 3."""
+"""ONNX export (torch.export-based by default, the legacy TorchScript-based one on request) of a
+small PP-LCNet with softmax: ORT matches torch at batch 1 and 3; torch.export programs round-trip."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from torch import nn
 
-from deploy.onnx_export import WithSoftmax, export_onnx, make_session, max_abs_diff_vs_torch
+from deploy.onnx_export import (
+    ONNX_OPSET,
+    WithSoftmax,
+    export_onnx,
+    export_program,
+    load_program,
+    make_session,
+    max_abs_diff_vs_torch,
+    save_program,
+)
 from nas_models.lcnet import build_lcnet
 from spnas.errors import InputError
 
@@ -79,11 +91,49 @@ def test_bad_session_arguments(tmp_path: Path) -> None:
     assert err.value.field == "threads"
 
 
-@pytest.mark.slow
-def test_dynamo_exporter(tmp_path: Path) -> None:
-    # The torch.export path (~11 s here); ends at opset 18 whatever `opset` asks (see module doc).
+def test_default_exporter_is_torch_export_at_its_opset(exported: tuple[nn.Module, Path]) -> None:
+    _, path = exported
+    opsets = {o.domain: o.version for o in onnx.load(str(path)).opset_import}
+    assert opsets[""] == ONNX_OPSET
+
+
+def test_legacy_exporter_matches_and_stays_quiet(tmp_path: Path) -> None:
+    # dynamo=False, the deprecated TorchScript-based exporter: same numbers, and its two
+    # deprecation notices are filtered (nothing else is).
     model = _calibrated_model()
-    path = export_onnx(model, torch.randn(1, 3, 64, 64), tmp_path / "d.onnx", dynamo=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = export_onnx(model, torch.randn(1, 3, 64, 64), tmp_path / "t.onnx", opset=17,
+                           dynamo=False)
+    assert not [w for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))], \
+        [str(w.message) for w in caught]
     session = make_session(path)
+    assert session.get_inputs()[0].shape[0] == "batch"
     assert max_abs_diff_vs_torch(model, session, torch.randn(3, 3, 64, 64)) < 1e-4
-    assert [p.name for p in tmp_path.iterdir()] == ["d.onnx"]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.onnx"]
+
+
+def test_program_round_trip_with_dynamic_batch(tmp_path: Path) -> None:
+    model = _calibrated_model()
+    # A batch-1 example: torch.export would specialise it to 1; export_program must not.
+    program = export_program(model, torch.randn(1, 3, 64, 64))
+    assert save_program(program, tmp_path / "m.pt2") == tmp_path / "m.pt2"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt2"]
+    loaded = load_program(tmp_path / "m.pt2").module()
+    for batch in (1, 4):
+        x = torch.randn(batch, 3, 64, 64)
+        with torch.no_grad():
+            expected, got = model(x), loaded(x)
+        assert got.shape == (batch, 10) and expected.max() > 0.15
+        assert torch.allclose(got, expected, atol=1e-6)
+    with pytest.raises(InputError, match="m2.pt2"):
+        load_program(tmp_path / "m2.pt2")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x08\x07garbage" * 50], ids=["empty", "random-bytes"])
+def test_unloadable_onnx_file_is_input_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match="not a loadable ONNX model") as err:
+        make_session(path, field="model_dir")
+    assert err.value.field == "model_dir"
