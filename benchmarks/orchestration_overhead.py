@@ -4,7 +4,7 @@ runs and artifacts, Prefect artifacts) vs the same stage functions called plainl
 Runs A (plain) and B (flow) interleaved, A B A B ..., with the same small parameters, and
 prints min and median wall times and their ratio. The flow talks to a throwaway Prefect
 server (prefect_test_harness) unless PREFECT_API_URL is set, and to a local MLflow SQLite
-store unless MLFLOW_TRACKING_URI is set. Cache hits are disabled so every flow run trains.
+store unless MLFLOW_TRACKING_URI is set. Every flow run uses refresh_from="all" so it trains.
 
     .venv/bin/python benchmarks/orchestration_overhead.py --repeats 2
 """
@@ -33,7 +33,6 @@ def main() -> None:
     os.environ.setdefault("SPNAS_HOME", str(home))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
     os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(home / "results")
-    os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"  # measure work, not cache hits
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
@@ -41,30 +40,31 @@ def main() -> None:
 
     from flows.lcnet import lcnet
     from params.loader import load_params
-    from params.models import LcnetParams
+    from params.models import LcnetParams, runtime_of
     from tasks.evaluate_classifier import evaluate_classifier
     from tasks.export_classifier import export_stage
     from tasks.predict import predict_stage
+    from tasks.prepare_data import classification_sources
     from tasks.split import split_dataset
     from tasks.train_classifier import train_classifier
 
-    overrides = {"epochs": args.epochs, "scale": args.scale, "output_root": str(home / "out")}
+    overrides = {"train": {"epochs": args.epochs}, "model": {"scale": args.scale}, "output_root": str(home / "out")}
     p = load_params(LcnetParams, "params/lcnet.yaml", overrides)
-    values = p.model_dump(mode="json")
+    runtime = runtime_of(p)
 
     def plain() -> None:
         run = Path(tempfile.mkdtemp(dir=home))
         dirs = {n: run / n for n in ("split", "train", "evaluate", "export", "predict")}
         for d in dirs.values():
             d.mkdir()
-        split = split_dataset(p.dataset_dir, p.val_value, p.test_value, p.seed, dirs["split"])
-        trained = train_classifier(split, values, dirs["train"])
-        evaluate_classifier(split, trained, values, dirs["evaluate"])
-        exported = export_stage(split, trained, values, dirs["export"])
-        predict_stage(split, exported, values, dirs["predict"])
+        split = split_dataset(classification_sources(p.data)["dataset_dir"], p.data, p.seed, dirs["split"])
+        trained = train_classifier(split, p.model, p.train, p.seed, runtime, dirs["train"])
+        evaluate_classifier(split, trained, p.model, p.train.topk, p.seed, runtime, dirs["evaluate"])
+        exported = export_stage(split, trained, p.model, p.seed, runtime, dirs["export"])
+        predict_stage(split, exported, p.predict, runtime, dirs["predict"])
 
     def flow() -> None:
-        lcnet(params_file="params/lcnet.yaml", overrides=overrides)
+        lcnet(params_file="params/lcnet.yaml", overrides=overrides, refresh_from="all")
 
     harness = contextlib.nullcontext()
     if not os.environ.get("PREFECT_API_URL"):
@@ -81,7 +81,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
     a, b = times["plain"], times["flow"]
     print(f"lcnet pipeline, PP-LCNet x{args.scale}, {args.epochs} epochs, torch threads {torch.get_num_threads()}, "
-          f"input {p.input_size}px, {args.repeats} interleaved repeats")
+          f"input {p.model.input_size}px, {args.repeats} interleaved repeats")
     print(f"plain functions : min {min(a):7.2f} s  median {statistics.median(a):7.2f} s")
     print(f"Prefect + MLflow: min {min(b):7.2f} s  median {statistics.median(b):7.2f} s")
     print(f"flow / plain    : min {min(b) / min(a):.3f}x  median {statistics.median(b) / statistics.median(a):.3f}x "

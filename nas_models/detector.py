@@ -9,14 +9,12 @@ Parameter names: `backbone.body.*` (SerialBackbone), `backbone.branches.*`,
 `backbone.fpn.*`, then torchvision's own `rpn.*` and `roi_heads.*` — the same names as
 torchvision's fasterrcnn_resnet50_fpn wherever the structure matches (see nas_models.convert).
 
-Also here, for the reignite step: `BackboneClassifier` (backbone + global pool + linear)
-and `backbone_state_dict` / `load_backbone_state` to move backbone weights between the
-detector and the classifier.
+Also here, for the reignite step: `BackboneClassifier` (backbone + global pool + linear) over
+the detector's own backbone module (`serial_body`), so training it trains the detector.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -25,7 +23,6 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from nas_models.inherit import state_mismatch
 from nas_models.parallel_fpn import ParallelBackbone
 from nas_models.serial_backbone import SerialBackbone
 from spnas.errors import InputError
@@ -34,9 +31,8 @@ __all__ = [
     "ASPECT_RATIOS",
     "BackboneClassifier",
     "anchor_sizes",
-    "backbone_state_dict",
     "build_detector",
-    "load_backbone_state",
+    "serial_body",
 ]
 
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
@@ -173,31 +169,3 @@ def serial_body(model: nn.Module) -> SerialBackbone:
         f"{type(model).__name__} has no SerialBackbone; expected a detector from "
         "build_detector, a BackboneClassifier or a SerialBackbone.",
     )
-
-
-def backbone_state_dict(detector: nn.Module) -> OrderedDict[str, torch.Tensor]:
-    """A copy of the serial backbone's weights under bare names (stem.*, stages.*)."""
-    return OrderedDict((k, v.detach().clone()) for k, v in serial_body(detector).state_dict().items())
-
-
-def load_backbone_state(detector: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Load serial backbone weights into a detector (or classifier/backbone), strictly.
-
-    Accepts bare names, a BackboneClassifier's state ('backbone.*', its 'fc.*' ignored) or a
-    whole detector's state ('backbone.body.*', everything else ignored).
-    """
-    body = serial_body(detector)
-    keys = list(state_dict)
-    bare = any(k.startswith(("stem.", "stages.")) for k in keys)
-    for prefix in ("backbone.body.", "backbone."):
-        if not bare and any(k.startswith(prefix) for k in keys):
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-            break
-    detail = state_mismatch(body.state_dict(), state_dict)
-    if detail:
-        raise InputError(
-            "backbone_state",
-            f"does not fit backbone code {body.code!r} / {body.block}: {detail}; "
-            "it must come from a backbone with the same code and block.",
-        )
-    body.load_state_dict(state_dict, strict=True)

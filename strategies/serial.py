@@ -21,7 +21,6 @@ from typing import Any
 from spnas.errors import InputError
 
 from .ask_tell import AskTellSearch
-from .ask_tell import rng_state_from_json, rng_state_to_json  # noqa: F401  (were defined here; kept importable)
 from .pareto import check_objectives, select_parents
 
 MUTATION_KINDS = ("expand", "swap", "add_stage")

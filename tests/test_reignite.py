@@ -7,7 +7,11 @@ from pathlib import Path
 
 import torch
 
-from nas_models.detector import backbone_state_dict
+from nas_models.detector import serial_body
+
+
+def backbone_state_dict(detector: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in serial_body(detector).state_dict().items()}
 
 
 def test_reignite_trains_the_backbone_and_maps_it_back(tmp_path: Path) -> None:
