@@ -28,7 +28,8 @@ def test_lcnet_deployment_runs_on_the_worker(tmp_path: Path) -> None:
     try:
         stack.up(cfg)
         assert stack.deploy_all(cfg) == 0
-        overrides = {"epochs": 1, "scale": 0.25, "predict_count": 2, "predict_repeats": 1, "output_root": str(out)}
+        overrides = {"train": {"epochs": 1}, "model": {"scale": 0.25}, "predict": {"count": 2, "repeats": 1},
+                     "output_root": str(out)}
         code = stack.run_deployment(cfg, "lcnet/full", {"params_file": "params/lcnet.yaml", "overrides": overrides})
         assert code == 0
         runs = [d for d in out.iterdir() if d.is_dir()]
@@ -42,7 +43,7 @@ def test_lcnet_deployment_runs_on_the_worker(tmp_path: Path) -> None:
         parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
         assert len(parents) == 1 and parents[0].info.status == "FINISHED"
         assert parents[0].data.tags["prefect.flow_run_name"] == runs[0].name
-        assert len(found) == 6  # parent + split, train, evaluate, export, predict
+        assert len(found) == 7  # parent + data, split, train, evaluate, export, predict
         # Artifacts went through the MLflow server into the state folder.
         assert any((cfg.state / "mlartifacts").rglob("model.onnx"))
     finally:
