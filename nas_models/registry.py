@@ -26,9 +26,16 @@ def _detector(desc: dict[str, Any]) -> nn.Module:
     return build_detector(**kwargs)
 
 
+def _prune_resnet(desc: dict[str, Any]) -> nn.Module:
+    from nas_models.prune_resnet import from_desc
+
+    return from_desc(desc)
+
+
 BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "PPLCNet": _lcnet,
     "FasterRCNN": _detector,
+    "PruneResNet": _prune_resnet,
 }
 
 

@@ -394,3 +394,73 @@ class SpnasParams(RunParams):
             raise ValueError(f"serial.max_stages: must be at least the stages of model.backbone_code "
                              f"({self.model.backbone_code})")
         return self
+
+
+# -------------------------------------------------------------------------------- prune-ea/full
+
+
+class PruneData(Section):
+    """CIFAR-10 (python `cifar-10-batches-py` folder) or an ImageNet-format folder; null = the
+    embedded digits as a 32x32 CIFAR-like set."""
+
+    dataset_dir: str | None = Field(None, description="cifar-10-batches-py folder or ImageNet-format folder; "
+                                                      "null = embedded digits")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of the training images that scores candidates")
+
+    @field_validator("dataset_dir")
+    @classmethod
+    def _dataset_dir(cls, v: str | None) -> str | None:
+        v = _existing_dir(v, "a cifar-10-batches-py folder or a folder of class sub-folders, or null")
+        if v is not None:
+            folder = Path(v) / "cifar-10-batches-py" if (Path(v) / "cifar-10-batches-py").is_dir() else Path(v)
+            if (folder / "batches.meta").exists() or any(folder.glob("data_batch_*")):
+                from data.cifar import read_cifar_batches
+
+                read_cifar_batches(folder, "data.dataset_dir")  # a broken batch file fails here, not mid-run
+            elif not any(p.is_dir() for p in folder.iterdir()):
+                raise ValueError("holds neither CIFAR batch files nor class sub-folders")
+        return v
+
+
+class ClassifierTrain(Section):
+    """SGD with cosine decay for the CIFAR ResNets (base training and retraining)."""
+
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, le=4096)
+    learning_rate: float = Field(0.1, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, lt=1)
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class PruneSearchParams(Section):
+    """NSGA-III over channel masks (Vega PruneEA names). The seed's values are in
+    params/prune_ea_seed.yaml (31 generations of 32, 64 random models)."""
+
+    num_generation: int = Field(4, ge=1, le=10_000)
+    num_individual: int = Field(8, ge=1, le=10_000)
+    random_models: int = Field(16, ge=1, le=100_000)
+    finetune_steps: int = Field(20, ge=0, le=100_000, description="fine-tune steps per candidate on inherited weights")
+    finetune_lr: float = Field(0.01, gt=0, le=10)
+    with_params: bool = Field(False, description="also minimise parameters (a third objective)")
+    keep_weights: KeepWeights = "auto"
+
+    @model_validator(mode="after")
+    def _population(self):
+        if self.random_models < self.num_individual:
+            raise ValueError(f"random_models: must be at least num_individual ({self.num_individual})")
+        return self
+
+
+class PruneRetrainParams(ClassifierTrain):
+    count: int = Field(3, ge=1, le=100, description="front members retrained from scratch, spread along the front")
+
+
+class PruneEaParams(RunParams):
+    STAGES: ClassVar[tuple[str, ...]] = ("data", "train_base", "prune_search", "retrain", "export")
+
+    depth: Literal[20, 32, 56] = Field(20, description="CIFAR ResNet depth (encoding length 464 / 688 / 1136)")
+    data: PruneData = PruneData()
+    base: ClassifierTrain = ClassifierTrain()
+    search: PruneSearchParams = PruneSearchParams()
+    retrain: PruneRetrainParams = PruneRetrainParams()

@@ -16,6 +16,7 @@ MAIN_DEPLOYMENT = "spnas/full"
 PIPELINES: dict[str, tuple[str, str]] = {
     "lcnet/full": ("params.models:LcnetParams", "params/lcnet.yaml"),
     "spnas/full": ("params.models:SpnasParams", "params/spnas.yaml"),
+    "prune-ea/full": ("params.models:PruneEaParams", "params/prune_ea.yaml"),
 }
 
 

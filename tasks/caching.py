@@ -33,7 +33,8 @@ from spnas.paths import REPO_ROOT
 RUN_SPECIFIC = frozenset({"work_dir", "run_dir", "parent_run_id", "runtime", "refresh"})
 LIBRARY_PACKAGES = ("nas_models", "engine", "data", "strategies", "deploy", "latency")
 # tasks/ modules every stage may run (not stages themselves).
-SHARED_TASK_MODULES = ("common.py", "caching.py", "detectors.py", "tables.py", "search.py")
+SHARED_TASK_MODULES = ("common.py", "caching.py", "detectors.py", "classifiers.py", "cifar_training.py", "tables.py",
+                       "search.py")
 KEY_LENGTH = 24
 
 _file_digests: dict[tuple[str, int, int], str] = {}

@@ -60,6 +60,10 @@ class SearchSpec:
     # Called with every successful result, restored ones included (e.g. to remember weight files
     # that children inherit from).
     on_result: Callable[[dict[str, Any]], None] | None = None
+    table: str = TABLE_FILE                      # the candidates table's name (PruneEA: result.csv)
+    # More files a stage writes after every batch from the strategy and the rows (e.g. the
+    # Pareto front and per-generation fronts); returns their paths.
+    extra_outputs: Callable[[Any, list[dict[str, Any]], Path], list[str]] | None = None
 
 
 @dataclass
@@ -117,7 +121,9 @@ def run_search(strategy: Strategy, spec: SearchSpec, work_dir: str | Path, stage
         front = strategy.pareto_ids()
         write_json(state_path, {"strategy": strategy.state_dict(), "results": {str(k): v for k, v in results.items()}})
         rows = _rows(spec, results, front)
-        write_table(rows, work / TABLE_FILE)
+        write_table(rows, work / spec.table)
+        if spec.extra_outputs:
+            spec.extra_outputs(strategy, rows, work)
         done = len(results)
         progress.update(done / max(1, strategy.budget), f"{done}/{strategy.budget} candidates")
         tracker.publish_table(f"{spec.stage}-search-candidates", rows, f"{spec.title} (pareto = on the front)")
@@ -163,7 +169,9 @@ def finalize(strategy: Strategy, spec: SearchSpec, outcome: SearchOutcome, work_
     write_json(work / STATE_FILE, {"strategy": strategy.state_dict(),
                                    "results": {str(k): v for k, v in outcome.results.items()}})
     rows = _rows(spec, outcome.results, outcome.front, chosen)
-    outcome.files += [str(p) for p in write_table(rows, work / TABLE_FILE)]
+    outcome.files += [str(p) for p in write_table(rows, work / spec.table)]
+    if spec.extra_outputs:
+        outcome.files += spec.extra_outputs(strategy, rows, work)
     return rows
 
 

@@ -34,6 +34,14 @@ def _foreign_state_dict(path: Path) -> Path:
     return path
 
 
+def _broken_cifar(tmp: Path) -> Path:
+    folder = tmp / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "batches.meta").write_bytes(b"not a pickle")
+    (folder / "data_batch_1").write_bytes(b"x")
+    return folder
+
+
 def _coco(tmp: Path, mutate: Callable[[dict], None] | None = None, raw: bytes | None = None) -> dict[str, str]:
     """A small valid COCO set the test writes itself; `mutate` breaks its JSON on purpose."""
     from PIL import Image
@@ -112,6 +120,14 @@ CASES: list[tuple[str, str, Callable[[Path], list[str]], str]] = [
     ("coco-no-annotations", "spnas/full", lambda t: _coco_sets(t, mutate=_no_annotations), "data.train_json"),
     ("coco-negative-width", "spnas/full", lambda t: _coco_sets(t, mutate=_bad_bbox), "data.train_json"),
     ("coco-unknown-image", "spnas/full", lambda t: _coco_sets(t, mutate=_unknown_image), "data.train_json"),
+    ("prune-depth", "prune-ea/full", lambda t: ["--set", "depth=44"], "depth"),
+    ("prune-population", "prune-ea/full", lambda t: ["--set", "search.random_models=2", "--set",
+                                                     "search.num_individual=8"], "search.random_models"),
+    ("prune-generations", "prune-ea/full", lambda t: ["--set", "search.num_generation=0"], "search.num_generation"),
+    ("prune-missing-folder", "prune-ea/full", lambda t: ["--set", f"data.dataset_dir={t / 'nope'}"],
+     "data.dataset_dir"),
+    ("prune-malformed-cifar", "prune-ea/full",
+     lambda t: ["--set", f"data.dataset_dir={_broken_cifar(t)}"], "data.dataset_dir"),
     ("coco-half-given", "spnas/full", lambda t: [f"--set=data.train_json={_coco(t)['val_json']}"], "data.train_json"),
 ]
 

@@ -186,6 +186,29 @@ def log_pareto_plot(run_id: str, rows: list[Mapping[str, Any]], x_key: str, y_ke
     plt.close(fig)
 
 
+def log_fronts_plot(run_id: str, fronts: Mapping[str, list[Mapping[str, Any]]], x_key: str, y_key: str,
+                    artifact_file: str, title: str = "") -> None:
+    """Several Pareto fronts on one plot (e.g. the first and the last generation's)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, rows in fronts.items():
+        rows = sorted((r for r in rows if isinstance(r.get(x_key), (int, float))), key=lambda r: r[x_key])
+        if rows:
+            ax.plot([r[x_key] for r in rows], [r[y_key] for r in rows], "o-", label=label)
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(y_key)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    log_figure(run_id, fig, artifact_file)
+    plt.close(fig)
+
+
 def finish_run(run_id: str, status: str = "FINISHED") -> None:
     client().set_terminated(run_id, status=status)
 

@@ -1,0 +1,47 @@
+"""prune-ea/full — Vega PruneEA: NSGA-III channel pruning of a CIFAR ResNet-20/32/56:
+data → train_base → prune_search → retrain (front members from scratch) → export (+ comparison)."""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from params.loader import load_params
+from params.models import PruneEaParams
+from tasks.export_pruned import export_pruned_task
+from tasks.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.prepare_data import cifar_data_task
+from tasks.prune_search import prune_search, spread
+from tasks.retrain import retrain_task
+from tasks.train_base import train_base_task
+
+
+# One training at a time with every core (2 cores: parallel trainings only fight).
+@flow(name="prune-ea", task_runner=ThreadPoolTaskRunner(max_workers=1),
+      on_crashed=[close_tracking_on_crash], on_cancellation=[close_tracking_on_crash])
+def prune_ea(params_file: str = "params/prune_ea.yaml", overrides: dict[str, Any] | None = None,
+             refresh_from: str | None = None) -> dict[str, Any]:
+    """`refresh_from`: "all" recomputes every stage, a stage name recomputes it and what follows."""
+    p = load_params(PruneEaParams, params_file, overrides)  # bad input fails here, before any work
+    with pipeline("prune-ea", p, p.STAGES, refresh_from) as pipe:
+        data = pipe.run("data", cifar_data_task, data=p.data, seed=p.seed)
+        base = pipe.run("train_base", train_base_task, data=data, depth=p.depth, base=p.base, seed=p.seed)
+        searched = pipe.search("prune_search", prune_search, ThreadPoolTaskRunner(max_workers=1), data=data,
+                               base=base, depth=p.depth, search=p.search, batch_size=p.base.batch_size, seed=p.seed)
+        chosen = spread(searched["front"], p.retrain.count)
+        retrained = pipe.map("retrain", retrain_task, chosen, data=data, depth=p.depth, retrain_cfg=p.retrain,
+                             seed=p.seed)
+        if any(r is None for r in retrained):
+            raise RuntimeError("retraining a front member failed; see the task's log")
+        models = [{"name": "baseline", **base}] + [{"name": f"member_{r['id']}", **r} for r in retrained]
+        exported = pipe.run("export", export_pruned_task, models=models, data=data, seed=p.seed)
+        rows = exported["rows"]
+        summary = {"depth": p.depth, "candidates": len(searched["rows"]), "front_size": len(searched["front"]),
+                   "baseline_acc": rows[0]["acc"], "baseline_macs": rows[0]["macs"],
+                   **{f"{r['model']}_{k}": r[k] for r in rows[1:] for k in ("acc", "macs", "r_c")}}
+        return finish(pipe, summary, table=rows)
+
+
+if __name__ == "__main__":
+    prune_ea()

@@ -1,0 +1,66 @@
+"""Real, small end-to-end runs of prune-ea/full: result.csv has one row per evaluated candidate,
+pareto_front.csv is exactly the non-dominated set of result.csv, the networks really are that
+small, the fronts per generation exist, and ResNet-56 runs through the same flow."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks.tables import read_table
+
+pytestmark = pytest.mark.slow
+
+TINY = {"base": {"epochs": 1}, "retrain": {"epochs": 1, "count": 2},
+        "search": {"num_generation": 2, "num_individual": 4, "random_models": 6, "finetune_steps": 3}}
+
+
+def _dominated(row, others) -> bool:
+    return any(o["macs"] <= row["macs"] and o["acc"] >= row["acc"] and (o["macs"] < row["macs"] or o["acc"] > row["acc"])
+               for o in others)
+
+
+def test_prune_ea_end_to_end(prefect_api, tmp_path: Path) -> None:
+    from flows.prune_ea import prune_ea
+    from latency.flops import count_macs_params
+    from nas_models.prune_resnet import build_prune_resnet
+
+    summary = prune_ea(params_file="params/prune_ea.yaml", overrides={**TINY, "output_root": str(tmp_path)})
+    run = Path(summary["run_dir"])
+    result = read_table(run / "prune_search/result.csv")
+    assert len(result) == 6 + 2 * 4 == summary["candidates"]
+    assert set(result["status"]) == {"ok"} and (result["encoding"].str.len() == 464).all()
+    assert (run / "prune_search/result.parquet").is_file()
+    rows = result.to_dict("records")
+    front = read_table(run / "prune_search/pareto_front.csv")
+    expected = sorted(r["id"] for r in rows if not _dominated(r, rows))
+    assert sorted(front["id"]) == expected
+    for g in range(3):
+        assert (run / f"prune_search/fronts/generation_{g}.csv").is_file()
+    # The table's MACs/params are those of the physically built network.
+    for r in rows[:3]:
+        macs, params = count_macs_params(build_prune_resnet(20, r["encoding"]), (1, 3, 32, 32))
+        assert (macs, params) == (r["macs"], r["params"])
+        assert json.loads((run / f"prune_search/desc_{r['id']}.json").read_text())["encoding"] == r["encoding"]
+
+    comparison = read_table(run / "export/comparison.csv")
+    assert comparison.iloc[0]["model"] == "baseline" and comparison.iloc[0]["r_c"] == 1.0
+    assert comparison.iloc[0]["macs"] == 40_813_184
+    assert (comparison["r_c"].iloc[1:] < 1).all() and (comparison["onnx_max_abs_diff"] < 1e-4).all()
+    for name in comparison["model"]:
+        for f in ("model.onnx", "model.pt2", "model.yml"):
+            assert (run / "export" / name / "inference_model" / f).is_file()
+    assert len(list((run / "retrain").glob("model_retrained_*.pth"))) == len(comparison) - 1
+
+
+def test_prune_ea_depth_56_same_flow(prefect_api, tmp_path: Path) -> None:
+    from flows.prune_ea import prune_ea
+
+    summary = prune_ea(params_file="params/prune_ea.yaml", overrides={
+        "depth": 56, "base": {"epochs": 1}, "retrain": {"epochs": 1, "count": 1},
+        "search": {"num_generation": 1, "num_individual": 2, "random_models": 2, "finetune_steps": 1},
+        "output_root": str(tmp_path)})
+    result = read_table(Path(summary["run_dir"]) / "prune_search/result.csv")
+    assert len(result) == 4 and (result["encoding"].str.len() == 1136).all()
+    assert summary["baseline_macs"] == 125_747_840
