@@ -437,10 +437,10 @@ class PruneSearchParams(Section):
     """NSGA-III over channel masks (Vega PruneEA names). The seed's values are in
     params/prune_ea_seed.yaml (31 generations of 32, 64 random models)."""
 
-    num_generation: int = Field(4, ge=1, le=10_000)
+    num_generation: int = Field(6, ge=1, le=10_000)
     num_individual: int = Field(8, ge=1, le=10_000)
     random_models: int = Field(16, ge=1, le=100_000)
-    finetune_steps: int = Field(20, ge=0, le=100_000, description="fine-tune steps per candidate on inherited weights")
+    finetune_steps: int = Field(40, ge=0, le=100_000, description="fine-tune steps per candidate on inherited weights")
     finetune_lr: float = Field(0.01, gt=0, le=10)
     with_params: bool = Field(False, description="also minimise parameters (a third objective)")
     keep_weights: KeepWeights = "auto"

@@ -91,9 +91,12 @@ def front_files(strategy: PruneEASearch, rows: list[dict[str, Any]], work: Path)
     return [str(f) for f in files]
 
 
-def spread(front: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
-    """`count` front members evenly spread along MACs (both ends included)."""
-    ordered = sorted(front, key=lambda r: (r["macs"], -r["acc"]))
+def spread(front: list[dict[str, Any]], count: int, num_classes: int) -> list[dict[str, Any]]:
+    """`count` front members evenly spread along MACs (both ends included), leaving out the
+    front's degenerate end: members no better than chance (acc <= 1.5 / classes) are not
+    worth retraining."""
+    useful = [r for r in front if r["acc"] > 1.5 / num_classes] or front
+    ordered = sorted(useful, key=lambda r: (r["macs"], -r["acc"]))
     if len(ordered) <= count:
         return ordered
     picks = sorted({round(i * (len(ordered) - 1) / (count - 1)) for i in range(count)}) if count > 1 else [len(ordered) - 1]
