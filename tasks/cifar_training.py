@@ -4,6 +4,7 @@ classification loop, scoring it, and measuring it. Plain functions: no Prefect, 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,14 @@ EVAL_BATCH = 256
 
 def load_data(data: dict[str, Any]) -> tuple[CifarSet, np.ndarray, np.ndarray]:
     """The CIFAR set of the `data` stage and its (train, val) index arrays."""
-    cifar = read_cifar_batches(data["cifar_dir"], "data.dataset_dir")
-    split = read_json(data["split_file"])
+    return _read(data["cifar_dir"], data["split_file"])
+
+
+@lru_cache(maxsize=2)
+def _read(cifar_dir: str, split_file: str) -> tuple[CifarSet, np.ndarray, np.ndarray]:
+    """Read once per process: every search candidate needs the same (read-only) arrays."""
+    cifar = read_cifar_batches(cifar_dir, "data.dataset_dir")
+    split = read_json(split_file)
     return cifar, np.asarray(split["train"], dtype=np.int64), np.asarray(split["val"], dtype=np.int64)
 
 

@@ -158,6 +158,20 @@ def log_curve(run_id: str, history: list[Mapping[str, Any]], keys: Iterable[str]
     plt.close(fig)
 
 
+def _log_axes(run_id: str, fig: Any, ax: Any, x_key: str, y_key: str, title: str, artifact_file: str) -> None:
+    """Label, log to MLflow and close a plot of y_key against x_key."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(y_key)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    log_figure(run_id, fig, artifact_file)
+    plt.close(fig)
+
+
 def log_pareto_plot(run_id: str, rows: list[Mapping[str, Any]], x_key: str, y_key: str, front_key: str,
                     artifact_file: str, title: str = "") -> None:
     """Scatter of every candidate (x_key vs y_key) with the Pareto front highlighted."""
@@ -176,14 +190,7 @@ def log_pareto_plot(run_id: str, rows: list[Mapping[str, Any]], x_key: str, y_ke
     ax.plot([r[x_key] for r in front], [r[y_key] for r in front], "o-", c="tab:red", label="Pareto front")
     for r in rows:
         ax.annotate(str(r.get("id", "")), (r[x_key], r[y_key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel(x_key)
-    ax.set_ylabel(y_key)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    log_figure(run_id, fig, artifact_file)
-    plt.close(fig)
+    _log_axes(run_id, fig, ax, x_key, y_key, title, artifact_file)
 
 
 def log_fronts_plot(run_id: str, fronts: Mapping[str, list[Mapping[str, Any]]], x_key: str, y_key: str,
@@ -199,14 +206,7 @@ def log_fronts_plot(run_id: str, fronts: Mapping[str, list[Mapping[str, Any]]], 
         rows = sorted((r for r in rows if isinstance(r.get(x_key), (int, float))), key=lambda r: r[x_key])
         if rows:
             ax.plot([r[x_key] for r in rows], [r[y_key] for r in rows], "o-", label=label)
-    ax.set_xlabel(x_key)
-    ax.set_ylabel(y_key)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    log_figure(run_id, fig, artifact_file)
-    plt.close(fig)
+    _log_axes(run_id, fig, ax, x_key, y_key, title, artifact_file)
 
 
 def finish_run(run_id: str, status: str = "FINISHED") -> None:
