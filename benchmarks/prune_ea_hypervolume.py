@@ -38,7 +38,7 @@ def main() -> None:
     import torch
 
     from nas_models.prune_resnet import encoding_length, repair_encoding
-    from params.models import ClassifierTrain, PruneData, PruneSearchParams, Runtime
+    from params.models import ClassifierTrain, CifarData, PruneSearchParams, Runtime
     from strategies.pareto import hypervolume, pareto_front
     from strategies.prune_ea import PruneEASearch
     from tasks.prepare_data import cifar_sources
@@ -48,7 +48,7 @@ def main() -> None:
     runtime = Runtime(device="cpu")
     (home / "data").mkdir()
     (home / "base").mkdir()
-    data = cifar_sources(PruneData(), args.seed, home / "data")
+    data = cifar_sources(CifarData(), args.seed, home / "data")
     t0 = time.perf_counter()
     base = train_base(data, args.depth, ClassifierTrain(epochs=args.base_epochs), args.seed, runtime, home / "base")
     print(f"base ResNet-{args.depth}: test acc {base['performance']['acc']:.4f} "

@@ -454,15 +454,22 @@ def _check_seed(seed: Any, field: str) -> int:
 # --- torch side: dataset, transforms, loaders ------------------------------------------------
 
 class CifarNormalize:
-    """uint8 [3, H, W] tensor → float32, scaled to [0, 1] and normalized per channel."""
+    """uint8 RGB [3, H, W] tensor → float32, scaled to [0, 1] and normalized per channel; with
+    channel_order "BGR" the channels are reversed first (mean/std then given in BGR order) —
+    the same arithmetic as `data.transforms.Preprocess`, which the exported predictor runs."""
 
-    def __init__(self, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD) -> None:
+    def __init__(self, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
+                 channel_order: str = "RGB") -> None:
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise InputError("mean/std", f"need three numbers each (std positive), got {mean!r}, {std!r}")
+        if channel_order not in ("RGB", "BGR"):
+            raise InputError("channel_order", f"must be RGB or BGR, got {channel_order!r}")
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.bgr = channel_order == "BGR"
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        image = image.flip(0) if self.bgr else image
         return (image.to(torch.float32) / 255.0 - self.mean) / self.std
 
 
@@ -476,12 +483,13 @@ class CifarAugment:
     """
 
     def __init__(self, seed: int, padding: int = 4, flip: bool = True,
-                 mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD) -> None:
+                 mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
+                 channel_order: str = "RGB") -> None:
         if not isinstance(padding, int) or padding < 0:
             raise InputError("padding", f"must be a non-negative integer, got {padding!r}")
         self.padding, self.flip = padding, flip
         self.generator = torch.Generator().manual_seed(_check_seed(seed, "seed"))
-        self.normalize = CifarNormalize(mean, std)
+        self.normalize = CifarNormalize(mean, std, channel_order)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         channels, height, width = image.shape
@@ -521,7 +529,7 @@ class CifarArrays(Dataset):
 
 def cifar_loaders(train: Pair, val: Pair, batch_size: int, seed: int, augment: bool = True,
                   mean: Sequence[float] = CIFAR10_MEAN,
-                  std: Sequence[float] = CIFAR10_STD) -> tuple[DataLoader, DataLoader]:
+                  std: Sequence[float] = CIFAR10_STD, channel_order: str = "RGB") -> tuple[DataLoader, DataLoader]:
     """(train loader: seeded shuffle + augmentation, eval loader: in order, normalize only).
 
     `train` and `val` are (uint8 images [N, 32, 32, 3], labels [N]) pairs. Loading stays in the
@@ -533,9 +541,10 @@ def cifar_loaders(train: Pair, val: Pair, batch_size: int, seed: int, augment: b
         raise InputError("batch_size", f"must be a positive integer, got {batch_size!r}")
     shuffle_seed, augment_seed = (int(s) for s in
                                   np.random.SeedSequence(_check_seed(seed, "seed")).generate_state(2))
-    train_transform = CifarAugment(augment_seed, mean=mean, std=std) if augment else CifarNormalize(mean, std)
+    train_transform = (CifarAugment(augment_seed, mean=mean, std=std, channel_order=channel_order) if augment
+                       else CifarNormalize(mean, std, channel_order))
     train_set = CifarArrays(*train, transform=train_transform)
-    val_set = CifarArrays(*val, transform=CifarNormalize(mean, std))
+    val_set = CifarArrays(*val, transform=CifarNormalize(mean, std, channel_order))
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
                               generator=torch.Generator().manual_seed(shuffle_seed),
                               drop_last=len(train_set) > batch_size)

@@ -20,6 +20,7 @@ from spnas.errors import InputError
 Triple = tuple[float, float, float]
 IMAGENET_MEAN: Triple = (0.485, 0.456, 0.406)
 IMAGENET_STD: Triple = (0.229, 0.224, 0.225)
+CHANNEL_ORDERS = ("RGB", "BGR")
 
 
 @dataclass(frozen=True)
@@ -28,21 +29,27 @@ class Preprocess:
     resize_short: int
     mean: Triple = IMAGENET_MEAN
     std: Triple = IMAGENET_STD
+    # The channel order the network was trained on. "BGR" with mean 0 and std 1/255 is the
+    # original SPOS release's BGR-in-[0, 255] input; mean/std are then given in BGR order.
+    channel_order: str = "RGB"
 
     def __post_init__(self) -> None:
         _check_sizes(self.input_size, self.resize_short)
         object.__setattr__(self, "mean", _triple("mean", self.mean))
         object.__setattr__(self, "std", _triple("std", self.std, positive=True))
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise InputError("channel_order", f"must be one of {', '.join(CHANNEL_ORDERS)}, got {self.channel_order!r}")
 
     def __call__(self, image: Image.Image | np.ndarray) -> np.ndarray:
-        """RGB image (PIL or HWC uint8 array) -> normalized CHW float32 array."""
+        """RGB image (PIL or HWC uint8 array) -> normalized CHW float32 array, in the model's
+        channel order."""
         image = resize_short_side(as_rgb_image(image), self.resize_short)
-        return normalize_to_chw(center_crop(image, self.input_size), self.mean, self.std)
+        return normalize_to_chw(center_crop(image, self.input_size), self.mean, self.std, self.channel_order)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for model.yml."""
         return {"input_size": self.input_size, "resize_short": self.resize_short,
-                "mean": list(self.mean), "std": list(self.std)}
+                "mean": list(self.mean), "std": list(self.std), "channel_order": self.channel_order}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
@@ -50,8 +57,9 @@ class Preprocess:
         if missing:
             raise InputError("transforms", f"missing keys {sorted(missing)}; expected "
                                            "input_size, resize_short, mean and std")
+        # Folders exported before channel_order existed were all RGB.
         return cls(input_size=d["input_size"], resize_short=d["resize_short"],
-                   mean=tuple(d["mean"]), std=tuple(d["std"]))
+                   mean=tuple(d["mean"]), std=tuple(d["std"]), channel_order=d.get("channel_order", "RGB"))
 
 
 def load_rgb(path: Path | str) -> Image.Image:
@@ -88,8 +96,11 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def normalize_to_chw(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+def normalize_to_chw(image: Image.Image, mean: Sequence[float], std: Sequence[float],
+                     channel_order: str = "RGB") -> np.ndarray:
     array = np.asarray(image, dtype=np.float32) / 255.0
+    if channel_order == "BGR":
+        array = array[:, :, ::-1]
     array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 

@@ -47,7 +47,7 @@ def export_classifier(model: nn.Module, desc: dict[str, Any], labels: list[str],
     meta = {
         "model": desc,
         "labels": list(labels),
-        "input": {"name": "image", "layout": "NCHW", "channel_order": "RGB", "size": preprocess.input_size},
+        "input": {"name": "image", "layout": "NCHW", "channel_order": preprocess.channel_order, "size": preprocess.input_size},
         "transforms": preprocess.to_dict(),
         "output": {"name": "probabilities", "softmax": True},
         "files": {"onnx": ONNX_FILE, "program": PROGRAM_FILE},

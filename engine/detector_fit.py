@@ -5,7 +5,7 @@ size; `fit_steps` cycles the loader as needed. Plain torch + pycocotools: no Pre
 
 Resume: with `checkpoint=`, `fit_steps` saves every `checkpoint_every` steps and a killed process
 that calls it again with the same arguments continues where the last save was, seeing the very
-batches an uninterrupted run would (see `_LoaderCycle`).
+batches an uninterrupted run would (see `LoaderCycle`).
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def _identity(batch: Any) -> Any:
     return batch
 
 
-class _LoaderCycle:
+class LoaderCycle:
     """Cycles a DataLoader forever and knows its position, so a new process can resume mid-epoch.
 
     Each pass's order comes from the loader's generator (the global torch RNG when it has none).
@@ -168,7 +168,7 @@ def fit_steps(model: nn.Module, loader: DataLoader, steps: int, optim: DetectorO
             return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        batches = _LoaderCycle(loader)
+        batches = LoaderCycle(loader)
         config = {"optim": asdict(optim), "steps": steps, "model": model_signature(model),
                   "batches_per_pass": len(loader)}
         start = 0
@@ -192,7 +192,7 @@ def fit_steps(model: nn.Module, loader: DataLoader, steps: int, optim: DetectorO
 
 
 def _resume(path: Path, config: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, batches: _LoaderCycle, device: torch.device) -> int:
+            scheduler: Any, batches: LoaderCycle, device: torch.device) -> int:
     """Restore a matching checkpoint; returns the steps it had done (0: nothing to resume)."""
     if not path.exists():
         return 0

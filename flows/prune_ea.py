@@ -9,7 +9,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from params.loader import load_params
 from params.models import PruneEaParams
-from tasks.export_pruned import export_pruned_task
+from tasks.export_classifiers import export_classifiers_task
 from tasks.pipeline import close_tracking_on_crash, finish, pipeline
 from tasks.prepare_data import cifar_data_task
 from tasks.prune_search import prune_search, spread
@@ -35,7 +35,9 @@ def prune_ea(params_file: str = "params/prune_ea.yaml", overrides: dict[str, Any
         if any(r is None for r in retrained):
             raise RuntimeError("retraining a front member failed; see the task's log")
         models = [{"name": "baseline", **base}] + [{"name": f"member_{r['id']}", **r} for r in retrained]
-        exported = pipe.run("export", export_pruned_task, models=models, data=data, seed=p.seed)
+        exported = pipe.run("export", export_classifiers_task, models=models, data=data, seed=p.seed,
+                            table_key="prune-ea-comparison",
+                            title="baseline vs retrained front members (test accuracy; r_c = MACs / baseline MACs)")
         rows = exported["rows"]
         summary = {"depth": p.depth, "candidates": len(searched["rows"]), "front_size": len(searched["front"]),
                    "baseline_acc": rows[0]["acc"], "baseline_macs": rows[0]["macs"],

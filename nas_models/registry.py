@@ -32,10 +32,27 @@ def _prune_resnet(desc: dict[str, Any]) -> nn.Module:
     return from_desc(desc)
 
 
+def _blazeface(desc: dict[str, Any]) -> nn.Module:
+    from nas_models.blazeface import build_from_tokens
+
+    kwargs = {k: v for k, v in desc.items() if k != "type"}
+    if "tokens" not in kwargs:
+        raise InputError("desc.tokens", "a BlazeFace desc needs its 9 SANAS tokens.")
+    return build_from_tokens(**kwargs)
+
+
+def _spos_subnet(desc: dict[str, Any]) -> nn.Module:
+    from nas_models.spos_shufflenet import from_desc
+
+    return from_desc(desc)
+
+
 BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "PPLCNet": _lcnet,
     "FasterRCNN": _detector,
     "PruneResNet": _prune_resnet,
+    "SposSubnet": _spos_subnet,
+    "BlazeFace": _blazeface,
 }
 
 

@@ -399,7 +399,7 @@ class SpnasParams(RunParams):
 # -------------------------------------------------------------------------------- prune-ea/full
 
 
-class PruneData(Section):
+class CifarData(Section):
     """CIFAR-10 (python `cifar-10-batches-py` folder) or an ImageNet-format folder; null = the
     embedded digits as a 32x32 CIFAR-like set."""
 
@@ -460,7 +460,117 @@ class PruneEaParams(RunParams):
     STAGES: ClassVar[tuple[str, ...]] = ("data", "train_base", "prune_search", "retrain", "export")
 
     depth: Literal[20, 32, 56] = Field(20, description="CIFAR ResNet depth (encoding length 464 / 688 / 1136)")
-    data: PruneData = PruneData()
+    data: CifarData = CifarData()
     base: ClassifierTrain = ClassifierTrain()
     search: PruneSearchParams = PruneSearchParams()
     retrain: PruneRetrainParams = PruneRetrainParams()
+
+
+# ------------------------------------------------------------------------------------ spos/full
+
+
+class SposModel(Section):
+    """The ShuffleNetV2 choice space (nas_models/spos_shufflenet.py): 20 choice blocks of
+    shufflenet 3x3 / 5x5 / 7x7 / xception. Presets fix widths and input size."""
+
+    preset: str = Field("small", description="small (32 px, trains in minutes on 2 CPU cores) | paper (224 px, "
+                                             "stem 16, 64/160/320/640, last conv 1024)")
+    input_convention: Literal["rgb", "bgr255"] = Field(
+        "rgb", description="rgb = RGB normalised with the data's mean/std; bgr255 = BGR in [0, 255] as the "
+                           "original SPOS release (recorded in model.yml, applied by the predictor)")
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, v: str) -> str:
+        from nas_models.spos_shufflenet import get_preset
+
+        get_preset(v)  # unknown names fail with the list of known ones
+        return v
+
+
+class SupernetTrain(Section):
+    """Single-path supernet training: one path per batch, SGD with cosine decay over `steps`."""
+
+    steps: int = Field(1200, ge=1, le=10_000_000)
+    batch_size: int = Field(64, ge=2, le=4096)
+    learning_rate: float = Field(0.1, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(4e-5, ge=0, lt=1)
+    macs_range: tuple[int, int] | None = Field(
+        None, description="[low, high] MACs: sample paths uniformly over `bins` MACs bins inside it, then "
+                          "uniformly inside the bin; null = every path uniformly")
+    bins: int = Field(5, ge=1, le=1000)
+
+    @field_validator("macs_range")
+    @classmethod
+    def _range(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and not 0 <= v[0] < v[1]:
+            raise ValueError(f"must be [low, high] with 0 <= low < high, got {list(v)}")
+        return v
+
+
+class EvolutionParams(Section):
+    """SPOS evolution (seed values in params/spos_seed.yaml: 50, 10, 25 + 25, p 0.1, 20 generations)."""
+
+    population: int = Field(12, ge=2, le=100_000)
+    topk: int = Field(4, ge=1)
+    mutation_count: int = Field(6, ge=0)
+    mutation_prob: float = Field(0.1, gt=0, le=1)
+    crossover_count: int = Field(6, ge=0)
+    generations: int = Field(4, ge=1, le=10_000)
+    macs_limit: int | None = Field(None, ge=1, description="candidates above it are never evaluated; null = "
+                                                           "halfway between the preset's smallest and largest path")
+    recalib_batches: int = Field(4, ge=0, le=10_000, description="training batches to recalibrate BN statistics "
+                                                                 "before scoring a candidate; 0 = off")
+    batch_size: int = Field(128, ge=1, le=4096, description="batch size of recalibration and scoring")
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if self.topk > self.population:
+            raise ValueError(f"topk: must be at most population ({self.population})")
+        if self.mutation_count + self.crossover_count < 1:
+            raise ValueError("mutation_count: mutation_count + crossover_count must be at least 1")
+        return self
+
+
+class RankCheckParams(Section):
+    """Does the supernet rank architectures? Train `count` paths spread over the MACs range
+    stand-alone with `steps` each and compare with their supernet scores (Kendall tau)."""
+
+    count: int = Field(4, ge=0, le=1000, description="architectures trained stand-alone; 0 = skip the check")
+    steps: int = Field(150, ge=1, le=1_000_000)
+    learning_rate: float = Field(0.05, gt=0, le=10)
+    batch_size: int = Field(64, ge=2, le=4096)
+
+    @field_validator("count")
+    @classmethod
+    def _count(cls, v: int) -> int:
+        if 0 < v < 3:
+            raise ValueError(f"must be 0 (off) or at least 3 (a rank correlation needs them), got {v}")
+        return v
+
+
+class SposRetrainParams(ClassifierTrain):
+    epochs: int = Field(8, ge=1, le=10_000)
+    baselines: bool = Field(True, description="also retrain a random path of similar MACs and the all-3x3 path")
+
+
+class SposParams(RunParams):
+    """spos/full."""
+
+    STAGES: ClassVar[tuple[str, ...]] = ("data", "supernet", "search", "rank_check", "retrain", "export")
+
+    data: CifarData = CifarData()
+    model: SposModel = SposModel()
+    supernet: SupernetTrain = SupernetTrain()
+    search: EvolutionParams = EvolutionParams()
+    rank_check: RankCheckParams = RankCheckParams()
+    retrain: SposRetrainParams = SposRetrainParams()
+
+    @model_validator(mode="after")
+    def _feasible(self):
+        """The MACs limit and range against the space itself (a per-op table, built once)."""
+        from params.feasibility import check_spos_macs
+
+        check_spos_macs(self.model.preset, self.search.macs_limit, self.supernet.macs_range, self.supernet.bins)
+        return self

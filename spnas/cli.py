@@ -17,6 +17,7 @@ PIPELINES: dict[str, tuple[str, str]] = {
     "lcnet/full": ("params.models:LcnetParams", "params/lcnet.yaml"),
     "spnas/full": ("params.models:SpnasParams", "params/spnas.yaml"),
     "prune-ea/full": ("params.models:PruneEaParams", "params/prune_ea.yaml"),
+    "spos/full": ("params.models:SposParams", "params/spos.yaml"),
 }
 
 

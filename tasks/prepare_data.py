@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 
 from data.coco_digits import make_digits_coco
 from data.digits import default_digits_folder
-from params.models import LcnetData, PruneData, Runtime, SpnasData
+from params.models import LcnetData, CifarData, Runtime, SpnasData
 from spnas.paths import data_cache_dir
 from tasks.caching import STAGE_CACHE
 from tasks.common import write_json
@@ -77,7 +77,7 @@ def detection_data_task(data: SpnasData, image_size: int, seed: int, work_dir: s
     return out
 
 
-def cifar_sources(data: PruneData, seed: int, out_dir: Path) -> dict[str, Any]:
+def cifar_sources(data: CifarData, seed: int, out_dir: Path) -> dict[str, Any]:
     """A cifar-10-batches-py folder (the user's own, one converted from their ImageNet-format
     folder, or the embedded digits) and the seeded train/val split of its training images."""
     from data.cifar import (FOLDER_NAME, default_cifar_folder, load_cifar, read_cifar_batches, split_train_val,
@@ -104,7 +104,7 @@ def cifar_sources(data: PruneData, seed: int, out_dir: Path) -> dict[str, Any]:
 
 
 @task(name="data", persist_result=True, cache_policy=STAGE_CACHE)
-def cifar_data_task(data: PruneData, seed: int, work_dir: str, parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+def cifar_data_task(data: CifarData, seed: int, work_dir: str, parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
     out = cifar_sources(data, seed, Path(work_dir))
     recorded = _record(out, work_dir, parent_run_id)
     get_run_logger().info("data: %s; train/val/test %s", out["source"], out["counts"])

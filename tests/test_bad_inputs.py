@@ -128,6 +128,15 @@ CASES: list[tuple[str, str, Callable[[Path], list[str]], str]] = [
      "data.dataset_dir"),
     ("prune-malformed-cifar", "prune-ea/full",
      lambda t: ["--set", f"data.dataset_dir={_broken_cifar(t)}"], "data.dataset_dir"),
+    ("spos-preset", "spos/full", lambda t: ["--set", "model.preset=huge"], "model.preset"),
+    ("spos-limit-below-smallest", "spos/full", lambda t: ["--set", "search.macs_limit=1000"], "search.macs_limit"),
+    ("spos-empty-bins", "spos/full", lambda t: ["--set", "supernet.macs_range=[100,200]"], "supernet.macs_range"),
+    ("spos-range-reversed", "spos/full", lambda t: ["--set", "supernet.macs_range=[5000000,4000000]"],
+     "supernet.macs_range"),
+    ("spos-negative-recalib", "spos/full", lambda t: ["--set", "search.recalib_batches=-1"], "search.recalib_batches"),
+    ("spos-convention", "spos/full", lambda t: ["--set", "model.input_convention=yuv"], "model.input_convention"),
+    ("spos-topk", "spos/full", lambda t: ["--set", "search.topk=50"], "search.topk"),
+    ("spos-rank-count", "spos/full", lambda t: ["--set", "rank_check.count=2"], "rank_check.count"),
     ("coco-half-given", "spnas/full", lambda t: [f"--set=data.train_json={_coco(t)['val_json']}"], "data.train_json"),
 ]
 

@@ -15,7 +15,7 @@ from data.coco import load_coco
 from data.coco_digits import make_digits_coco
 from engine.classification import TrainConfig, fit
 from engine.detection import read_checkpoint
-from engine.detector_fit import DetectorOptim, _LoaderCycle, fit_steps, latency_ms, score, train_loader
+from engine.detector_fit import DetectorOptim, LoaderCycle, fit_steps, latency_ms, score, train_loader
 from engine.runtime import model_on, resolve_device
 from nas_models.detector import build_detector
 from spnas.errors import InputError
@@ -191,7 +191,7 @@ def test_loader_cycle_seek_replays_the_same_batches(own_generator: bool) -> None
         return out
 
     torch.manual_seed(0)
-    straight = _LoaderCycle(loader())
+    straight = LoaderCycle(loader())
     it = iter(straight)
     firsts = take(it, 6)  # 4 batches a pass: stops 2 into the second
     position, rng = straight.position(), torch.get_rng_state()
@@ -199,7 +199,7 @@ def test_loader_cycle_seek_replays_the_same_batches(own_generator: bool) -> None
     assert position["epoch"] == 1 and position["offset"] == 2
 
     torch.manual_seed(1)  # a new process: another global RNG state
-    resumed = _LoaderCycle(loader())
+    resumed = LoaderCycle(loader())
     resumed.seek(position)
     torch.set_rng_state(rng)
     assert take(iter(resumed), 5) == tail

@@ -1,0 +1,59 @@
+"""spos/full — Single Path One-Shot on a ShuffleNetV2 choice space:
+data → supernet → search (evolution under a MACs limit, BN recalibrated) → rank_check (does the
+supernet rank anything? Kendall tau) → retrain (winner + baselines from scratch) → export."""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from params.loader import load_params
+from params.models import SposParams
+from tasks.export_classifiers import export_classifiers_task
+from tasks.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.prepare_data import cifar_data_task
+from tasks.rank_check import rank_check_task
+from tasks.spos_retrain import retrain_candidates, spos_retrain_task
+from tasks.spos_search import spos_search
+from tasks.train_supernet import train_supernet_task
+
+
+# One training at a time with every core (2 cores: parallel trainings only fight).
+@flow(name="spos", task_runner=ThreadPoolTaskRunner(max_workers=1),
+      on_crashed=[close_tracking_on_crash], on_cancellation=[close_tracking_on_crash])
+def spos(params_file: str = "params/spos.yaml", overrides: dict[str, Any] | None = None,
+         refresh_from: str | None = None) -> dict[str, Any]:
+    """`refresh_from`: "all" recomputes every stage, a stage name recomputes it and what follows."""
+    p = load_params(SposParams, params_file, overrides)  # bad input fails here, before any work
+    convention = p.model.input_convention
+    with pipeline("spos", p, p.STAGES, refresh_from) as pipe:
+        data = pipe.run("data", cifar_data_task, data=p.data, seed=p.seed)
+        supernet = pipe.run("supernet", train_supernet_task, data=data, model=p.model, supernet=p.supernet,
+                            seed=p.seed)
+        searched = pipe.search("search", spos_search, ThreadPoolTaskRunner(max_workers=1), supernet=supernet,
+                               data=data, search=p.search, convention=convention, seed=p.seed)
+        ranked = pipe.run("rank_check", rank_check_task, supernet=supernet, data=data, rank=p.rank_check,
+                          recalib_batches=p.search.recalib_batches, eval_batch=p.search.batch_size,
+                          convention=convention, seed=p.seed)
+        chosen = retrain_candidates(supernet, searched["final"], p.seed, p.retrain.baselines)
+        retrained = pipe.map("retrain", spos_retrain_task, chosen, supernet=supernet, data=data,
+                             retrain_cfg=p.retrain, convention=convention, seed=p.seed)
+        if any(r is None for r in retrained):
+            raise RuntimeError("retraining a model failed; see the task's log")
+        exported = pipe.run("export", export_classifiers_task, models=retrained, data=data, seed=p.seed,
+                            table_key="spos-comparison", convention=convention, predict_with="winner",
+                            title="searched path vs baselines trained from scratch with the same budget "
+                                  "(test accuracy; r_c = MACs / winner's MACs)")
+        rows = {r["model"]: r for r in exported["rows"]}
+        final = searched["final"]
+        summary = {"winner_choices": "".join(map(str, final["choices"])), "macs_limit": final["macs_limit"],
+                   "winner_supernet_acc": final["supernet_acc"],
+                   "kendall_tau_recalib": ranked["kendall_tau_recalib"],
+                   "kendall_tau_no_recalib": ranked["kendall_tau_no_recalib"],
+                   **{f"{name}_{k}": r[k] for name, r in rows.items() for k in ("acc", "macs", "params", "ort_ms_batch1")}}
+        return finish(pipe, summary, table=exported["rows"])
+
+
+if __name__ == "__main__":
+    spos()

@@ -1,0 +1,52 @@
+"""A real, small end-to-end run of spos/full: the winner respects the MACs limit, the tables and
+architecture_final.json exist and agree, the rank check reports Kendall tau both ways, and the
+exported winner is a BGR model when asked to be."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.tables import read_table
+
+pytestmark = pytest.mark.slow
+
+TINY = {"supernet": {"steps": 30, "macs_range": [3_400_000, 5_200_000], "bins": 3},
+        "search": {"population": 4, "topk": 2, "mutation_count": 2, "crossover_count": 2, "generations": 2,
+                   "macs_limit": 4_300_000, "recalib_batches": 2},
+        "rank_check": {"count": 3, "steps": 5}, "retrain": {"epochs": 1},
+        "model": {"input_convention": "bgr255"}}
+
+
+def test_spos_end_to_end(prefect_api, tmp_path: Path) -> None:
+    from flows.spos import spos
+    from latency.flops import count_macs_params
+    from nas_models.spos_shufflenet import build_subnet
+
+    summary = spos(params_file="params/spos.yaml", overrides={**TINY, "output_root": str(tmp_path)})
+    run = Path(summary["run_dir"])
+    final = json.loads((run / "search/architecture_final.json").read_text())
+    assert final["macs"] <= 4_300_000 == final["macs_limit"]
+    macs, params = count_macs_params(build_subnet(final["choices"], "small", num_classes=10), (1, 3, 32, 32))
+    assert (macs, params) == (final["macs"], final["params"])  # the table's figures are the built network's
+
+    table = read_table(run / "search/output.csv")
+    assert len(table) == 4 + 4 and set(table["status"]) == {"ok"}
+    assert (table["macs"] <= 4_300_000).all()
+    assert table.loc[table["acc"].idxmax(), "id"] == final["candidate_id"]
+    topk = read_table(run / "search/topk.csv")
+    assert set(topk["generation"]) == {0, 1} and (topk.groupby("generation").size() == 2).all()
+
+    bins = read_table(run / "supernet/sampled_bins.csv")
+    assert bins["paths"].sum() == 30 and len(bins) == 3
+    assert summary["kendall_tau_recalib"] is not None or summary["kendall_tau_no_recalib"] is not None
+    rank = read_table(run / "rank_check/rank_check.csv")
+    assert len(rank) == 3 and rank["macs"].is_monotonic_increasing
+
+    comparison = read_table(run / "export/comparison.csv")
+    assert list(comparison["model"]) == ["winner", "random_similar", "all_3x3"]
+    assert (comparison["onnx_max_abs_diff"] < 1e-3).all()
+    meta = yaml.safe_load((run / "export/winner/inference_model/model.yml").read_text())
+    assert meta["input"]["channel_order"] == "BGR" and meta["transforms"]["std"][0] == pytest.approx(1 / 255)
