@@ -11,6 +11,7 @@ indexing the chosen op of each block. After warm-up the two are timed interleave
 A benchmark reports figures; it asserts nothing.
 
     .venv/bin/python benchmarks/spos_step.py [--threads 2] [--batch 64] [--repeats 40]
+                                             [--channels-last]
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=40, help="timed steps per side")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per side first")
     p.add_argument("--seed", type=int, default=0, help="picks the path and the batch")
+    p.add_argument("--channels-last", action="store_true",
+                   help="both models and the batch in channels_last (faster depthwise backward)")
     args = p.parse_args(argv)
     for name in ("threads", "batch", "repeats"):
         if getattr(args, name) < 1:
@@ -87,6 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     supernet = build_supernet(preset, num_classes=10).train()
     subnet = subnet_from_supernet(supernet, path).train()
     x = torch.randn(args.batch, 3, size, size)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    supernet.to(memory_format=memory_format)
+    subnet.to(memory_format=memory_format)
+    x = x.contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (args.batch,))
     loss_fn = nn.CrossEntropyLoss()
 
@@ -108,8 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     macs, params = count_macs_params(subnet, (1, 3, size, size))
     n_super = sum(p.numel() for p in supernet.parameters())
     print(f"torch {torch.__version__} | threads {torch.get_num_threads()} | preset {preset.name} | "
-          f"input {args.batch}x3x{size}x{size} | warm-up {args.warmup} | {args.repeats} "
-          f"interleaved steps each")
+          f"input {args.batch}x3x{size}x{size} ({'channels_last' if args.channels_last else 'NCHW'})"
+          f" | warm-up {args.warmup} | {args.repeats} interleaved steps each")
     print(f"path {path}: {format_count(macs)} MACs/image, {format_count(params)} params "
           f"(supernet {format_count(n_super)} params)")
     print(f"load average before: {load_average()} on {os.cpu_count()} CPUs "

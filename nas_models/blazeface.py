@@ -35,6 +35,8 @@ from torch import nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDHead
 
+from latency.table import FIELDS as OP_FIELDS
+from latency.table import key_of as op_key
 from spnas.errors import InputError
 
 __all__ = [
@@ -391,22 +393,8 @@ def _init_backbone(backbone: nn.Module) -> None:
 
 # --- primitive ops (for latency tables) ------------------------------------------------------
 
-# Field order of each op type in PaddleSlim's latency table (after op_type); `op_key` joins them.
-OP_FIELDS: dict[str, tuple[str, ...]] = {
-    "conv": ("flag_bias", "flag_relu", "n", "c_in", "h", "w", "c_out", "groups", "k", "pad",
-             "stride", "dilation"),
-    "activation": ("n", "c_in", "h", "w"),
-    "batch_norm": ("active_type", "n", "c_in", "h", "w"),
-    "eltwise": ("n", "c_in", "h", "w"),
-    "pooling": ("flag_global_pooling", "n", "c_in", "h", "w", "k", "pad", "stride", "ceil_mode",
-                "pool_type"),
-    "softmax": ("axis", "n", "c_in", "h", "w"),
-}
-
-
-def op_key(op: dict[str, Any]) -> str:
-    """PaddleSlim's table key of an op, e.g. 'conv,0,0,1,3,128,128,12,1,3,1,2,1'."""
-    return ",".join([op["op"]] + [str(op[f]) for f in OP_FIELDS[op["op"]]])
+# Each op dict carries the fields of its type in PaddleSlim's latency table (latency/table.py
+# owns the format: `OP_FIELDS` is its field list, `op_key` its key of an op).
 
 
 def ops_of_model(model: SSD, batch_size: int = 1) -> list[dict[str, Any]]:

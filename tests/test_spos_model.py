@@ -161,6 +161,20 @@ def test_subnet_from_supernet_is_the_same_function(trained_like_supernet: torch.
             assert torch.equal(state[supernet_key(key, path)], tensor)
 
 
+def test_channels_last_computes_the_same(trained_like_supernet: torch.nn.Module) -> None:
+    # The split takes strided channel views, so it is layout-agnostic; channels_last makes
+    # depthwise backward much faster on CPU (benchmarks/spos_step.py --channels-last).
+    net, path = trained_like_supernet, RELEASED
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = net(x, path)
+        net_cl = build_supernet("small")
+        net_cl.load_state_dict(net.state_dict())
+        net_cl = net_cl.to(memory_format=torch.channels_last).eval()
+        got = net_cl(x.contiguous(memory_format=torch.channels_last), path)
+    assert torch.allclose(want, got, rtol=1e-4, atol=1e-5)
+
+
 def test_one_sgd_step_changes_exactly_the_path() -> None:
     torch.manual_seed(0)
     net = build_supernet("small").train()

@@ -1,0 +1,101 @@
+"""BlazeFace latency predictor on this machine: table build time and held-out accuracy.
+
+Builds (or reuses) the latency table of every op the SANAS BlazeFace space can run, measures
+random architectures end to end (backbone + SSD heads + class softmax, `latency.measure.
+ssd_core`), fits the table-sum correction on some and prints, for the others only, the share
+predicted within ±10 % of the measured latency and the RMSE — beside nn-Meter's published
+99.0 % within ±10 % (mobile CPU). The raw table sum's figures are printed too, to show what the
+correction adds. A benchmark reports figures; it asserts nothing.
+
+    .venv/bin/python benchmarks/latency_predictor.py [--threads 1] [--size 128]
+        [--fit 60] [--holdout 100] [--cache-dir .spnas/latency] [--fresh]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from latency.measure import cached_table_path, machine_fingerprint, space_ops  # noqa: E402
+from latency.predictor import fit_predictor, predictor_path  # noqa: E402
+
+NN_METER_WITHIN_10PCT = 0.990
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=1,
+                   help="ORT intra-op threads (1: see latency.measure on 2-thread timings here)")
+    p.add_argument("--size", type=int, default=128, help="input height = width (px)")
+    p.add_argument("--fit", type=int, default=60, help="architectures to fit the correction on")
+    p.add_argument("--holdout", type=int, default=100, help="held-out architectures (>= 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kind", choices=("per_type", "linear"), default="per_type")
+    p.add_argument("--cache-dir", type=Path, default=Path(".spnas") / "latency",
+                   help="where the table and its predictor are kept")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete this machine's cached table first, so its build time is measured")
+    args = p.parse_args(argv)
+    if args.threads < 1 or args.fit < 11 or args.holdout < 100 or args.size % 16:
+        p.error("need --threads >= 1, --fit >= 11, --holdout >= 100, --size a multiple of 16")
+    return args
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    space_id = "blazeface"
+    table_path = cached_table_path(args.cache_dir, f"{space_id}-{args.size}px", "onnxruntime",
+                                   args.threads)
+    if args.fresh:
+        for path in (table_path, table_path.with_suffix(".json"), predictor_path(table_path)):
+            path.unlink(missing_ok=True)
+    fp = machine_fingerprint("onnxruntime", args.threads)
+    t0 = time.perf_counter()
+    n_ops = len(space_ops(image_size=args.size))
+    print(f"CPU: {fp['cpu']} ({fp['cpu_count']} CPUs) | torch {fp['torch']} | "
+          f"onnxruntime {fp['onnxruntime']} | threads {args.threads} | input 1x3x{args.size}x{args.size}")
+    print(f"BlazeFace SANAS space: {n_ops} distinct ops (both kernel choices), enumerated in "
+          f"{time.perf_counter() - t0:.1f} s | load average before: {load_average()}")
+    cached = table_path.is_file()
+
+    t0 = time.perf_counter()
+    predictor = fit_predictor(args.cache_dir, space_id, n_fit=args.fit, n_holdout=args.holdout,
+                              seed=args.seed, image_size=args.size, threads=args.threads,
+                              kind=args.kind, progress=sys.stderr.isatty())
+    total = time.perf_counter() - t0
+    meta = json.loads(table_path.with_suffix(".json").read_text())
+    acc = predictor.accuracy
+    raw = acc["raw_table_sum"]
+    measured = [h["measured_ms"] for h in predictor.holdout]
+
+    print(f"\ntable: {table_path} ({meta['ops']} ops)")
+    print(f"table build: {meta['seconds']:.1f} s for {meta['timed_now']} ops timed"
+          + (" (this run reused the cached table)" if cached else ""))
+    print(f"fit + measure {args.fit + args.holdout} networks end to end: {total:.1f} s in all")
+    print(f"held-out networks: {acc['n_holdout']} (fit on {acc['n_fit']} others), measured "
+          f"{min(measured):.3f}-{max(measured):.3f} ms")
+    print(f"\n{'':<22}{'within ±10 %':>14}{'RMSE ms':>10}{'mean |err|':>12}{'max |err|':>11}")
+    for name, a in (("predictor", acc), ("raw table sum", raw)):
+        print(f"{name:<22}{a['within_10pct']:>13.1%}{a['rmse_ms']:>10.4f}"
+              f"{a['mean_abs_rel_error']:>11.1%}{a['max_abs_rel_error']:>11.1%}")
+    print(f"{'nn-Meter (paper)':<22}{NN_METER_WITHIN_10PCT:>13.1%}{'-':>10}")
+    coef = ", ".join(f"{k} {v:.3g}" for k, v in predictor.coef.items())
+    print(f"\ncorrection ({predictor.kind}): {coef}, intercept {predictor.intercept:.4f} ms")
+    print(f"predictor: {predictor_path(table_path)}")
+    print(f"load average after: {load_average()} (shared machine: figures move with load)")
+
+
+if __name__ == "__main__":
+    main()

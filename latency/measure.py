@@ -1,0 +1,583 @@
+"""Build a latency table for this machine by timing every distinct op configuration.
+
+Each op (a dict as described in `latency.table`) becomes a tiny torch module performing just
+that op. Backends:
+
+- `onnxruntime` (default): the module is exported to a one-op ONNX file with torch.onnx's
+  TorchScript-based exporter (about 10 ms per op here against 0.7-5 s for the dynamo one,
+  and the same single ONNX node; `deploy/onnx_export.py` notes on exporters) and run in an ORT
+  session with `threads` intra-op threads (`deploy.onnx_export.make_session`).
+- `torch`: the eager module under `torch.inference_mode` with `torch.set_num_threads(threads)`.
+
+Statistic (`TimingConfig`): per pass, `warmup` untimed calls, then `rounds` rounds of `number`
+calls; each round keeps its fastest call and the pass's figure is the median of those minima.
+Many ops (or networks) are timed interleaved: every pass visits them all in a shuffled order,
+and an op's figure is its minimum over `passes`. The fastest call discards the slow calls a
+shared machine adds; the median across rounds discards a round that was slow throughout; the
+minimum over passes spread in time discards a period of heavy load from other processes.
+Per-call dispatch overhead (a few µs per ORT `run`) and ORT's layout reorders around a lone
+conv stay in every entry: a real network pays them once, not per op, which
+`latency.predictor` corrects for.
+
+Threads: default 1. On a shared 2-core machine a 2-thread figure depends on whether the other
+core happens to be free: timing 160 BlazeFace networks here, 83 % ran at 1.03x their 1-thread
+latency (second core busy) and 17 % at 0.65-0.9x. benchmarks/latency_predictor.py put 99 % of
+100 held-out predictions within ±10 % at 1 thread and 52 % at 2 threads (load average 3-6).
+Pass `threads` explicitly where cores are reserved for the measurement.
+
+Tables are cached under a folder the caller passes, one file per (space id, backend, threads,
+machine fingerprint); the fingerprint hashes the host name, CPU model, core count and the
+torch / onnxruntime versions, and is written beside the table as JSON. A second build with the
+same key reads the file and times nothing (only ops the cached table lacks are timed).
+
+BlazeFace: `space_ops` enumerates every op configuration the SANAS space can produce (from
+the token rules, block by block, not by building networks) and `ssd_core` is the part of a
+torchvision SSD that both the table and end-to-end timing cover.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import re
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from latency.table import LatencyTable, key_of, op_type_of, parse_key
+from spnas.errors import InputError
+
+__all__ = [
+    "BACKENDS",
+    "TimingConfig",
+    "build_table",
+    "cached_table_path",
+    "machine_fingerprint",
+    "interleaved_ms",
+    "measure_network_ms",
+    "measure_networks_ms",
+    "op_module",
+    "robust_ms",
+    "space_ops",
+    "ssd_core",
+    "time_op",
+    "time_ops",
+]
+
+BACKENDS = ("onnxruntime", "torch")
+_OPSET = 17  # the TorchScript-based exporter's well-trodden opset
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """How latency figures are taken (ms). Per pass: `warmup` untimed calls, then `rounds`
+    rounds of `number` calls; the pass's figure is the median over rounds of each round's
+    fastest call. With several things to time, each pass visits all of them in a shuffled
+    order and the result is the minimum over `passes`: the passes are spread in time, so a
+    burst of load from other processes hits one pass, not the figure."""
+
+    warmup: int = 5
+    rounds: int = 5
+    number: int = 10
+    passes: int = 2
+
+    def __post_init__(self) -> None:
+        for name, low in (("warmup", 0), ("rounds", 1), ("number", 1), ("passes", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InputError(f"timing.{name}", f"must be an integer >= {low}; got {value!r}.")
+
+
+def robust_ms(fn: Callable[[], object], timing: TimingConfig = TimingConfig()) -> float:
+    """One pass over `fn`: median over rounds of the fastest of `number` calls, in ms."""
+    for _ in range(timing.warmup):
+        fn()
+    minima = []
+    for _ in range(timing.rounds):
+        best = float("inf")
+        for _ in range(timing.number):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        minima.append(best)
+    return 1e3 * statistics.median(minima)
+
+
+def interleaved_ms(fns: Mapping[str, Callable[[], object]], timing: TimingConfig = TimingConfig(),
+                   seed: int = 0) -> dict[str, float]:
+    """`robust_ms` of every function, `timing.passes` times in shuffled orders; the minimum
+    over passes per function (TimingConfig's docstring)."""
+    names = list(fns)
+    best = dict.fromkeys(names, float("inf"))
+    rng = random.Random(seed)
+    for _ in range(timing.passes):
+        rng.shuffle(names)
+        for name in names:
+            best[name] = min(best[name], robust_ms(fns[name], timing))
+    return best
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise InputError("backend", f"must be one of {', '.join(BACKENDS)}; got {backend!r}.")
+    return backend
+
+
+def _check_threads(threads: Any) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError("threads", f"must be a positive integer; got {threads!r}.")
+    return threads
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- one op as a torch module -----------------------------------------------------------------
+
+_ACT_MODULES: dict[str, Callable[[int], nn.Module]] = {
+    "relu": lambda c: nn.ReLU(), "relu6": lambda c: nn.ReLU6(), "prelu": lambda c: nn.PReLU(c),
+    "leaky_relu": lambda c: nn.LeakyReLU(0.1), "sigmoid": lambda c: nn.Sigmoid(),
+    "tanh": lambda c: nn.Tanh(), "elu": lambda c: nn.ELU(), "hardswish": lambda c: nn.Hardswish(),
+    "hardsigmoid": lambda c: nn.Hardsigmoid(), "swish": lambda c: nn.SiLU(),
+    "gelu": lambda c: nn.GELU(),
+}
+
+
+class _AddConst(nn.Module):
+    """x + y with y a stored tensor of x's shape: one element-wise add reading two tensors,
+    exportable with a single graph input."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.register_buffer("other", torch.randn(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.other
+
+
+class _Softmax(nn.Module):
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x, dim=self.axis)
+
+
+def op_module(op: Mapping[str, Any] | str) -> tuple[nn.Module, torch.Tensor]:
+    """A module in eval mode performing just `op` (a dict or table key), and a random input."""
+    spec = parse_key(op if isinstance(op, str) else key_of(op))
+    kind = op_type_of(spec)
+    shape = (spec["n"], spec["c_in"], spec["h"], spec["w"])
+    c = spec["c_in"]
+    module: nn.Module
+    if kind == "conv":
+        g = spec["groups"]
+        if c % g or spec["c_out"] % g:
+            raise InputError("op", f"conv groups {g} must divide c_in {c} and c_out "
+                                   f"{spec['c_out']}; got {key_of(spec)}.")
+        extent = spec["dilation"] * (spec["k"] - 1) + 1
+        if min(spec["h"], spec["w"]) + 2 * spec["pad"] < extent:
+            raise InputError("op", f"conv kernel does not fit its padded input: {key_of(spec)}.")
+        conv = nn.Conv2d(c, spec["c_out"], spec["k"], spec["stride"], spec["pad"],
+                         spec["dilation"], g, bias=bool(spec["flag_bias"]))
+        module = nn.Sequential(conv, nn.ReLU()) if spec["flag_relu"] else conv
+    elif kind == "activation":
+        module = _ACT_MODULES[spec["act"]](c)
+    elif kind == "batch_norm":
+        bn = nn.BatchNorm2d(c)
+        # Non-trivial statistics, as a trained network has (the kernel does not care, but an
+        # exporter could simplify an identity BN away).
+        with torch.no_grad():
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_()
+            bn.bias.normal_()
+        act = spec["active_type"]
+        module = bn if act == "None" else nn.Sequential(bn, _ACT_MODULES[act](c))
+    elif kind == "eltwise":
+        module = _AddConst(shape)
+    elif kind == "pooling":
+        if spec["flag_global_pooling"]:
+            module = nn.AdaptiveMaxPool2d(1) if spec["pool_type"] == 1 else nn.AdaptiveAvgPool2d(1)
+        elif spec["pool_type"] == 1:
+            module = nn.MaxPool2d(spec["k"], spec["stride"], spec["pad"], ceil_mode=bool(spec["ceil_mode"]))
+        else:
+            module = nn.AvgPool2d(spec["k"], spec["stride"], spec["pad"], ceil_mode=bool(spec["ceil_mode"]),
+                                  count_include_pad=spec["pool_type"] == 2)
+    else:  # softmax
+        if not -4 <= spec["axis"] < 4:
+            raise InputError("op", f"softmax axis must be in [-4, 3] for an (n, c, h, w) input; "
+                                   f"got {spec['axis']}.")
+        module = _Softmax(spec["axis"])
+    return module.eval(), torch.randn(shape)
+
+
+# --- timing one op / one network -------------------------------------------------------------
+
+def _output_names(model: nn.Module, example: torch.Tensor) -> list[str]:
+    with torch.no_grad():
+        out = model(example)
+    count = 1 if isinstance(out, torch.Tensor) else len(out)
+    return ["output"] if count == 1 else [f"output{i}" for i in range(count)]
+
+
+def _runner(model: nn.Module, example: torch.Tensor, backend: str, threads: int,
+            folder: Path) -> Callable[[], object]:
+    """A no-argument callable running `model` once on `example` on `backend`."""
+    model.eval()
+    if backend == "torch":
+        def run() -> object:
+            with torch.inference_mode():
+                return model(example)
+        return run
+    from deploy.onnx_export import export_onnx, make_session  # ORT only when asked for
+
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter warns that it is deprecated (module docstring: it is
+        # the fast one for one-op graphs); export_onnx filters its notices, this any others.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        path = export_onnx(model, example, folder / "model.onnx", opset=_OPSET, dynamic_batch=False,
+                           input_name="input", output_name=_output_names(model, example), dynamo=False)
+    session = make_session(path, threads=threads)
+    feed = {"input": example.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def _time_modules(items: Mapping[str, tuple[nn.Module, torch.Tensor]], backend: str, threads: int,
+                  timing: TimingConfig, chunk: int, progress: bool, label: str) -> dict[str, float]:
+    """Interleaved timing of many modules, `chunk` of them alive (exported, in a session) at
+    a time so memory and idle ORT thread pools stay bounded."""
+    names = list(items)
+    result: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="spnas-lat-") as tmp:
+        for start in _progress(list(range(0, len(names), chunk)), label, progress, len(names), chunk):
+            group = names[start:start + chunk]
+            runners = {}
+            # Exporting traces the model once; one torch thread is enough for that and keeps
+            # a busy second core from stalling every traced op (OpenMP barrier waits).
+            with _torch_threads(1):
+                for i, name in enumerate(group):
+                    folder = Path(tmp) / str(i)
+                    folder.mkdir(exist_ok=True)
+                    model, example = items[name]
+                    runners[name] = _runner(model, example, backend, threads, folder)
+            with _torch_threads(threads):
+                result.update(interleaved_ms(runners, timing, seed=start))
+            del runners  # frees the chunk's sessions before the next one is built
+    return result
+
+
+def time_ops(ops: Iterable[Mapping[str, Any] | str], backend: str = "onnxruntime", threads: int = 1,
+             timing: TimingConfig = TimingConfig(), chunk: int = 48, progress: bool = False
+             ) -> dict[str, float]:
+    """Latency (ms) of each distinct op, keyed by its table key, on `backend` with `threads`."""
+    _check_backend(backend)
+    _check_threads(threads)
+    keys = list(dict.fromkeys(op if isinstance(op, str) else key_of(op) for op in ops))
+    items = {key: op_module(key) for key in keys}
+    return _time_modules(items, backend, threads, timing, chunk, progress,
+                         f"timing {len(keys)} ops ({backend}, {threads} threads)")
+
+
+def time_op(op: Mapping[str, Any] | str, backend: str = "onnxruntime", threads: int = 1,
+            timing: TimingConfig = TimingConfig()) -> float:
+    """Latency of one op (dict or key) on `backend` with `threads` threads, in ms."""
+    return next(iter(time_ops([op], backend, threads, timing).values()))
+
+
+def measure_networks_ms(models: Mapping[str, tuple[nn.Module, torch.Tensor]],
+                        backend: str = "onnxruntime", threads: int = 1,
+                        timing: TimingConfig = TimingConfig(warmup=10, passes=3), chunk: int = 200,
+                        progress: bool = False) -> dict[str, float]:
+    """End-to-end latency (ms) of each `name: (model, example)`, interleaved (TimingConfig).
+
+    A model must take one tensor and return a tensor or a tuple of tensors (ONNX export); for
+    a torchvision SSD pass `ssd_core(detector)`. Training flags are restored. Up to `chunk`
+    networks are kept exported and in sessions at once (a BlazeFace session is ~3 MB), so
+    each one's passes are minutes apart in a large batch: a load burst of a few seconds from
+    other processes then cannot cover all of them (it did with chunks of 40: 5 of 100
+    networks came out 5-27 % slow; timed again alone they matched the prediction).
+    """
+    _check_backend(backend)
+    _check_threads(threads)
+    for name, (model, example) in models.items():
+        if not isinstance(example, torch.Tensor):
+            raise InputError("example", f"of {name} must be a torch.Tensor; got "
+                                        f"{type(example).__name__}.")
+    modes = [(m, m.training) for model, _ in models.values() for m in model.modules()]
+    try:
+        return _time_modules(models, backend, threads, timing, chunk, progress,
+                             f"timing {len(models)} networks ({backend}, {threads} threads)")
+    finally:
+        for m, flag in modes:
+            m.training = flag
+
+
+def measure_network_ms(model: nn.Module, example: torch.Tensor, backend: str = "onnxruntime",
+                       threads: int = 1, timing: TimingConfig = TimingConfig(warmup=10, passes=3)
+                       ) -> float:
+    """End-to-end latency of `model(example)` in ms: same backends and statistic as the table
+    (see `measure_networks_ms`)."""
+    return measure_networks_ms({"model": (model, example)}, backend, threads, timing)["model"]
+
+
+# --- the cache ------------------------------------------------------------------------------
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_fingerprint(backend: str = "onnxruntime", threads: int = 1) -> dict[str, Any]:
+    """What a measured table depends on besides the ops: host, CPU, library versions."""
+    import onnxruntime as ort
+
+    return {
+        "node": platform.node(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "backend": _check_backend(backend),
+        "threads": _check_threads(threads),
+    }
+
+
+def _fingerprint_id(fingerprint: Mapping[str, Any]) -> str:
+    blob = json.dumps(dict(fingerprint), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def cached_table_path(cache_dir: Path, space_id: str, backend: str = "onnxruntime",
+                      threads: int = 1) -> Path:
+    """Where `build_table` keeps the table for this key on this machine."""
+    if not isinstance(space_id, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", space_id):
+        raise InputError("space_id", "must be 1-100 characters of letters, digits, '.', '_' or '-' "
+                                     f"(starting with a letter or digit); got {space_id!r}.")
+    fp = machine_fingerprint(backend, threads)
+    return Path(cache_dir) / f"{space_id}__{backend}__t{threads}__{_fingerprint_id(fp)}.txt"
+
+
+def _progress(items: list[Any], description: str, enabled: bool, total: int | None = None,
+              step: int = 1) -> Iterator[Any]:
+    """Iterate `items` with a progress bar (tqdm if installed, else rich, a project
+    dependency); each item advances the bar by `step` (chunks), up to `total`."""
+    if not enabled or not items:
+        yield from items
+        return
+    total = len(items) * step if total is None else total
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            for item in items:
+                yield item
+                bar.advance(task, step)
+        return
+    with tqdm(total=total, desc=description, leave=False) as bar:
+        for item in items:
+            yield item
+            bar.update(min(step, total - bar.n))
+
+
+def build_table(
+    ops: Iterable[Mapping[str, Any] | str],
+    cache_dir: Path,
+    space_id: str,
+    backend: str = "onnxruntime",
+    threads: int = 1,
+    timing: TimingConfig = TimingConfig(),
+    progress: bool = True,
+) -> LatencyTable:
+    """The latency table (ms) of every distinct op in `ops` on this machine, cached.
+
+    Ops are deduplicated by their table key. The table lives at `cached_table_path(...)` with
+    its settings in a `.json` beside it; if that file exists, only the ops it lacks are timed
+    (none on a second identical call) and the merged table is saved again.
+    """
+    _check_backend(backend)
+    _check_threads(threads)
+    keys = list(dict.fromkeys(op if isinstance(op, str) else key_of(op) for op in ops))
+    for key in keys:  # a malformed key fails here, before minutes of timing
+        parse_key(key, "ops")
+    path = cached_table_path(cache_dir, space_id, backend, threads)
+    fingerprint = machine_fingerprint(backend, threads)
+    entries: dict[str, float] = {}
+    if path.is_file():
+        entries = LatencyTable.read(path).entries
+    todo = [k for k in keys if k not in entries]
+    if not todo and path.is_file():
+        return LatencyTable.read(path)
+    t0 = time.perf_counter()
+    entries.update(time_ops(todo, backend, threads, timing, progress=progress))
+    version = fingerprint["onnxruntime" if backend == "onnxruntime" else "torch"]
+    device = re.sub(r"\s+", " ", f"{fingerprint['cpu']} / {backend} {version} / {threads} threads")
+    table = LatencyTable(entries, device=device, unit="ms")
+    table.save(path)
+    meta = {"space_id": space_id, "fingerprint": fingerprint, "timing": asdict(timing),
+            "statistic": "min over passes of the median over rounds of the fastest of "
+                         "`number` calls (ms)",
+            "ops": len(table), "timed_now": len(todo),
+            "seconds": round(time.perf_counter() - t0, 2)}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return table
+
+
+# --- BlazeFace (nas_models.blazeface) --------------------------------------------------------
+
+class _SSDCore(nn.Module):
+    """Backbone + SSD head + softmax over class scores of a torchvision SSD."""
+
+    def __init__(self, ssd: nn.Module) -> None:
+        super().__init__()
+        self.backbone = ssd.backbone
+        self.head = ssd.head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone(x)
+        features = list(features.values()) if isinstance(features, Mapping) else [features]
+        out = self.head(features)
+        return out["bbox_regression"], torch.softmax(out["cls_logits"], dim=-1)
+
+
+def ssd_core(ssd: nn.Module) -> nn.Module:
+    """The timed part of a torchvision SSD: backbone, heads and the class softmax, on an
+    already resized and normalized (n, 3, S, S) tensor.
+
+    This is exactly what `nas_models.blazeface.ops_of_model` lists (its softmax included), so
+    table sums, predictions and `measure_network_ms(ssd_core(model), ...)` cover the same
+    computation. Left out of all three: resizing/normalizing the input, box decoding and NMS
+    (torchvision's postprocess, whose ONNX export is not reliable and which no table covers).
+    The returned module shares the detector's weights.
+    """
+    if not (hasattr(ssd, "backbone") and hasattr(ssd, "head")):
+        raise InputError("model", "must be a torchvision SSD-style detector with .backbone and .head.")
+    return _SSDCore(ssd).eval()
+
+
+def _conv(n: int, c_in: int, h: int, c_out: int, k: int, stride: int = 1, groups: int = 1,
+          bias: int = 0) -> dict[str, Any]:
+    return {"op": "conv", "flag_bias": bias, "flag_relu": 0, "n": n, "c_in": c_in, "h": h, "w": h,
+            "c_out": c_out, "groups": groups, "k": k, "pad": k // 2, "stride": stride, "dilation": 1}
+
+
+def _shape_op(kind: str, n: int, c: int, h: int, **extra: Any) -> dict[str, Any]:
+    return {"op": kind, **extra, "n": n, "c_in": c, "h": h, "w": h}
+
+
+def _conv_out(h: int, k: int, stride: int) -> int:
+    return (h + 2 * (k // 2) - k) // stride + 1
+
+
+def _blaze_block_ops(n: int, h: int, c_in: int, c_mid: int, c_out: int | None, stride: int,
+                     use_5x5: bool) -> list[dict[str, Any]]:
+    """Ops of nas_models.blazeface.BlazeBlock (single when c_out is None) on an h x h input."""
+    ops: list[dict[str, Any]] = []
+
+    def depthwise(c: int, h_in: int, s: int) -> int:
+        if use_5x5:
+            ops.append(_conv(n, c, h_in, c, 5, s, groups=c))
+            h_out = _conv_out(h_in, 5, s)
+        else:
+            ops.append(_conv(n, c, h_in, c, 3, 1, groups=c))
+            ops.append(_shape_op("batch_norm", n, c, h_in, active_type="None"))
+            ops.append(_conv(n, c, h_in, c, 3, s, groups=c))
+            h_out = _conv_out(h_in, 3, s)
+        ops.append(_shape_op("batch_norm", n, c, h_out, active_type="None"))
+        return h_out
+
+    out = c_mid if c_out is None else c_out
+    h2 = depthwise(c_in, h, stride)
+    ops += [_conv(n, c_in, h2, c_mid, 1), _shape_op("batch_norm", n, c_mid, h2, active_type="None")]
+    if c_out is not None:
+        ops.append(_shape_op("activation", n, c_mid, h2, act="relu"))
+        depthwise(c_mid, h2, 1)
+        ops += [_conv(n, c_mid, h2, c_out, 1), _shape_op("batch_norm", n, c_out, h2, active_type="None")]
+    if stride == 2:
+        ops.append({"op": "pooling", "flag_global_pooling": 0, "n": n, "c_in": c_in, "h": h, "w": h,
+                    "k": 2, "pad": 0, "stride": 2, "ceil_mode": 1, "pool_type": 1})
+        ops += [_conv(n, c_in, -(-h // 2), out, 1),
+                _shape_op("batch_norm", n, out, -(-h // 2), active_type="None")]
+    ops += [_shape_op("eltwise", n, out, h2), _shape_op("activation", n, out, h2, act="relu")]
+    return ops
+
+
+def space_ops(latency_mode: bool = False, image_size: int | None = None, batch_size: int = 1,
+              num_classes: int = 2) -> list[dict[str, Any]]:
+    """Every distinct op (one dict per table key) any BlazeFace of the SANAS space can run.
+
+    Enumerated from the token rules (`nas_models.blazeface`): for each block, every reachable
+    (c_in, c_mid, c_out) under its fixed stride and input size, with both kernel choices (5x5
+    depthwise, or two 3x3): the table then serves latency mode without fixing 3x3 kernels, so
+    `latency_mode` changes nothing here and is accepted for symmetry with the space's API.
+    Covers what `ssd_core` runs: stem, blocks, SSD heads, class softmax.
+    """
+    from nas_models import blazeface as bf
+
+    size = bf.DEFAULT_IMAGE_SIZE if image_size is None else image_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 16:
+        raise InputError("image_size", f"must be a multiple of 16, at least 32; got {size!r}.")
+    n = batch_size
+    num1, num2 = bf.BLAZE_FILTER_NUM1, bf.BLAZE_FILTER_NUM2
+    mid, dbl = bf.MID_FILTER_NUM, bf.DOUBLE_FILTER_NUM
+    h1, h2, h4, h8, h16 = size, size // 2, size // 4, size // 8, size // 16
+    ops: list[dict[str, Any]] = []
+    for c in num1:  # stem: conv 3x3/2 → BN → ReLU
+        ops += [_conv(n, 3, h1, c, 3, 2), _shape_op("batch_norm", n, c, h2, active_type="None"),
+                _shape_op("activation", n, c, h2, act="relu")]
+    for use_5x5 in (False, True):
+        for a in num1:
+            ops += _blaze_block_ops(n, h2, a, a, None, 1, use_5x5)          # blaze_0
+            for b in num2:
+                ops += _blaze_block_ops(n, h2, a, b, None, 2, use_5x5)      # blaze_1
+        for b in num2:
+            ops += _blaze_block_ops(n, h4, b, b, None, 1, use_5x5)          # blaze_2
+            for m in mid:
+                for d in dbl:
+                    ops += _blaze_block_ops(n, h4, b, m, d, 2, use_5x5)     # double_blaze_0
+        for d in dbl:
+            for m in mid:
+                ops += _blaze_block_ops(n, h8, d, m, d, 1, use_5x5)         # double_blaze_1
+                ops += _blaze_block_ops(n, h16, d, m, d, 1, use_5x5)        # double_blaze_3
+                for d3 in dbl:
+                    ops += _blaze_block_ops(n, h8, d, m, d3, 2, use_5x5)    # double_blaze_2
+    anchors = [len(level) for level in bf.BLAZEFACE_ANCHOR_SIZES]
+    for d in dbl:  # SSD heads (3x3 convs with bias) on the stride-8 and stride-16 maps
+        for h, a in zip((h8, h16), anchors):
+            ops += [_conv(n, d, h, a * 4, 3, bias=1), _conv(n, d, h, a * num_classes, 3, bias=1)]
+    priors = h8 * h8 * anchors[0] + h16 * h16 * anchors[1]
+    ops.append({"op": "softmax", "axis": 2, "n": n, "c_in": priors, "h": num_classes, "w": 1})
+    # Dedupe on the raw values first (tens of thousands of dicts), keys only for the survivors.
+    raw = {tuple(op.items()): op for op in ops}
+    unique: dict[str, dict[str, Any]] = {}
+    for op in raw.values():
+        unique.setdefault(key_of(op), op)
+    return list(unique.values())
