@@ -44,7 +44,7 @@ class SupernetOptim:
     learning_rate: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 4e-5
-    max_grad_norm: float | None = 5.0
+    max_grad_norm: float | None = None  # clipping at 5 slowed the small preset's supernet (loss 2.20 vs 2.17 at 1200 steps)
 
 
 def train_supernet(supernet: nn.Module, loader: DataLoader, optim: SupernetOptim,

@@ -46,7 +46,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -528,6 +528,17 @@ def _blaze_block_ops(n: int, h: int, c_in: int, c_mid: int, c_out: int | None, s
                 _shape_op("batch_norm", n, out, -(-h // 2), active_type="None")]
     ops += [_shape_op("eltwise", n, out, h2), _shape_op("activation", n, out, h2, act="relu")]
     return ops
+
+
+def tokens_cost(tokens: Sequence[int], image_size: int | None = None) -> dict[str, int]:
+    """{"macs", "params"} of a BlazeFace's `ssd_core` (backbone + SSD heads, one image): the part
+    SANAS's FLOPs constraint, the latency table and the measurements all cover."""
+    from latency.flops import count_macs_params
+    from nas_models import blazeface as bf
+
+    size = bf.DEFAULT_IMAGE_SIZE if image_size is None else image_size
+    macs, params = count_macs_params(ssd_core(bf.build_from_tokens(tokens, image_size=size)), (1, 3, size, size))
+    return {"macs": macs, "params": params}
 
 
 def space_ops(latency_mode: bool = False, image_size: int | None = None, batch_size: int = 1,

@@ -574,3 +574,117 @@ class SposParams(RunParams):
 
         check_spos_macs(self.model.preset, self.search.macs_limit, self.supernet.macs_range, self.supernet.bins)
         return self
+
+
+# ----------------------------------------------------------------------------------- sanas/full
+
+
+class FaceData(Section):
+    """Face detection data: WIDER FACE annotation files (`wider_face_*_bbx_gt.txt` + image folders)
+    or null for the embedded set (LFW faces placed on real backgrounds)."""
+
+    train_annotations: str | None = Field(None, description="WIDER FACE train annotation file, or null")
+    train_images: str | None = Field(None, description="folder the train annotation's image paths are relative to")
+    val_annotations: str | None = None
+    val_images: str | None = None
+    num_train_images: int = Field(300, ge=10, le=100_000, description="embedded set only")
+    num_val_images: int = Field(100, ge=5, le=100_000, description="embedded set only")
+
+    @field_validator("train_images", "val_images")
+    @classmethod
+    def _dirs(cls, v: str | None) -> str | None:
+        return _existing_dir(v, "the WIDER FACE images folder, or null for the embedded set")
+
+    @field_validator("train_annotations", "val_annotations")
+    @classmethod
+    def _files(cls, v: str | None) -> str | None:
+        return _existing_file(v, "a WIDER FACE bbx_gt annotation file, or null")
+
+    @model_validator(mode="after")
+    def _pairs(self):
+        given = [getattr(self, k) is not None for k in ("train_annotations", "train_images", "val_annotations",
+                                                         "val_images")]
+        if any(given) and not all(given):
+            raise ValueError("train_annotations: give train_annotations, train_images, val_annotations and "
+                             "val_images together, or none of them (embedded faces)")
+        if all(given):
+            from data.faces import read_wider_face
+
+            # A malformed annotation fails here (naming file and line), before any work.
+            read_wider_face(self.train_annotations, self.train_images)
+            read_wider_face(self.val_annotations, self.val_images)
+        return self
+
+
+class SanasConstraint(Section):
+    """SANAS's constraint: candidates outside [min, max] of `ctype` are skipped without training.
+    "start" = the initial tokens' own value (a better detector at no greater cost)."""
+
+    ctype: Literal["flops", "latency"] = Field("flops", description="flops = MACs of the network; latency = "
+                                                                     "predicted ms from the latency table")
+    min: float | None = Field(None, ge=0)
+    max: float | Literal["start"] | None = "start"
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.min is not None and isinstance(self.max, (int, float)) and self.min > self.max:
+            raise ValueError(f"constraint.min: {self.min} is above constraint.max ({self.max})")
+        return self
+
+
+class LatencyParams(Section):
+    table_file: str | None = Field(None, description="a PaddleSlim-format latency table (e.g. measured on your "
+                                                     "phone); null = measure one on this machine")
+    threads: int = Field(1, ge=1, le=256, description="threads the table and the measurements pin")
+    fit_architectures: int = Field(60, ge=10, le=100_000, description="random architectures the correction is fitted on")
+    holdout_architectures: int = Field(100, ge=100, le=100_000,
+                                       description="other random architectures its ±10 % accuracy is reported on")
+
+    @field_validator("table_file")
+    @classmethod
+    def _table(cls, v: str | None) -> str | None:
+        v = _existing_file(v, "a latency table file, or null to measure one here")
+        if v is not None:
+            from latency.table import LatencyTable
+
+            LatencyTable.read(v)  # a malformed line fails here, naming the file and line
+        return v
+
+
+class SanasSearchParams(Section):
+    """PaddleSlim SANAS (seed values in params/sanas_seed.yaml: T0 10.24, reduce_rate 0.85, 300 steps)."""
+
+    search_steps: int = Field(10, ge=1, le=100_000)
+    init_temperature: float = Field(10.24, gt=0, description="T0 (> 0)")
+    reduce_rate: float = Field(0.85, gt=0, lt=1, description="T = T0 * reduce_rate^step, in (0, 1)")
+    candidate_steps: int = Field(60, ge=1, description="training steps per candidate (from scratch)")
+
+
+class FaceTrainParams(Section):
+    """SGD for BlazeFace (candidates, and the final training of the found and the initial net)."""
+
+    steps: int = Field(300, ge=1, le=10_000_000, description="final training steps of each compared network")
+    batch_size: int = Field(16, ge=1, le=1024)
+    learning_rate: float = Field(0.05, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, lt=1)
+
+
+class SanasParams(RunParams):
+    """sanas/full."""
+
+    STAGES: ClassVar[tuple[str, ...]] = ("data", "latency_table", "search", "train", "export")
+
+    data: FaceData = FaceData()
+    image_size: int = Field(128, ge=32, le=1024, description="square input size of BlazeFace")
+    constraint: SanasConstraint = SanasConstraint()
+    latency: LatencyParams = LatencyParams()
+    search: SanasSearchParams = SanasSearchParams()
+    train: FaceTrainParams = FaceTrainParams()
+
+    @model_validator(mode="after")
+    def _feasible(self):
+        from params.feasibility import check_sanas
+
+        check_sanas(self.constraint, self.latency.table_file, self.image_size)
+        return self

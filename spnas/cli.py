@@ -18,6 +18,7 @@ PIPELINES: dict[str, tuple[str, str]] = {
     "spnas/full": ("params.models:SpnasParams", "params/spnas.yaml"),
     "prune-ea/full": ("params.models:PruneEaParams", "params/prune_ea.yaml"),
     "spos/full": ("params.models:SposParams", "params/spos.yaml"),
+    "sanas/full": ("params.models:SanasParams", "params/sanas.yaml"),
 }
 
 

@@ -34,7 +34,7 @@ RUN_SPECIFIC = frozenset({"work_dir", "run_dir", "parent_run_id", "runtime", "re
 LIBRARY_PACKAGES = ("nas_models", "engine", "data", "strategies", "deploy", "latency")
 # tasks/ modules every stage may run (not stages themselves).
 SHARED_TASK_MODULES = ("common.py", "caching.py", "detectors.py", "classifiers.py", "cifar_training.py", "tables.py",
-                       "search.py", "spos_shared.py")
+                       "search.py", "spos_shared.py", "sanas_shared.py")
 KEY_LENGTH = 24
 
 _file_digests: dict[tuple[str, int, int], str] = {}

@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 
 from data.coco_digits import make_digits_coco
 from data.digits import default_digits_folder
-from params.models import LcnetData, CifarData, Runtime, SpnasData
+from params.models import CifarData, FaceData, LcnetData, Runtime, SpnasData
 from spnas.paths import data_cache_dir
 from tasks.caching import STAGE_CACHE
 from tasks.common import write_json
@@ -109,3 +109,31 @@ def cifar_data_task(data: CifarData, seed: int, work_dir: str, parent_run_id: st
     recorded = _record(out, work_dir, parent_run_id)
     get_run_logger().info("data: %s; train/val/test %s", out["source"], out["counts"])
     return {**recorded, "files": recorded["files"] + [out["split_file"]]}
+
+
+def face_sources(data: FaceData, image_size: int, seed: int, out_dir: Path) -> dict[str, Any]:
+    """COCO files of the face set: the user's WIDER FACE files converted into this stage's work
+    folder, or the embedded set (LFW faces placed on real backgrounds) built once in the cache."""
+    from data.faces import make_faces_coco, wider_face_to_coco
+
+    if data.train_annotations is not None:
+        train = wider_face_to_coco(data.train_annotations, data.train_images, out_dir / "train_faces.json")
+        val = wider_face_to_coco(data.val_annotations, data.val_images, out_dir / "val_faces.json")
+        coco = {"train_images": data.train_images, "train_json": str(train.ann_file),
+                "val_images": data.val_images, "val_json": str(val.ann_file)}
+        source = f"your WIDER FACE files {data.train_annotations} / {data.val_annotations}"
+    else:
+        root = data_cache_dir() / f"faces_coco_{image_size}px_{data.num_train_images}_{data.num_val_images}_s{seed}"
+        faces = make_faces_coco(root, data.num_train_images, data.num_val_images, image_size, seed)
+        coco = {k: str(v) for k, v in faces.to_dict().items() if k != "root"}
+        source = (f"embedded faces: real LFW face crops on real background images ({data.num_train_images} train / "
+                  f"{data.num_val_images} held-out images, {image_size} px)")
+    return {**coco, "source": source}
+
+
+@task(name="data", persist_result=True, cache_policy=STAGE_CACHE)
+def face_data_task(data: FaceData, image_size: int, seed: int, work_dir: str, parent_run_id: str,
+                   runtime: Runtime) -> dict[str, Any]:
+    out = _record(face_sources(data, image_size, seed, Path(work_dir)), work_dir, parent_run_id)
+    get_run_logger().info("data: %s", out["source"])
+    return out

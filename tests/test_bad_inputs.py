@@ -42,6 +42,12 @@ def _broken_cifar(tmp: Path) -> Path:
     return folder
 
 
+def _latency_table(path: Path, line: str = "conv,0,0,1,3,128,128,12,1,3,1,2,1\t0.05") -> Path:
+    """A latency table in PaddleSlim's layout that lacks almost every op of the space."""
+    path.write_text(f"op_type\tcpu\tms\n{line}\n")
+    return path
+
+
 def _coco(tmp: Path, mutate: Callable[[dict], None] | None = None, raw: bytes | None = None) -> dict[str, str]:
     """A small valid COCO set the test writes itself; `mutate` breaks its JSON on purpose."""
     from PIL import Image
@@ -137,6 +143,18 @@ CASES: list[tuple[str, str, Callable[[Path], list[str]], str]] = [
     ("spos-convention", "spos/full", lambda t: ["--set", "model.input_convention=yuv"], "model.input_convention"),
     ("spos-topk", "spos/full", lambda t: ["--set", "search.topk=50"], "search.topk"),
     ("spos-rank-count", "spos/full", lambda t: ["--set", "rank_check.count=2"], "rank_check.count"),
+    ("sanas-ctype", "sanas/full", lambda t: ["--set", "constraint.ctype=area"], "constraint.ctype"),
+    ("sanas-min-above-max", "sanas/full", lambda t: ["--set", "constraint.min=5", "--set", "constraint.max=3"],
+     "constraint.min"),
+    ("sanas-infeasible", "sanas/full", lambda t: ["--set", "constraint.max=1000"], "constraint.max"),
+    ("sanas-t0", "sanas/full", lambda t: ["--set", "search.init_temperature=0"], "search.init_temperature"),
+    ("sanas-reduce-rate", "sanas/full", lambda t: ["--set", "search.reduce_rate=1.5"], "search.reduce_rate"),
+    ("sanas-malformed-table", "sanas/full",
+     lambda t: ["--set", "latency.table_file=" + str(_latency_table(t / "table.txt", "conv,0,0,1\t0.05"))],
+     "latency.table_file"),
+    ("sanas-table-lacks-op", "sanas/full", lambda t: ["--set", "constraint.ctype=latency", "--set",
+                                                      f"latency.table_file={_latency_table(t / 'table.txt')}"],
+     "latency.table_file"),
     ("coco-half-given", "spnas/full", lambda t: [f"--set=data.train_json={_coco(t)['val_json']}"], "data.train_json"),
 ]
 

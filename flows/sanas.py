@@ -1,0 +1,54 @@
+"""sanas/full — PaddleSlim SANAS on BlazeFace under a FLOPs or latency constraint:
+data → latency_table (built on this machine, or yours; + the predictor's own accuracy) → search
+(simulated annealing over 9 tokens) → train (found and initial tokens, same budget) → export
+(+ measured vs predicted latency)."""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from nas_models.blazeface import INIT_TOKENS
+from params.loader import load_params
+from params.models import SanasParams
+from tasks.export_faces import export_faces_task
+from tasks.latency_table import latency_table_task
+from tasks.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.prepare_data import face_data_task
+from tasks.sanas_search import sanas_search
+from tasks.sanas_train import sanas_train_task
+
+
+# One training at a time with every core (2 cores: parallel trainings only fight).
+@flow(name="sanas", task_runner=ThreadPoolTaskRunner(max_workers=1),
+      on_crashed=[close_tracking_on_crash], on_cancellation=[close_tracking_on_crash])
+def sanas(params_file: str = "params/sanas.yaml", overrides: dict[str, Any] | None = None,
+          refresh_from: str | None = None) -> dict[str, Any]:
+    """`refresh_from`: "all" recomputes every stage, a stage name recomputes it and what follows."""
+    p = load_params(SanasParams, params_file, overrides)  # bad input fails here, before any work
+    with pipeline("sanas", p, p.STAGES, refresh_from) as pipe:
+        data = pipe.run("data", face_data_task, data=p.data, image_size=p.image_size, seed=p.seed)
+        latency = pipe.run("latency_table", latency_table_task, latency=p.latency, constraint=p.constraint,
+                           image_size=p.image_size, seed=p.seed)
+        searched = pipe.search("search", sanas_search, ThreadPoolTaskRunner(max_workers=1), data=data, latency=latency,
+                               search=p.search, train=p.train, image_size=p.image_size, seed=p.seed)
+        compared = [{"name": "found", "tokens": searched["best_tokens"]}, {"name": "initial", "tokens": list(INIT_TOKENS)}]
+        trained = pipe.map("train", sanas_train_task, compared, data=data, latency=latency, train=p.train,
+                           image_size=p.image_size, seed=p.seed)
+        if any(t is None for t in trained):
+            raise RuntimeError("training a compared network failed; see the task's log")
+        exported = pipe.run("export", export_faces_task, models=trained, data=data, latency=latency,
+                            image_size=p.image_size, threads=p.latency.threads)
+        rows = {r["model"]: r for r in exported["rows"]}
+        acc = latency.get("accuracy") or {}
+        summary = {"ctype": p.constraint.ctype, "constraint_max": latency["constraint"]["max"],
+                   "found_tokens": rows["found"]["tokens"], "skipped_outside_constraint": searched["skipped"],
+                   "predictor_within_10pct": acc.get("within_10pct"), "predictor_rmse_ms": acc.get("rmse_ms"),
+                   **{f"{name}_{k}": r[k] for name, r in rows.items()
+                      for k in ("AP50", "macs", "params", "predicted_ms", "measured_ms")}}
+        return finish(pipe, summary, table=exported["rows"])
+
+
+if __name__ == "__main__":
+    sanas()

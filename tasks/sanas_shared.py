@@ -1,0 +1,63 @@
+"""What the sanas/full stages share (no stage imports another stage): the cost of a token list
+(MACs, params, predicted latency), the constraint value SANAS compares with its window, and
+training + scoring a BlazeFace of given tokens. Plain functions: no Prefect, no MLflow."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from params.models import FaceTrainParams, Runtime
+
+from data.coco import load_coco
+from engine.detector_fit import DetectorOptim, fit_steps, score, train_loader
+from engine.runtime import configure_torch, resolve_device
+from latency.measure import tokens_cost
+from latency.predictor import LatencyPredictor
+from latency.table import LatencyTable
+from nas_models.blazeface import build_from_tokens, ops_of_model
+from params.models import FaceTrainParams, Runtime
+
+
+@lru_cache(maxsize=4)
+def _latency_model(table_file: str, predictor_file: str | None) -> LatencyPredictor | LatencyTable:
+    table = LatencyTable.read(table_file)
+    return LatencyPredictor.load(Path(predictor_file), table) if predictor_file else table
+
+
+def predicted_ms(tokens: list[int], latency: dict[str, Any], image_size: int) -> float:
+    """The fitted predictor's latency (ms) of a token list, or the plain table sum when the
+    table came without one (e.g. a table measured on another device)."""
+    model = _latency_model(latency["table_file"], latency.get("predictor_file"))
+    ops = ops_of_model(build_from_tokens(tokens, image_size=image_size).eval())
+    return float(model.predict(ops) if isinstance(model, LatencyPredictor) else model.sum(ops))
+
+
+def cost(tokens: list[int], latency: dict[str, Any], image_size: int) -> dict[str, float]:
+    """{"macs", "params", "predicted_ms"} of a token list (macs/params of backbone + heads)."""
+    return {**tokens_cost(tokens, image_size), "predicted_ms": predicted_ms(tokens, latency, image_size)}
+
+
+def constraint_value(tokens: list[int], ctype: str, latency: dict[str, Any], image_size: int) -> float:
+    if ctype == "flops":
+        return float(tokens_cost(tokens, image_size)["macs"])
+    return predicted_ms(tokens, latency, image_size)
+
+
+def optim_of(train: FaceTrainParams) -> DetectorOptim:
+    return DetectorOptim(learning_rate=train.learning_rate, momentum=train.momentum, weight_decay=train.weight_decay,
+                         batch_size=train.batch_size, warmup_steps=20, schedule="cosine")
+
+
+def train_tokens(tokens: list[int], data: dict[str, Any], train: FaceTrainParams, steps: int, image_size: int,
+                 seed: int, runtime: Runtime, checkpoint: Path | None = None) -> tuple[Any, dict[str, float]]:
+    """A BlazeFace of `tokens` trained `steps` steps from scratch; (model, AP scores on val)."""
+    configure_torch(runtime.num_threads, seed)
+    device = resolve_device(runtime.device)
+    model = build_from_tokens(tokens, image_size=image_size)
+    train_set = load_coco(Path(data["train_images"]), Path(data["train_json"]))
+    val_set = load_coco(Path(data["val_images"]), Path(data["val_json"]))
+    losses = fit_steps(model, train_loader(train_set, train.batch_size, seed), steps, optim_of(train), device=device,
+                       checkpoint=checkpoint)
+    scores = score(model, val_set, device=device)
+    return model, {"AP50": scores["mAP50"], "AP": scores["mAP"], "final_loss": losses.get("loss")}
