@@ -654,10 +654,10 @@ class LatencyParams(Section):
 class SanasSearchParams(Section):
     """PaddleSlim SANAS (seed values in params/sanas_seed.yaml: T0 10.24, reduce_rate 0.85, 300 steps)."""
 
-    search_steps: int = Field(10, ge=1, le=100_000)
+    search_steps: int = Field(12, ge=1, le=100_000)
     init_temperature: float = Field(10.24, gt=0, description="T0 (> 0)")
     reduce_rate: float = Field(0.85, gt=0, lt=1, description="T = T0 * reduce_rate^step, in (0, 1)")
-    candidate_steps: int = Field(60, ge=1, description="training steps per candidate (from scratch)")
+    candidate_steps: int = Field(150, ge=1, description="training steps per candidate (from scratch)")
 
 
 class FaceTrainParams(Section):

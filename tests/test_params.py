@@ -7,11 +7,13 @@ import pytest
 import yaml
 
 from params.loader import load_params, merge_overrides, parse_override
-from params.models import LcnetParams, SpnasParams
+from params.models import LcnetParams, PruneEaParams, SanasParams, SposParams, SpnasParams
 from spnas.errors import InputError
 
 
-@pytest.mark.parametrize("model, path", [(LcnetParams, "params/lcnet.yaml"), (SpnasParams, "params/spnas.yaml")])
+@pytest.mark.parametrize("model, path", [(LcnetParams, "params/lcnet.yaml"), (SpnasParams, "params/spnas.yaml"),
+                                         (PruneEaParams, "params/prune_ea.yaml"), (SposParams, "params/spos.yaml"),
+                                         (SanasParams, "params/sanas.yaml")])
 def test_demo_files_change_nothing_so_defaults_live_in_the_models(model, path) -> None:
     assert yaml.safe_load(Path(path).read_text()) == {}
     assert load_params(model, path) == model()
@@ -23,6 +25,14 @@ def test_seed_file_sets_the_seed_search() -> None:
     assert (seed.serial.add_stage_ratio, seed.serial.expend_ratio, seed.serial.max_stages) == (0.05, 0.3, 6)
     assert (seed.model.backbone_code, seed.model.block) == ("111-2111-211111-211", "Bottleneck")
     assert seed.parallel == SpnasParams().parallel  # not in the file: the default section
+
+
+def test_spos_and_sanas_seed_files_hold_the_seeds_settings() -> None:
+    spos = load_params(SposParams, "params/spos_seed.yaml").search
+    assert (spos.population, spos.topk, spos.mutation_count, spos.crossover_count) == (50, 10, 25, 25)
+    assert (spos.mutation_prob, spos.generations) == (0.1, 20)
+    sanas = load_params(SanasParams, "params/sanas_seed.yaml").search
+    assert (sanas.init_temperature, sanas.reduce_rate, sanas.search_steps) == (10.24, 0.85, 300)
 
 
 def test_overrides_merge_into_nested_sections() -> None:
