@@ -41,9 +41,17 @@ def test_spos_end_to_end(prefect_api, tmp_path: Path) -> None:
 
     bins = read_table(run / "supernet/sampled_bins.csv")
     assert bins["paths"].sum() == 30 and len(bins) == 3
-    assert summary["kendall_tau_recalib"] is not None or summary["kendall_tau_no_recalib"] is not None
     rank = read_table(run / "rank_check/rank_check.csv")
     assert len(rank) == 3 and rank["macs"].is_monotonic_increasing
+    report = json.loads((run / "rank_check/rank_check.json").read_text())
+    assert {"kendall_tau_recalib", "kendall_tau_no_recalib"} <= set(report) and report["recalib_batches"] == 2
+    # Kendall tau from the table itself (None when a column is constant: tau is undefined then)
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(rank["standalone_acc"], rank["supernet_acc_recalib"]).statistic
+    assert (report["kendall_tau_recalib"] is None) == (tau != tau)
+    if tau == tau:
+        assert report["kendall_tau_recalib"] == pytest.approx(tau)
 
     comparison = read_table(run / "export/comparison.csv")
     assert list(comparison["model"]) == ["winner", "random_similar", "all_3x3"]
