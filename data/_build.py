@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +18,25 @@ from spnas.errors import InputError
 from spnas.procs import pid_alive
 
 MARKER = ".complete"
+
+
+@dataclass(frozen=True)
+class CocoFolder:
+    """Where a generated COCO-format detection set keeps its images and annotation files."""
+
+    root: Path
+    train_images: Path
+    train_json: Path
+    val_images: Path
+    val_json: Path
+
+    @classmethod
+    def at(cls, root: Path) -> "CocoFolder":
+        return cls(root=root, train_images=root / "train", train_json=root / "annotations" / "instances_train.json",
+                   val_images=root / "val", val_json=root / "annotations" / "instances_val.json")
+
+    def to_dict(self) -> dict[str, str]:
+        return {key: str(value) for key, value in asdict(self).items()}
 
 
 def build_once(final: Path, params: dict[str, Any], build: Callable[[Path], None]) -> Path:

@@ -11,13 +11,12 @@ both:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from data._build import build_once
+from data._build import CocoFolder, build_once
 from data.digits import load_digit_arrays, upscale_digit
 from spnas.errors import InputError
 from spnas.paths import data_cache_dir
@@ -30,16 +29,7 @@ BACKGROUND_MEAN, BACKGROUND_STD, BACKGROUND_MAX = 14.0, 6.0, 40.0
 PLACEMENT_TRIES = 50
 
 
-@dataclass(frozen=True)
-class DigitsCoco:
-    root: Path
-    train_images: Path
-    train_json: Path
-    val_images: Path
-    val_json: Path
-
-    def to_dict(self) -> dict[str, str]:
-        return {key: str(value) for key, value in asdict(self).items()}
+DigitsCoco = CocoFolder  # the generated set's layout (data/_build.py)
 
 
 def make_digits_coco(root: Path, num_train: int = 600, num_val: int = 150,
@@ -50,18 +40,12 @@ def make_digits_coco(root: Path, num_train: int = 600, num_val: int = 150,
               "canvas_size": canvas_size, "seed": seed}
     root = build_once(Path(root), params,
                       lambda tmp: _write_dataset(tmp, num_train, num_val, canvas_size, seed))
-    return _layout(root)
+    return CocoFolder.at(root)
 
 
 def default_digits_coco() -> DigitsCoco:
     """The demo set (600 train / 150 val canvases of 96 px) in the project's data cache."""
     return make_digits_coco(data_cache_dir() / "digits_coco_96")
-
-
-def _layout(root: Path) -> DigitsCoco:
-    return DigitsCoco(root=root, train_images=root / "train",
-                      train_json=root / "annotations" / "instances_train.json",
-                      val_images=root / "val", val_json=root / "annotations" / "instances_val.json")
 
 
 def _check_args(num_train: int, num_val: int, canvas_size: int, seed: int) -> None:
@@ -80,7 +64,7 @@ def _write_dataset(folder: Path, num_train: int, num_val: int, canvas_size: int,
     order = np.random.default_rng(seed).permutation(len(images))
     n_held_out = round(len(images) * HELD_OUT_DIGIT_SHARE)
     pools = {"val": np.sort(order[:n_held_out]), "train": np.sort(order[n_held_out:])}
-    layout = _layout(folder)
+    layout = CocoFolder.at(folder)
     layout.train_json.parent.mkdir(parents=True)
     for split, count, out_dir, out_json, stream in (
             ("train", num_train, layout.train_images, layout.train_json, 1),

@@ -24,14 +24,13 @@ past the image are clipped to it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from data._build import build_once
+from data._build import CocoFolder, build_once
 from data.coco import CocoSet, load_coco
 from data.coco_eval import coco_map, to_coco_detections
 from spnas.errors import InputError
@@ -63,16 +62,7 @@ WIDER_FIELDS = ("x", "y", "w", "h", "blur", "expression", "illumination", "inval
 
 # --- the embedded set ------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class FacesCoco:
-    root: Path
-    train_images: Path
-    train_json: Path
-    val_images: Path
-    val_json: Path
-
-    def to_dict(self) -> dict[str, str]:
-        return {key: str(value) for key, value in asdict(self).items()}
+FacesCoco = CocoFolder  # the generated set's layout (data/_build.py)
 
 
 def make_faces_coco(root: Path, num_train: int = 300, num_val: int = 100, image_size: int = 128,
@@ -83,18 +73,12 @@ def make_faces_coco(root: Path, num_train: int = 300, num_val: int = 100, image_
               "image_size": image_size, "seed": seed}
     root = build_once(Path(root), params,
                       lambda tmp: _write_dataset(tmp, num_train, num_val, image_size, seed))
-    return _layout(root)
+    return CocoFolder.at(root)
 
 
 def default_faces_coco() -> FacesCoco:
     """The demo set (300 train / 100 val images of 128 px) in the project's data cache."""
     return make_faces_coco(data_cache_dir() / "faces_coco_128")
-
-
-def _layout(root: Path) -> FacesCoco:
-    return FacesCoco(root=root, train_images=root / "train",
-                     train_json=root / "annotations" / "instances_train.json",
-                     val_images=root / "val", val_json=root / "annotations" / "instances_val.json")
 
 
 def _check_args(num_train: int, num_val: int, image_size: int, seed: int) -> None:
@@ -132,7 +116,7 @@ def _write_dataset(folder: Path, num_train: int, num_val: int, image_size: int, 
     non_faces = LFW_FACES + split_rng.permutation(len(crops) - LFW_FACES)
     pools = {"val": (np.sort(faces[:HELD_OUT_PER_KIND]), np.sort(non_faces[:HELD_OUT_PER_KIND])),
              "train": (np.sort(faces[HELD_OUT_PER_KIND:]), np.sort(non_faces[HELD_OUT_PER_KIND:]))}
-    layout = _layout(folder)
+    layout = CocoFolder.at(folder)
     layout.train_json.parent.mkdir(parents=True)
     for split, count, out_dir, out_json, stream in (
             ("train", num_train, layout.train_images, layout.train_json, 1),
