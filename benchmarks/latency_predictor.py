@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from latency.measure import cached_table_path, machine_fingerprint, space_ops  # noqa: E402
 from latency.predictor import fit_predictor, predictor_path  # noqa: E402
+from latency.timing import load_average  # noqa: E402
 
 NN_METER_WITHIN_10PCT = 0.990
 
@@ -44,13 +44,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.threads < 1 or args.fit < 11 or args.holdout < 100 or args.size % 16:
         p.error("need --threads >= 1, --fit >= 11, --holdout >= 100, --size a multiple of 16")
     return args
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def main(argv: list[str] | None = None) -> None:

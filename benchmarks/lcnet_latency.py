@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import onnxruntime as ort
@@ -30,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from deploy.onnx_export import WithSoftmax, export_onnx, make_session  # noqa: E402
 from latency.flops import count_macs_params, format_count  # noqa: E402
+from latency.measure import cpu_model  # noqa: E402
 from nas_models.lcnet import build_lcnet  # noqa: E402
+from latency.timing import interleaved_times, load_average  # noqa: E402
 
 PAPER_MS = {"PP-LCNet x1.0": 2.46, "MobileNetV3-small x1.25": 3.95}
 
@@ -77,41 +77,10 @@ def calibrate_bn(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
-def time_interleaved(
-    fns: dict[str, Callable[[], object]], warmup: int, repeats: int
-) -> dict[str, list[float]]:
-    """Milliseconds per call for each function, timed in turn A, B, A, B, ..."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
 def summary(ms: list[float]) -> tuple[float, float]:
     return min(ms), statistics.median(ms)
 
 
-def load_average() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     for model in models.values():
         calibrate_bn(model, calib)
 
-    print(f"CPU: {cpu_name()} | torch {torch.__version__} | onnxruntime {ort.__version__}")
+    print(f"CPU: {cpu_model()} | torch {torch.__version__} | onnxruntime {ort.__version__}")
     print(f"threads {args.threads} (ORT intra-op and torch) | input {shape[0]}x3x{args.size}x"
           f"{args.size} | warm-up {args.warmup} | {args.repeats} interleaved runs each")
     print(f"MobileNetV3 baseline: {mbv3_name} (random weights; so is PP-LCNet)")
@@ -147,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"({path.stat().st_size / 1e6:.1f} MB)")
 
         ort_fns = {name: (lambda s=s: s.run(None, {"image": feed})) for name, s in sessions.items()}
-        ort_ms = time_interleaved(ort_fns, args.warmup, args.repeats)
+        ort_ms = interleaved_times(ort_fns, args.warmup, args.repeats)
 
         lc_name = "PP-LCNet x1.0"
         lc_softmax = WithSoftmax(lcnet).eval()
@@ -156,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             with torch.inference_mode():
                 return lc_softmax(x)
 
-        eager_ms = time_interleaved({"torch": eager, "ort": ort_fns[lc_name]},
+        eager_ms = interleaved_times({"torch": eager, "ort": ort_fns[lc_name]},
                                     min(args.warmup, 3), args.eager_repeats)
 
     print(f"\nONNX Runtime latency per batch ({args.threads} threads, {args.size} px)")

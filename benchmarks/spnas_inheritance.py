@@ -49,6 +49,7 @@ from nas_models.detector import build_detector  # noqa: E402
 from nas_models.inherit import inherit_weights  # noqa: E402
 from nas_models.serial_backbone import validate_code  # noqa: E402
 from spnas.paths import data_cache_dir  # noqa: E402
+from latency.timing import load_average  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -232,13 +233,6 @@ def parameter_share(model: nn.Module, names: set[str]) -> float:
     total = sum(p.numel() for p in model.parameters())
     got = sum(p.numel() for n, p in model.named_parameters() if n in names)
     return got / total if total else 0.0
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -20,8 +20,6 @@ import os
 import random
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,6 +34,7 @@ from nas_models.spos_shufflenet import (  # noqa: E402
     subnet_from_supernet,
 )
 from strategies.path_sampler import uniform  # noqa: E402
+from latency.timing import interleaved_times, load_average  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,28 +54,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.warmup < 0:
         p.error("--warmup must be at least 0")
     return args
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int,
-                     repeats: int) -> dict[str, list[float]]:
-    """Milliseconds per call for each function, timed in turn A, B, A, B, ..."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average before: {load_average()} on {os.cpu_count()} CPUs "
           "(shared machine: compare min-of-N first)\n")
 
-    ms = time_interleaved({"supernet": super_step, "subnet": sub_step}, args.warmup, args.repeats)
+    ms = interleaved_times({"supernet": super_step, "subnet": sub_step}, args.warmup, args.repeats)
 
     print(f"{'one training step':<20}{'min ms':>9}{'p50 ms':>9}")
     for name, values in ms.items():

@@ -342,7 +342,8 @@ def measure_network_ms(model: nn.Module, example: torch.Tensor, backend: str = "
 
 # --- the cache ------------------------------------------------------------------------------
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (for machine fingerprints and benchmark headers)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -358,7 +359,7 @@ def machine_fingerprint(backend: str = "onnxruntime", threads: int = 1) -> dict[
 
     return {
         "node": platform.node(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "torch": torch.__version__,
