@@ -173,6 +173,15 @@ class AskTellSearch(ABC, Generic[C]):
         if state.get("strategy") != self._STRATEGY:
             raise ValueError(f"not a {self._STRATEGY} state (strategy={state.get('strategy')!r})")
 
+    def _check_settings(self, state: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
+        """The state is this strategy's and was saved with exactly these `settings` (a state of
+        another configuration would replay into different decisions)."""
+        self._check_strategy(state)
+        for key, value in settings.items():
+            saved = state["settings"].get(key)
+            if saved != value:
+                raise ValueError(f"state was saved with {key}={saved!r}, this search has {key}={value!r}")
+
     def _load_progress(self, state: Mapping[str, Any], candidate_from_dict: Callable[[Mapping[str, Any]], C]) -> None:
         """Restore what `_progress_state` wrote; the caller has checked the settings match."""
         candidates = [candidate_from_dict(c) for c in state["candidates"]]

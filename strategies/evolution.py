@@ -315,11 +315,7 @@ class EvolutionSearch(AskTellSearch[EvolutionCandidate]):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state_dict into this freshly built, identically configured search."""
-        self._check_strategy(state)
-        for key, value in self._settings().items():
-            saved = state["settings"].get(key)
-            if saved != value:
-                raise ValueError(f"state was saved with {key}={saved!r}, this search has {key}={value!r}")
+        self._check_settings(state, self._settings())
         self._load_progress(state, EvolutionCandidate.from_dict)
         # A different lookup table would silently change every later decision; a few spot
         # checks are cheap and catch it.

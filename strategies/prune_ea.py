@@ -462,11 +462,7 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state_dict into this (freshly built, identically configured) search."""
-        self._check_strategy(state)
-        for key, value in self._settings().items():
-            saved = state["settings"].get(key)
-            if saved != value:
-                raise ValueError(f"state was saved with {key}={saved!r}, this search has {key}={value!r}")
+        self._check_settings(state, self._settings())
         if bool(state.get("repair")) != (self.repair is not None):
             raise ValueError("state was saved " + ("with" if state.get("repair") else "without")
                              + " a repair function; build the search the same way")

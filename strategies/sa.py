@@ -318,11 +318,7 @@ class SASearch(AskTellSearch[SACandidate]):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state_dict into this freshly built, identically configured search."""
-        self._check_strategy(state)
-        for key, value in self._settings().items():
-            saved = state["settings"].get(key)
-            if saved != value:
-                raise ValueError(f"state was saved with {key}={saved!r}, this search has {key}={value!r}")
+        self._check_settings(state, self._settings())
         self._load_progress(state, SACandidate.from_dict)
         if self._candidates and self._candidates[0].constraint != self._init_constraint:
             raise ValueError(f"constraint_of differs from the saved search's: the init tokens were saved with "
