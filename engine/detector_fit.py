@@ -194,21 +194,32 @@ def fit_steps(model: nn.Module, loader: DataLoader, steps: int, optim: DetectorO
 def _resume(path: Path, config: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
             scheduler: Any, batches: LoaderCycle, device: torch.device) -> int:
     """Restore a matching checkpoint; returns the steps it had done (0: nothing to resume)."""
+    ckpt = resume_checkpoint(path, config, model, optimizer, scheduler, batches, device)
+    return int(ckpt["step"]) if ckpt else 0
+
+
+def resume_checkpoint(path: Path, config: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                      scheduler: Any, batches: LoaderCycle, device: torch.device,
+                      extra: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """Restore a step-loop checkpoint (model, optimizer, scheduler, data position, RNG) written
+    for exactly `config`; returns it (its "step" and any `extra` entries the caller restores
+    itself), or None when there is none, it is unreadable, or it belongs to another config."""
+    path = Path(path)
     if not path.exists():
-        return 0
+        return None
     try:
         ckpt = read_checkpoint(path)
     except InputError as exc:
         log.warning("ignoring checkpoint: %s", exc)
-        return 0
-    if ckpt.get("config") != config or not {"step", "data", "rng"} <= set(ckpt):
+        return None
+    if ckpt.get("config") != config or not {"step", "data", "rng", *extra} <= set(ckpt):
         log.info("ignoring checkpoint %s: written for another config; starting fresh", path)
-        return 0
+        return None
     restore_checkpoint(ckpt, model, optimizer, scheduler)
     batches.seek(ckpt["data"])
     set_rng_state(ckpt["rng"], device)  # after seek: a generator-less loader replays on the global RNG
-    log.info("resuming %s at step %d of %d", path, ckpt["step"], config["steps"])
-    return int(ckpt["step"])
+    log.info("resuming %s at step %d", path, ckpt["step"])
+    return ckpt
 
 
 def score(model: nn.Module, coco: CocoSet, max_images: int | None = None, *,

@@ -17,7 +17,6 @@ block), or left as the supernet's when 0; then top-1 on the given loader.
 """
 from __future__ import annotations
 
-import logging
 import math
 import random
 from collections.abc import Callable, Iterable
@@ -30,12 +29,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from engine.classification import evaluate
-from engine.detection import model_signature, read_checkpoint, restore_checkpoint, save_checkpoint
-from engine.detector_fit import LoaderCycle
-from engine.runtime import model_on, rng_state, set_rng_state
+from engine.detection import model_signature, save_checkpoint
+from engine.detector_fit import LoaderCycle, resume_checkpoint
+from engine.runtime import model_on, rng_state
 from spnas.errors import InputError
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,22 +95,12 @@ def train_supernet(supernet: nn.Module, loader: DataLoader, optim: SupernetOptim
 
 def _resume(path: Path, config: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
             scheduler: Any, batches: LoaderCycle, rng: random.Random, device: torch.device) -> int:
-    if not Path(path).exists():
+    """The shared step-loop resume, plus the path sampler's RNG."""
+    ckpt = resume_checkpoint(path, config, model, optimizer, scheduler, batches, device, extra=("path_rng",))
+    if ckpt is None:
         return 0
-    try:
-        ckpt = read_checkpoint(path)
-    except InputError as exc:
-        log.warning("ignoring checkpoint: %s", exc)
-        return 0
-    if ckpt.get("config") != config or not {"step", "data", "rng", "path_rng"} <= set(ckpt):
-        log.info("ignoring checkpoint %s: written for another config; starting fresh", path)
-        return 0
-    restore_checkpoint(ckpt, model, optimizer, scheduler)
-    batches.seek(ckpt["data"])
-    set_rng_state(ckpt["rng"], device)
     version, internal, gauss = ckpt["path_rng"]
     rng.setstate((version, tuple(internal), gauss))
-    log.info("resuming supernet training %s at step %d of %d", path, ckpt["step"], config["optim"]["steps"])
     return int(ckpt["step"])
 
 
