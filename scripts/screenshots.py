@@ -14,26 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from spnas import browser
 from spnas.stack import StackConfig
 
 # Loopback only: never route through a proxy from the environment.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-    "--window-size=1400,900",
-    # Lets the single-page apps fetch and render before the shot is taken.
-    "--virtual-time-budget=10000",
-]
 
 
 def _post(url: str, body: dict[str, Any]) -> Any:
@@ -62,34 +52,6 @@ def newest_experiment_id(cfg: StackConfig) -> str | None:
     return runs[0]["info"]["experiment_id"] if runs else exps[0]["experiment_id"]
 
 
-def find_chromium(explicit: str | None) -> str | None:
-    if explicit:
-        return explicit if Path(explicit).exists() or shutil.which(explicit) else None
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        if found := shutil.which(name):
-            return found
-    return None
-
-
-def screenshot(chromium: str, url: str, png: Path, timeout: float = 120.0) -> bool:
-    # A fresh profile per shot: no state carried between pages or runs.
-    with tempfile.TemporaryDirectory(prefix="spnas-chromium-") as profile:
-        argv = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                f"--screenshot={png}", url]
-        png.unlink(missing_ok=True)
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                                  start_new_session=True)
-        except subprocess.TimeoutExpired:
-            print(f"  timed out after {timeout:.0f} s: {url}", file=sys.stderr)
-            return False
-    if not png.exists():
-        print(f"  chromium wrote no screenshot for {url} (exit {done.returncode}):\n"
-              f"{done.stderr.strip()[-1500:]}", file=sys.stderr)
-        return False
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     cfg = StackConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -98,18 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chromium", help="path to a chromium/chrome executable")
     args = parser.parse_args(argv)
 
-    chromium = find_chromium(args.chromium)
-    if chromium is None:
-        print("Chromium was not found. Install it with:\n"
-              "    apt-get update && apt-get install -y chromium\n"
-              "or pass --chromium /path/to/chrome.", file=sys.stderr)
+    try:
+        chromium = browser.require_chromium(args.chromium)
+    except browser.ChromiumMissing as e:
+        print(e, file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
 
     shots: list[tuple[str, str]] = [("prefect_runs.png", f"{cfg.prefect_ui_url}/runs")]
     try:
         if run_id := newest_flow_run_id(cfg):
-            shots.append(("prefect_flow_run.png", f"{cfg.prefect_ui_url}/runs/flow-run/{run_id}"))
+            shots.append(("prefect_flow_run.png", browser.prefect_flow_run_url(cfg, run_id)))
         else:
             print("No Prefect flow runs yet: skipping the flow-run page.")
     except OSError as e:
@@ -123,14 +84,17 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     shots.append(("mlflow_runs.png",
-                  cfg.mlflow_runs_url(exp_id) if exp_id is not None else cfg.mlflow_url))
+                  browser.mlflow_runs_table_url(cfg, exp_id) if exp_id is not None
+                  else cfg.mlflow_url))
 
     failed = 0
     for name, url in shots:
         png = args.out / name
-        ok = screenshot(chromium, url, png)
-        failed += not ok
-        print(f"{'ok    ' if ok else 'FAILED'} {png}  <-  {url}")
+        error = browser.screenshot(url, png, chromium=chromium)
+        failed += error is not None
+        print(f"{'FAILED' if error else 'ok    '} {png}  <-  {url}")
+        if error:
+            print(f"  {error}", file=sys.stderr)
     return 1 if failed else 0
 
 
