@@ -18,9 +18,23 @@ from spnas.errors import InputError
 _CUDA = re.compile(r"cuda(?::(\d+))?")
 
 
+def _dask_worker_threads() -> int | None:
+    """nthreads of the Dask worker running this code, None outside one (or without distributed)."""
+    try:
+        from distributed import get_worker
+    except ImportError:
+        return None
+    try:
+        return int(get_worker().state.nthreads)
+    except (ValueError, AttributeError):  # not inside a worker
+        return None
+
+
 def configure_torch(num_threads: int | None, seed: int) -> int:
-    """Threads (default: all cores — two trainings in parallel only fight over them) and seeds."""
-    threads = num_threads or os.cpu_count() or 1
+    """Threads (default: all cores — two trainings in parallel only fight over them — or, inside a
+    Dask worker, the worker's own thread count, so several workers on one machine do not each
+    take every core) and seeds."""
+    threads = num_threads or _dask_worker_threads() or os.cpu_count() or 1
     torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed % (2**32))

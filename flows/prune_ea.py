@@ -27,8 +27,9 @@ def prune_ea(params_file: str = "params/prune_ea.yaml", overrides: dict[str, Any
     with pipeline("prune-ea", p, p.STAGES, refresh_from) as pipe:
         data = pipe.run("data", cifar_data_task, data=p.data, seed=p.seed)
         base = pipe.run("train_base", train_base_task, data=data, depth=p.depth, base=p.base, seed=p.seed)
-        searched = pipe.search("prune_search", prune_search, ThreadPoolTaskRunner(max_workers=1), data=data,
-                               base=base, depth=p.depth, search=p.search, batch_size=p.base.batch_size, seed=p.seed)
+        # Candidates go where candidate_workers / dask_address say (Pipeline.search).
+        searched = pipe.search("prune_search", prune_search, data=data, base=base, depth=p.depth, search=p.search,
+                               batch_size=p.base.batch_size, seed=p.seed)
         chosen = spread(searched["front"], p.retrain.count, len(data["labels"]))
         retrained = pipe.map("retrain", retrain_task, chosen, data=data, depth=p.depth, retrain_cfg=p.retrain,
                              seed=p.seed)

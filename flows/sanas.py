@@ -31,8 +31,9 @@ def sanas(params_file: str = "params/sanas.yaml", overrides: dict[str, Any] | No
         data = pipe.run("data", face_data_task, data=p.data, image_size=p.image_size, seed=p.seed)
         latency = pipe.run("latency_table", latency_table_task, latency=p.latency, constraint=p.constraint,
                            image_size=p.image_size, seed=p.seed)
-        searched = pipe.search("search", sanas_search, ThreadPoolTaskRunner(max_workers=1), data=data, latency=latency,
-                               search=p.search, train=p.train, image_size=p.image_size, seed=p.seed)
+        # Candidates go where candidate_workers / dask_address say (Pipeline.search).
+        searched = pipe.search("search", sanas_search, data=data, latency=latency, search=p.search, train=p.train,
+                               image_size=p.image_size, seed=p.seed)
         compared = [{"name": "found", "tokens": searched["best_tokens"]}, {"name": "initial", "tokens": list(INIT_TOKENS)}]
         trained = pipe.map("train", sanas_train_task, compared, data=data, latency=latency, train=p.train,
                            image_size=p.image_size, seed=p.seed)

@@ -13,7 +13,7 @@ from tasks.export_detector import export_detector_task
 from tasks.fine_tune import fine_tune_task
 from tasks.fully_train import compare_task, fully_train_task
 from tasks.parallel_search import parallel_search
-from tasks.pipeline import candidate_runner, close_tracking_on_crash, finish, pipeline
+from tasks.pipeline import close_tracking_on_crash, finish, pipeline
 from tasks.prepare_data import detection_data_task
 from tasks.reignite import reignite_task
 from tasks.serial_search import serial_search
@@ -33,14 +33,12 @@ def spnas(params_file: str = "params/spnas.yaml", overrides: dict[str, Any] | No
         data = pipe.run("split", split_detection_task, sources=sources, data=p.data, seed=p.seed)
         train = {"optimizer": p.optimizer, "seed": p.seed}
         start = pipe.run("fine_tune", fine_tune_task, data=data, model=p.model, fine_tune=p.fine_tune, **train)
-        runner, threads = candidate_runner(p.candidate_workers, p.dask_address)
-        cand_runtime = pipe.runtime.model_copy(update={"num_threads": pipe.runtime.num_threads or threads})
-        serial = pipe.search("serial", serial_search, runner, cand_runtime, data=data, start=start, model=p.model,
-                             serial=p.serial, **train)
+        # Search candidates go where candidate_workers / dask_address say (Pipeline.search).
+        serial = pipe.search("serial", serial_search, data=data, start=start, model=p.model, serial=p.serial, **train)
         reignited = pipe.run("reignite", reignite_task, data=data, chosen=serial["best"], model=p.model,
                              reignite=p.reignite, **train)
-        parallel = pipe.search("parallel", parallel_search, runner, cand_runtime, data=data, base=reignited,
-                               start=start, model=p.model, parallel=p.parallel, **train)
+        parallel = pipe.search("parallel", parallel_search, data=data, base=reignited, start=start, model=p.model,
+                               parallel=p.parallel, **train)
         final = {**parallel["best"], "role": "final"}
         baseline = {**start, "neck_code": None, "role": "baseline"}
         trained = pipe.map("fully_train", fully_train_task, [final] + ([baseline] if p.fully_train.baseline else []),

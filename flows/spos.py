@@ -31,8 +31,9 @@ def spos(params_file: str = "params/spos.yaml", overrides: dict[str, Any] | None
         data = pipe.run("data", cifar_data_task, data=p.data, seed=p.seed)
         supernet = pipe.run("supernet", train_supernet_task, data=data, model=p.model, supernet=p.supernet,
                             seed=p.seed)
-        searched = pipe.search("search", spos_search, ThreadPoolTaskRunner(max_workers=1), supernet=supernet,
-                               data=data, search=p.search, convention=convention, seed=p.seed)
+        # Candidates go where candidate_workers / dask_address say (Pipeline.search).
+        searched = pipe.search("search", spos_search, supernet=supernet, data=data, search=p.search,
+                               convention=convention, seed=p.seed)
         ranked = pipe.run("rank_check", rank_check_task, supernet=supernet, data=data, rank=p.rank_check,
                           recalib_batches=p.search.recalib_batches, eval_batch=p.search.batch_size,
                           convention=convention, seed=p.seed)

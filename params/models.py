@@ -99,6 +99,22 @@ class RunParams(Section):
     output_root: str | None = Field(None, description="outputs go to <output_root>/<flow-run-name>/; null = .spnas/outputs")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N (auto = CUDA when present)")
     num_threads: int | None = Field(None, ge=1, le=256, description="torch threads; null = all cores")
+    # Where a search stage's candidates run (spnas serial + parallel, prune-ea prune_search, spos search,
+    # sanas search; lcnet/full has no search stage, so it ignores both). Like device, not in any cache key.
+    candidate_workers: int = Field(1, ge=1, le=256, description="search candidates trained at once (threads; cores "
+                                                                 "are shared); lcnet/full has no search stage")
+    dask_address: str | None = Field(
+        None, description="tcp://host:port of a running Dask scheduler to evaluate search candidates on (its workers "
+                          "need this project and read data and weights by path: use shared storage; set num_threads "
+                          "to each worker's cores); checked to answer before any work; lcnet/full has no search "
+                          "stage")
+
+    @field_validator("dask_address")
+    @classmethod
+    def _dask(cls, v: str | None) -> str | None:
+        if v is not None and not DASK_ADDRESS.match(v):
+            raise ValueError("must be a scheduler address like tcp://10.0.0.5:8786 (tcp, tls, ucx, ws or wss), or null")
+        return v
 
     @field_validator("output_root")
     @classmethod
@@ -378,15 +394,6 @@ class SpnasParams(RunParams):
     parallel: ParallelSearchParams = ParallelSearchParams()
     fully_train: FullyTrainParams = FullyTrainParams()
     export: DetectorExportParams = DetectorExportParams()
-    candidate_workers: int = Field(1, ge=1, le=256, description="candidates trained at once (threads; cores are shared)")
-    dask_address: str | None = Field(None, description="tcp://host:port of a Dask scheduler to train candidates on")
-
-    @field_validator("dask_address")
-    @classmethod
-    def _dask(cls, v: str | None) -> str | None:
-        if v is not None and not DASK_ADDRESS.match(v):
-            raise ValueError("must be a scheduler address like tcp://10.0.0.5:8786 (tcp, tls, ucx, ws or wss), or null")
-        return v
 
     @model_validator(mode="after")
     def _stages_fit(self):

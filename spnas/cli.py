@@ -41,7 +41,7 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 def cmd_up(args: argparse.Namespace) -> int:
     from spnas import stack
 
-    info = stack.up(stack.StackConfig())
+    info = stack.up(stack.StackConfig(db=args.db))
     print(info.describe())
     return 0
 
@@ -49,7 +49,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     from spnas import stack
 
-    stack.down(stack.StackConfig())
+    stopped = stack.down(stack.StackConfig())
+    if stopped.get("postgres"):
+        print(f"PostgreSQL server stopped (pid {stopped['postgres']})")
     print("stack stopped")
     return 0
 
@@ -57,7 +59,11 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from spnas import stack
 
-    print(json.dumps(stack.status(stack.StackConfig()), indent=2, default=str))
+    from spnas import postgres
+
+    cfg = stack.StackConfig()
+    report: dict[str, Any] = {"database": postgres.describe(cfg), **stack.status(cfg)}
+    print(json.dumps(report, indent=2, default=str))
     return 0
 
 
@@ -87,48 +93,83 @@ def cmd_check_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_root(p: Any) -> Path:
+    """Where the flow writes its run folders (the worker runs in the repo: relative paths are
+    the repo's), for the watcher to read summary.json from."""
+    from spnas.paths import REPO_ROOT, default_output_root
+
+    if not p.output_root:
+        return default_output_root()
+    root = Path(p.output_root).expanduser()
+    return root if root.is_absolute() else (REPO_ROOT / root).resolve()
+
+
+def _watch_mode(args: argparse.Namespace) -> str:
+    if args.no_watch and args.raw_watch:
+        raise InputError("--raw-watch", "give --no-watch or --raw-watch, not both")
+    return "none" if args.no_watch else "raw" if args.raw_watch else "view"
+
+
+def _start(cfg: Any, deployment: str, parameters: dict[str, Any], stages: tuple[str, ...], output_root: Path,
+           mode: str) -> int:
+    """Run `deployment`: watched in spnas's stage view, with Prefect's own event stream, or not."""
+    from spnas import stack
+
+    if mode == "view":
+        from spnas import watch
+
+        return watch.run_and_watch(cfg, deployment, parameters, stages, output_root)
+    return stack.run_deployment(cfg, deployment, parameters, watch=mode == "raw")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate the parameters here first, so a typo fails in a second, not on the worker."""
     from params.loader import load_params
     from spnas import stack
+    from spnas.watch import stack_environ
 
-    from tasks.pipeline import REFRESH_ALL, check_refresh
+    from tasks.pipeline import REFRESH_ALL, check_dask_address, check_refresh
 
+    mode = _watch_mode(args)
     model, default_file = _params_model(args.deployment)
     params_file = args.params_file or default_file
     overrides = _overrides(args.set)
-    load_params(model, params_file, overrides)
+    p = load_params(model, params_file, overrides)
+    check_dask_address(p.dask_address)  # a scheduler that does not answer fails here, not on the worker
     refresh_from = REFRESH_ALL if args.refresh else args.refresh_from
     if args.refresh and args.refresh_from:
         raise InputError("--refresh-from", "give --refresh (every stage) or --refresh-from STAGE, not both")
     check_refresh(refresh_from, model.STAGES)
     cfg = stack.StackConfig()
     parameters = {"params_file": params_file, "overrides": overrides, "refresh_from": refresh_from}
-    return stack.run_deployment(cfg, args.deployment, parameters, watch=not args.no_watch)
+    # The watcher's Prefect client is pinned to this stack's API whatever prefect was imported with;
+    # the environment is the stack's while it runs (and restored: tests call main() in-process).
+    with stack_environ(cfg):
+        return _start(cfg, args.deployment, parameters, model.STAGES, _output_root(p), mode)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Up (or reuse) the stack, deploy everything, run the main job and say where to look."""
+    from params.loader import load_params
     from spnas import stack
+    from spnas.watch import stack_environ
 
-    cfg = stack.StackConfig()
+    mode = _watch_mode(args)
+    model, default_file = _params_model(args.deployment)
+    params_file = args.params_file or default_file
+    overrides = _overrides(args.set)
+    p = load_params(model, params_file, overrides)  # a typo fails before the stack starts
+    cfg = stack.StackConfig(db=args.db)
     info = stack.up(cfg)
     print(info.describe(), flush=True)
     code = stack.deploy_all(cfg)
     if code != 0:
         return code
-    params_file = args.params_file or _params_model(args.deployment)[1]
-    code = stack.run_deployment(cfg, args.deployment, {"params_file": params_file, "overrides": _overrides(args.set)},
-                                watch=True)
+    with stack_environ(cfg):
+        code = _start(cfg, args.deployment, {"params_file": params_file, "overrides": overrides}, model.STAGES,
+                      _output_root(p), mode)
     print()
     print(info.describe())
-    outputs = Path(stack.stack_env(cfg)["SPNAS_HOME"]) / "outputs"
-    summaries = sorted(outputs.glob("*/summary.json"), key=lambda f: f.stat().st_mtime)
-    if summaries:
-        print(f"outputs of this run: {summaries[-1].parent}")
-        print(json.dumps(json.loads(summaries[-1].read_text()), indent=2))
-    else:
-        print(f"outputs: {outputs}/<flow-run-name>/")
     return code
 
 
@@ -167,11 +208,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Side by side: differing params, final figures, Pareto fronts (table + PNG, also in MLflow).
+    Reads the stack's MLflow server unless MLFLOW_TRACKING_URI points elsewhere."""
+    import os
+
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        from spnas import stack
+
+        cfg = stack.StackConfig()
+        if not stack.status(cfg)[stack.MLFLOW]["healthy"]:
+            raise stack.StackError(f"the stack's MLflow server ({cfg.mlflow_url}) is not running: start it with "
+                                   "`spnas up`, or set MLFLOW_TRACKING_URI to the tracking store to read")
+        os.environ["MLFLOW_TRACKING_URI"] = stack.stack_env(cfg)["MLFLOW_TRACKING_URI"]
+    from spnas.compare import compare
+
+    print(compare(args.runs, args.out, log=not args.no_log).report())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spnas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("up", help="start (or reuse) Prefect server, worker and MLflow server").set_defaults(fn=cmd_up)
+    db_help = ("database of both servers: sqlite (files in the state folder) or postgres (a local "
+               "PostgreSQL server, or SPNAS_DATABASE_URL's); default: what this state folder last used, "
+               "else sqlite")
+    p = sub.add_parser("up", help="start (or reuse) Prefect server, worker and MLflow server")
+    p.add_argument("--db", choices=("sqlite", "postgres"), default=None, help=db_help)
+    p.set_defaults(fn=cmd_up)
     sub.add_parser("down", help="stop exactly the processes `up` started").set_defaults(fn=cmd_down)
     sub.add_parser("status", help="pids and health of the stack").set_defaults(fn=cmd_status)
     sub.add_parser("env", help="print export lines for the prefect/mlflow CLIs").set_defaults(fn=cmd_env)
@@ -182,10 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one parameter (repeatable), e.g. --set epochs=20")
 
-    p = sub.add_parser("run", help="run a deployment and watch it")
+    def add_watch_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-watch", action="store_true", help="start the flow run and return")
+        p.add_argument("--raw-watch", action="store_true",
+                       help="watch with Prefect's own event stream instead of the per-stage view")
+
+    p = sub.add_parser("run", help="run a deployment and watch it (one line per stage, then the summary)")
     p.add_argument("deployment", help=f"one of {', '.join(PIPELINES)}")
     add_params_args(p)
-    p.add_argument("--no-watch", action="store_true")
+    add_watch_args(p)
     p.add_argument("--refresh", action="store_true", help="recompute every stage (ignore cached results)")
     p.add_argument("--refresh-from", metavar="STAGE",
                    help="recompute this stage and every stage after it (e.g. serial, fully_train)")
@@ -193,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="up + deploy + run the main job end to end")
     p.add_argument("--deployment", default=MAIN_DEPLOYMENT)
+    p.add_argument("--db", choices=("sqlite", "postgres"), default=None, help=db_help)
     add_params_args(p)
+    add_watch_args(p)
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("check-params", help="validate a deployment's parameters without running it")
@@ -218,10 +290,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5, help="untimed passes first, >= 0")
     p.add_argument("--repeats", type=int, default=1, help="timed passes, >= 1")
     p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("compare", help="compare runs of one deployment: differing params, final figures, "
+                                       "overlaid Pareto fronts (also logged to MLflow)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="flow-run name (e.g. polar-ermine) or MLflow run id")
+    p.add_argument("--out", help="folder for compare.csv and pareto_fronts.png (default: ./compare-<timestamp>/)")
+    p.add_argument("--no-log", action="store_true", help="write the files only; no comparison run in MLflow")
+    p.set_defaults(fn=cmd_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Commands import prefect (parameter checks use the task modules): keep its home, profiles and
+    # local database in the state folder rather than creating ~/.prefect.
+    import os
+
+    from spnas.paths import state_dir
+
+    os.environ.setdefault("PREFECT_HOME", str(state_dir() / "prefect"))
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from spnas import auth
 from spnas.errors import InputError
 from spnas.paths import REPO_ROOT, state_dir
 from spnas.procs import pid_alive as _alive
@@ -61,18 +62,35 @@ def _env_port(var: str, default: int) -> int:
     return port
 
 
+def _env_count(var: str, default: int) -> int:
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise InputError(var, f"must be a whole number >= 1, got {raw!r}")
+    return int(raw)
+
+
 def _env_flag(var: str) -> bool:
     return os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 @dataclass(frozen=True)
 class StackConfig:
-    host: str = "127.0.0.1"
+    # Bind address (SPNAS_HOST); anything but loopback needs credentials (spnas/auth.py).
+    host: str = field(default_factory=auth.bind_host_from_env)
+    # What URLs shown to others say (SPNAS_PUBLIC_HOST; "" = derived, see `public`).
+    public_host: str = field(default_factory=auth.public_host_from_env)
+    credentials: auth.Credentials | None = field(default_factory=auth.credentials_from_env,
+                                                 repr=False)
     prefect_port: int = field(default_factory=lambda: _env_port("SPNAS_PREFECT_PORT", 4200))
     mlflow_port: int = field(default_factory=lambda: _env_port("SPNAS_MLFLOW_PORT", 5000))
     pool: str = "local"
     # One flow run at a time: on 2 cores two trainings only fight over the same CPUs.
-    worker_limit: int = 1
+    worker_limit: int = field(default_factory=lambda: _env_count("SPNAS_WORKER_LIMIT", 1))
+    # "sqlite" or "postgres" (spnas/postgres.py); None: what this state folder last ran with.
+    db: str | None = None
+    postgres_port: int = field(default_factory=lambda: _env_port("SPNAS_POSTGRES_PORT", 5433))
     # One uvicorn worker (threads inside) is plenty for one user; each extra costs ~250 MB.
     mlflow_workers: int = 1
     # MLflow's job runner (GenAI scorers) spawns ~8 huey processes (~700 MB) and leaves a
@@ -84,15 +102,27 @@ class StackConfig:
     state: Path = field(default_factory=state_dir)
 
     def __post_init__(self) -> None:
+        auth.check_exposure(self.host, self.credentials)
         if self.prefect_port == self.mlflow_port:
             raise InputError(
                 "SPNAS_MLFLOW_PORT",
                 f"must differ from SPNAS_PREFECT_PORT (both are {self.prefect_port})",
             )
+        from spnas import postgres
+
+        postgres.check_config(self)
+
+    @property
+    def public(self) -> str:
+        return auth.public_host(self.host, self.public_host)
+
+    def _url(self, port: int, public: bool = False) -> str:
+        host = self.public if public else auth.connect_host(self.host)
+        return f"http://{auth.url_host(host)}:{port}"
 
     @property
     def prefect_ui_url(self) -> str:
-        return f"http://{self.host}:{self.prefect_port}"
+        return self._url(self.prefect_port)
 
     @property
     def prefect_api_url(self) -> str:
@@ -100,11 +130,11 @@ class StackConfig:
 
     @property
     def mlflow_url(self) -> str:
-        return f"http://{self.host}:{self.mlflow_port}"
+        return self._url(self.mlflow_port)
 
     def mlflow_runs_url(self, experiment_id: str | int) -> str:
         # MLflow 3.17 opens an experiment on a GenAI overview; the runs table is this route.
-        return f"{self.mlflow_url}/#/experiments/{experiment_id}/runs"
+        return f"{self._url(self.mlflow_port, public=True)}/#/experiments/{experiment_id}/runs"
 
     @property
     def prefect_home(self) -> Path:
@@ -125,17 +155,18 @@ class StackConfig:
         return self.pids_dir / f"{service}.pid"
 
     def service_url(self, service: str) -> str:
-        if service == PREFECT:
-            return self.prefect_ui_url
+        """The address shown to people (SPNAS_PUBLIC_HOST when set)."""
         if service == MLFLOW:
-            return self.mlflow_url
-        return f"{self.prefect_ui_url}/work-pools/work-pool/{self.pool}"
+            return self._url(self.mlflow_port, public=True)
+        ui = self._url(self.prefect_port, public=True)
+        return ui if service == PREFECT else f"{ui}/work-pools/work-pool/{self.pool}"
 
 
 def stack_env(cfg: StackConfig) -> dict[str, str]:
     """The variables every process of ours runs with (servers, worker, CLI calls, flows)."""
     home = cfg.prefect_home
-    loopback = f"{cfg.host},localhost"
+    public_api = f"{cfg.service_url(PREFECT)}/api"
+    loopback = ",".join(dict.fromkeys((auth.connect_host(cfg.host), cfg.public, "localhost")))
     no_proxy = ",".join(p for p in (os.environ.get("NO_PROXY", ""), loopback) if p)
     return {
         "SPNAS_HOME": str(cfg.state),
@@ -149,8 +180,9 @@ def stack_env(cfg: StackConfig) -> dict[str, str]:
         "PREFECT_API_URL": cfg.prefect_api_url,
         # The UI is told its API address by the server; without this a non-4200 port serves
         # a UI that calls 4200 ("Can't connect to Server API") while health checks pass.
-        "PREFECT_UI_API_URL": cfg.prefect_api_url,
-        "PREFECT_UI_URL": cfg.prefect_ui_url,
+        # ... and it must be an address the browser (maybe on another machine) can reach.
+        "PREFECT_UI_API_URL": public_api,
+        "PREFECT_UI_URL": cfg.service_url(PREFECT),
         "PREFECT_SERVER_API_HOST": cfg.host,
         "PREFECT_SERVER_API_PORT": str(cfg.prefect_port),
         # Offline machines: telemetry only produces errors in the logs.
@@ -163,6 +195,8 @@ def stack_env(cfg: StackConfig) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": cfg.mlflow_url,
         "NO_PROXY": no_proxy,
         "no_proxy": no_proxy,
+        # With credentials: PREFECT_API_AUTH_STRING, MLFLOW_TRACKING_USERNAME/PASSWORD.
+        **auth.client_env(cfg.credentials),
     }
 
 
@@ -190,16 +224,18 @@ def _bin(name: str) -> str:
 
 
 def _argv(cfg: StackConfig, service: str) -> list[str]:
+    from spnas import postgres, prefect_server
+
     if service == PREFECT:
-        return [_bin("prefect"), "server", "start", "--host", cfg.host,
+        return [*prefect_server.prefect_command(cfg), "server", "start", "--host", cfg.host,
                 "--port", str(cfg.prefect_port), "--analytics-off"]
     if service == MLFLOW:
         return [_bin("mlflow"), "server", "--host", cfg.host, "--port", str(cfg.mlflow_port),
                 "--workers", str(cfg.mlflow_workers),
-                # SQLite: MLflow 3.13+ refuses a plain file store for the server.
-                "--backend-store-uri", f"sqlite:///{cfg.state / 'mlflow.db'}",
+                *postgres.mlflow_store_args(cfg),
                 # Proxied artifacts: clients upload over HTTP, files land in the state folder.
-                "--serve-artifacts", "--artifacts-destination", str(cfg.state / "mlartifacts")]
+                "--serve-artifacts", "--artifacts-destination", str(cfg.state / "mlartifacts"),
+                *(["--app-name", "basic-auth"] if cfg.credentials else [])]
     return [_bin("prefect"), "worker", "start", "--pool", cfg.pool, "--type", "process",
             "--name", WORKER_NAME, "--limit", str(cfg.worker_limit)]
 
@@ -276,6 +312,10 @@ def _start(cfg: StackConfig, service: str) -> subprocess.Popen[bytes]:
     env = process_env(cfg)
     if service == MLFLOW and not cfg.mlflow_jobs:
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    auth.apply_server_env(cfg, service, env)
+    from spnas import postgres
+
+    env.update(postgres.service_env(cfg, service))  # database URLs; SQLite WAL
     with open(cfg.log_file(service), "ab") as log:
         stamp = datetime.now().isoformat(timespec="seconds")
         log.write(f"\n=== {stamp} spnas starting: {' '.join(argv)}\n".encode())
@@ -334,10 +374,12 @@ def _stop_group(cfg: StackConfig, service: str, pgid: int) -> bool:
 
 
 def _http(method: str, url: str, body: Mapping[str, Any] | None = None,
-          timeout: float = 2.0) -> tuple[int, bytes]:
+          timeout: float = 2.0, creds: auth.Credentials | None = None) -> tuple[int, bytes]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if creds is not None:
+        headers["Authorization"] = creds.basic_header
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with _HTTP.open(req, timeout=timeout) as resp:
             return resp.status, resp.read()
@@ -348,18 +390,19 @@ def _http(method: str, url: str, body: Mapping[str, Any] | None = None,
 
 
 def _prefect_healthy(cfg: StackConfig) -> bool:
-    code, body = _http("GET", f"{cfg.prefect_api_url}/health")
+    code, body = _http("GET", f"{cfg.prefect_api_url}/health", creds=cfg.credentials)
     return code == 200 and body.strip() == b"true"
 
 
 def _mlflow_healthy(cfg: StackConfig) -> bool:
-    code, body = _http("GET", f"{cfg.mlflow_url}/health")
+    code, body = _http("GET", f"{cfg.mlflow_url}/health", creds=cfg.credentials)
     return code == 200 and body.strip() == b"OK"
 
 
 def _worker_heartbeat(cfg: StackConfig) -> datetime | None:
     """Last heartbeat of our worker if the server lists it ONLINE in the pool."""
-    code, body = _http("POST", f"{cfg.prefect_api_url}/work_pools/{cfg.pool}/workers/filter", {})
+    code, body = _http("POST", f"{cfg.prefect_api_url}/work_pools/{cfg.pool}/workers/filter", {},
+                       creds=cfg.credentials)
     if code != 200:
         return None
     for worker in json.loads(body):
@@ -383,7 +426,8 @@ _HEALTH: dict[str, Callable[[StackConfig], bool]] = {
 
 
 def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         # SO_REUSEADDR: TIME_WAIT leftovers of a stopped server do not count as taken.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -458,11 +502,16 @@ class StackInfo:
     services: dict[str, ServiceInfo]
 
     def describe(self) -> str:
+        from spnas import postgres
+
         cfg = self.config
+        prefect_ui = cfg.service_url(PREFECT)
         rows = [
-            ("Prefect UI", f"{cfg.prefect_ui_url}  (API {cfg.prefect_api_url})"),
-            ("MLflow UI", cfg.mlflow_url),
+            ("Prefect UI", f"{prefect_ui}  (API {prefect_ui}/api)"),
+            ("MLflow UI", cfg.service_url(MLFLOW)),
+            ("Serving", f"bound to {cfg.host}; auth {auth.describe(cfg.credentials)}"),
             ("Work pool", f"{cfg.pool} (process worker, {cfg.worker_limit} flow run at a time)"),
+            ("Database", postgres.describe(cfg)),
         ]
         for svc in self.services.values():
             how = "reused" if svc.reused else f"started in {svc.seconds:.1f} s"
@@ -497,11 +546,16 @@ def _reusable(cfg: StackConfig, service: str) -> int | None:
     if have is not None and have[-len(want):] != want:
         raise StackError(f"The {service} service of {cfg.state} is already running with other "
                          f"settings (pid {pid}: {' '.join(have[1:])}); run down first.")
+    if not auth.same_credentials(_read_proc(pid, "environ"), cfg.credentials):
+        raise StackError(f"The {service} service of {cfg.state} is already running with other "
+                         f"credentials than {auth.AUTH_VAR}/{auth.AUTH_FILE_VAR} give now "
+                         f"(pid {pid}); run down first.")
     return pid
 
 
 def _ensure_pool(cfg: StackConfig) -> None:
-    code, body = _http("GET", f"{cfg.prefect_api_url}/work_pools/{cfg.pool}", timeout=10)
+    code, body = _http("GET", f"{cfg.prefect_api_url}/work_pools/{cfg.pool}", timeout=10,
+                       creds=cfg.credentials)
     if code == 200:
         kind = json.loads(body).get("type")
         if kind != "process":
@@ -520,6 +574,9 @@ def up(cfg: StackConfig | None = None) -> StackInfo:
     """Start (or reuse) the Prefect server, the MLflow server and the worker."""
     cfg = cfg or StackConfig()
     with _locked(cfg):
+        from spnas import postgres
+
+        postgres.check_switch(cfg)  # before _reusable's vaguer "running with other settings"
         running = {svc: _reusable(cfg, svc) for svc in SERVICES}
         # Ours but not (yet) healthy, e.g. a server mid-boot from another `up`: wait for it,
         # and replace it if it never answers.
@@ -532,6 +589,8 @@ def up(cfg: StackConfig | None = None) -> StackInfo:
         for svc, port in ((PREFECT, cfg.prefect_port), (MLFLOW, cfg.mlflow_port)):
             if running[svc] is None and _port_in_use(cfg.host, port):
                 raise _port_error(cfg, svc)
+        # The database is ready before the servers (they migrate it when they boot).
+        pg_info = postgres.up(cfg)
 
         infos: dict[str, ServiceInfo] = {}
         started: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
@@ -565,7 +624,11 @@ def up(cfg: StackConfig | None = None) -> StackInfo:
             since = None
         finish(WORKER, lambda: _worker_healthy(cfg, since))
         finish(MLFLOW, lambda: _mlflow_healthy(cfg))
-        return StackInfo(cfg, {svc: infos[svc] for svc in SERVICES})
+        if (why := auth.sync_mlflow_admin(cfg)) is not None:  # SPNAS_AUTH changed since
+            raise StackError(why)
+        if pg_info is not None:
+            infos[pg_info.name] = pg_info
+        return StackInfo(cfg, {svc: infos[svc] for svc in (*SERVICES, "postgres") if svc in infos})
 
 
 def down(cfg: StackConfig | None = None) -> dict[str, int | None]:
@@ -580,6 +643,12 @@ def down(cfg: StackConfig | None = None) -> dict[str, int | None]:
                 stopped[svc] = None
                 continue
             stopped[svc] = pid if _stop_group(cfg, svc, pid) else None
+        # PostgreSQL last: the servers above write to it until they stop.
+        from spnas import postgres
+
+        pg_pid = postgres.stop_local(cfg)
+        if pg_pid is not None or postgres.uses_local(cfg):
+            stopped[postgres.SERVICE] = pg_pid
     return stopped
 
 
@@ -592,6 +661,10 @@ def status(cfg: StackConfig | None = None) -> dict[str, dict[str, Any]]:
         alive = pid is not None and _alive(pid) and _is_ours(pid, cfg)
         report[svc] = {"pid": pid, "alive": alive, "healthy": alive and _HEALTH[svc](cfg),
                        "url": cfg.service_url(svc), "log": str(cfg.log_file(svc))}
+    from spnas import postgres
+
+    if (pg := postgres.status(cfg)) is not None:
+        report[postgres.SERVICE] = pg
     return report
 
 

@@ -51,6 +51,8 @@ class Pipeline:
     runtime: Runtime
     stages: tuple[str, ...]
     refresh_from: str | None = None
+    candidate_workers: int = 1
+    dask_address: str | None = None
     started: float = field(default_factory=time.perf_counter)
 
     def refreshing(self, stage: str) -> bool:
@@ -106,10 +108,20 @@ class Pipeline:
             self._publish(stage, work)
         return results
 
-    def search(self, stage: str, subflow: Any, task_runner: Any, runtime: Runtime | None = None,
+    def candidate_runner(self) -> tuple[Any, Runtime]:
+        """The task runner a search stage maps its candidates over (`candidate_workers` /
+        `dask_address`, shared by every pipeline) and the runtime each candidate gets."""
+        runner, threads = candidate_runner(self.candidate_workers, self.dask_address)
+        return runner, self.runtime.model_copy(update={"num_threads": self.runtime.num_threads or threads})
+
+    def search(self, stage: str, subflow: Any, task_runner: Any = None, runtime: Runtime | None = None,
                **inputs: Any) -> Any:
         """A search stage is a subflow (it maps candidate tasks and must not be a task itself);
-        its work folder holds the saved search state it resumes from."""
+        its work folder holds the saved search state it resumes from. Without `task_runner` its
+        candidates go where the run's `candidate_workers` / `dask_address` say."""
+        if task_runner is None:
+            task_runner, default_runtime = self.candidate_runner()
+            runtime = runtime or default_runtime
         work = self.work_dir(stage, subflow.fn, inputs)
         refresh = self._prepare(stage, work)
         result = subflow.with_options(task_runner=task_runner)(
@@ -127,6 +139,7 @@ def _run_name() -> str:
 def pipeline(name: str, params: RunParams, stages: Sequence[str], refresh_from: str | None = None) -> Iterator[Pipeline]:
     """One output folder and one MLflow parent run per flow run; FAILED in MLflow if a stage raises."""
     check_refresh(refresh_from, stages)  # before anything is written
+    check_dask_address(params.dask_address)  # a scheduler that does not answer fails here, not mid-search
     logger = get_run_logger()
     run_name = _run_name()
     root = Path(params.output_root or default_output_root()).expanduser().resolve()
@@ -141,7 +154,8 @@ def pipeline(name: str, params: RunParams, stages: Sequence[str], refresh_from: 
     if flow_run.get_flow_run_ui_url():
         tags["prefect.flow_run_url"] = flow_run.get_flow_run_ui_url()
     parent = tracker.start_run(experiment_id, run_name, params=params.model_dump(mode="json"), tags=tags)
-    pipe = Pipeline(name, run_name, run_dir, parent, experiment_id, runtime_of(params), tuple(stages), refresh_from)
+    pipe = Pipeline(name, run_name, run_dir, parent, experiment_id, runtime_of(params), tuple(stages), refresh_from,
+                    params.candidate_workers, params.dask_address)
     logger.info("outputs: %s", run_dir)
     url = tracker.run_url(parent)
     if url:
@@ -218,7 +232,8 @@ def candidate_runner(workers: int, dask_address: str | None) -> tuple[Any, int |
 
     Default: one candidate at a time with every core (two trainings on 2 cores only fight).
     `candidate_workers` > 1 splits the cores between threads; `dask_address` sends candidates to
-    an existing Dask cluster (its workers need this project installed)."""
+    an existing Dask cluster (its workers need this project installed, and reach data and weights
+    by the same paths: shared storage)."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
     if dask_address:
@@ -229,6 +244,51 @@ def candidate_runner(workers: int, dask_address: str | None) -> tuple[Any, int |
     return ThreadPoolTaskRunner(max_workers=workers), threads
 
 
-__all__ = ["Pipeline", "candidate_runner", "check_refresh", "close_tracking_on_crash", "finish", "map_candidates",
-           "pipeline", "work_root"]
+DASK_CONNECT_TIMEOUT = 5.0  # seconds: a scheduler that answers does so in milliseconds
+
+
+async def _scheduler_identity(address: str, timeout: float) -> dict[str, Any]:
+    """What the server at `address` says it is (Dask's comm handshake, then its `identity` op)."""
+    import asyncio
+
+    from distributed.comm import connect
+
+    comm = await connect(address, timeout=timeout)
+    try:
+        await asyncio.wait_for(comm.write({"op": "identity", "reply": True}), timeout)
+        return await asyncio.wait_for(comm.read(), timeout)
+    finally:
+        comm.abort()
+
+
+def check_dask_address(address: str | None, timeout: float = DASK_CONNECT_TIMEOUT) -> None:
+    """InputError("dask_address", ...) unless a Dask scheduler answers at `address` within
+    `timeout` seconds. Called before any stage runs (and by `spnas run` before submitting), so an
+    unreachable cluster is one clear line instead of a search whose candidates all fail."""
+    if not address:
+        return
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    def probe() -> dict[str, Any]:  # its own thread and event loop: callers may already run one
+        return asyncio.run(asyncio.wait_for(_scheduler_identity(address, timeout), timeout + 1))
+
+    reason = None
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            identity = pool.submit(probe).result()
+        kind = identity.get("type") if isinstance(identity, dict) else None
+        if kind != "Scheduler":
+            reason = f"the server there is a Dask {kind}, not a scheduler" if kind else "the server there is not Dask"
+    except (OSError, TimeoutError) as exc:  # refused, unknown host, nothing answering in time
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else f"no answer within {timeout:g} s"
+    except Exception as exc:  # something answered, but not in Dask's protocol
+        reason = f"the server there does not speak Dask's protocol ({type(exc).__name__})"
+    if reason:
+        raise InputError("dask_address", f"no Dask scheduler answers at {address}: {reason}; start one "
+                                         f"(dask scheduler) or set dask_address: null")
+
+
+__all__ = ["DASK_CONNECT_TIMEOUT", "Pipeline", "candidate_runner", "check_dask_address", "check_refresh",
+           "close_tracking_on_crash", "finish", "map_candidates", "pipeline", "work_root"]
 

@@ -12,16 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.runtime import task_run
 
 from nas_models.blazeface import INIT_TOKENS, RANGE_TABLE, describe
 from params.models import FaceTrainParams, Runtime, SanasSearchParams
 from strategies.sa import SASearch
-from tasks.caching import STAGE_CACHE
 from tasks.common import save_handoff
 from tasks.sanas_shared import constraint_value, cost, train_tokens
-from tasks.search import SearchSpec, finalize, run_search
+from tasks.search import SearchSpec, candidate_task, finalize, run_search
 from tasks.tables import write_table
 from tracking import tracker
 
@@ -49,7 +48,7 @@ def _run_name() -> str:
     return f"sa-{cand.get('id', '?')}-{''.join(map(str, cand.get('tokens', [])))}"
 
 
-@task(name="sanas_candidate", task_run_name=_run_name, persist_result=True, cache_policy=STAGE_CACHE)
+@candidate_task(name="sanas_candidate", task_run_name=_run_name)
 def sanas_candidate_task(candidate: dict[str, Any], data: dict[str, Any], latency: dict[str, Any],
                          search: SanasSearchParams, train: FaceTrainParams, image_size: int, seed: int, work_dir: str,
                          parent_run_id: str, runtime: Runtime) -> dict[str, Any]:

@@ -12,14 +12,16 @@ in a killed batch but was never told comes back from Prefect's result cache.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from prefect import get_run_logger
+from prefect import get_run_logger, task
 
 from spnas.errors import InputError
+from tasks.caching import STAGE_CACHE
 from tasks.common import read_json, write_json
 from tasks.pipeline import map_candidates
 from tasks.tables import write_table
@@ -28,6 +30,32 @@ from tracking import tracker
 STATE_FILE = "search_state.json"
 TABLE_FILE = "output.csv"
 KEEP_ALL_UP_TO = 100  # keep_weights "auto": every candidate's weights up to this many, the front above
+
+
+def dask_worker_address() -> str | None:
+    """The address of the Dask worker running the caller, or None outside a Dask worker."""
+    try:
+        from distributed import get_worker
+    except ImportError:
+        return None
+    try:
+        return get_worker().address
+    except ValueError:  # not inside a Dask worker (thread-pool runner, or called directly)
+        return None
+
+
+def candidate_task(name: str, task_run_name: Callable[[], str]) -> Callable[[Callable[..., dict[str, Any]]], Any]:
+    """The decorator of every search stage's candidate task: a persisted, stage-cached Prefect
+    task whose result records `worker`, the Dask worker that evaluated it (None when not on Dask),
+    so users and tests can see how a cluster spread the candidates."""
+    def decorate(fn: Callable[..., dict[str, Any]]) -> Any:
+        @functools.wraps(fn)  # the cache key and Prefect's parameters follow the wrapped function
+        def recorded(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            return {**fn(*args, **kwargs), "worker": dask_worker_address()}
+
+        return task(name=name, task_run_name=task_run_name, persist_result=True, cache_policy=STAGE_CACHE)(recorded)
+
+    return decorate
 
 
 class Strategy(Protocol):
@@ -80,8 +108,11 @@ class SearchOutcome:
 def _rows(spec: SearchSpec, results: dict[int, dict[str, Any]], front: list[int],
           chosen: int | None = None) -> list[dict[str, Any]]:
     rows = []
+    on_dask = any(r.get("worker") for r in results.values())  # the column only when a cluster was used
     for cid in sorted(results):
         row = {"id": cid, **spec.row_of(results[cid]), "pareto": cid in front}
+        if on_dask:
+            row["worker"] = results[cid].get("worker")
         if chosen is not None:
             row["chosen"] = cid == chosen
         rows.append(row)
@@ -125,13 +156,15 @@ def run_search(strategy: Strategy, spec: SearchSpec, work_dir: str | Path, stage
         if spec.extra_outputs:
             spec.extra_outputs(strategy, rows, work)
         done = len(results)
-        progress.update(done / max(1, strategy.budget), f"{done}/{strategy.budget} candidates")
+        progress.update(done / max(1, strategy.budget), done=done, total=strategy.budget,
+                        best=tracker.Progress.best_of(rows, spec.plot[1]))
         tracker.publish_table(f"{spec.stage}-search-candidates", rows, f"{spec.title} (pareto = on the front)")
         x, y = spec.plot
         tracker.log_pareto_plot(stage_run_id, [r for r in rows if r.get("status") != "failed"], x, y, "pareto",
                                 f"{spec.stage}/pareto.png", f"{spec.title}: {y} vs {x}")
         logger.info("%s search: %d/%d candidates evaluated, front %s", spec.stage, done, strategy.budget, front)
-    progress.update(1.0, f"{len(results)} candidates")
+    progress.update(1.0, done=len(results), total=len(results),
+                    best=tracker.Progress.best_of(_rows(spec, results, []), spec.plot[1]))
     return SearchOutcome(results, strategy.pareto_ids(), resumed_from, [str(state_path)])
 
 

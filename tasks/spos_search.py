@@ -10,15 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.runtime import task_run
 
 from engine.runtime import configure_torch, resolve_device
 from params.models import EvolutionParams, Runtime
 from strategies.evolution import EvolutionSearch
-from tasks.caching import STAGE_CACHE
 from tasks.common import write_json
-from tasks.search import SearchSpec, finalize, run_search
+from tasks.search import SearchSpec, candidate_task, finalize, run_search
 from tasks.spos_shared import macs_table, supernet_score
 from tasks.tables import write_table
 from tracking import tracker
@@ -53,7 +52,7 @@ def _run_name() -> str:
     return f"path-{cand.get('id', '?')}-g{cand.get('generation', '?')}"
 
 
-@task(name="spos_candidate", task_run_name=_run_name, persist_result=True, cache_policy=STAGE_CACHE)
+@candidate_task(name="spos_candidate", task_run_name=_run_name)
 def spos_candidate_task(candidate: dict[str, Any], supernet: dict[str, Any], data: dict[str, Any],
                         search: EvolutionParams, convention: str, seed: int, work_dir: str, parent_run_id: str,
                         runtime: Runtime) -> dict[str, Any]:

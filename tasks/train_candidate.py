@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.runtime import task_run
 
 from data.coco import load_coco
@@ -18,9 +18,9 @@ from engine.runtime import configure_torch, resolve_device
 from nas_models.inherit import inherit_weights
 from nas_models.registry import build_from_desc
 from params.models import DetectorTrainParams, Runtime
-from tasks.caching import STAGE_CACHE
 from tasks.common import save_handoff
 from tasks.detectors import measure, optim_from
+from tasks.search import candidate_task
 from tracking import tracker
 
 
@@ -66,7 +66,7 @@ def _run_name() -> str:
     return f"{step}-{cand.get('id', '?')}-{code}".replace(" ", "")
 
 
-@task(name="candidate", task_run_name=_run_name, persist_result=True, cache_policy=STAGE_CACHE)
+@candidate_task(name="candidate", task_run_name=_run_name)
 def train_candidate_task(candidate: dict[str, Any], data: dict[str, Any], optimizer: DetectorTrainParams, steps: int,
                          seed: int, stage: str, work_dir: str, parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
     """`parent_run_id` is the stage's MLflow run: each candidate is its grandchild."""

@@ -191,3 +191,29 @@ def test_good_params_pass(tmp_path: Path, capsys) -> None:
     assert main(["check-params", "spnas/full", *_coco_sets(tmp_path)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["data"]["train_json"].endswith("instances.json") and shown["fully_train"]["epochs"] == 3
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_run_refuses_a_dask_scheduler_that_does_not_answer(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Every pipeline's `dask_address` (here prune-ea's, a shared RunParams field) is checked to
+    answer, client-side, before the stack is touched (the flow checks again before any stage:
+    tests/test_dask_cluster.py)."""
+    home, out = tmp_path / "home", tmp_path / "out"
+    monkeypatch.setenv("SPNAS_HOME", str(home))
+    address = f"tcp://127.0.0.1:{_closed_port()}"
+    assert main(["run", "prune-ea/full", "--no-watch", "--set", f"dask_address={address}",
+                 "--set", f"output_root={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: dask_address: no Dask scheduler answers at {address}: "), err
+    assert err.endswith("start one (dask scheduler) or set dask_address: null"), err
+    assert not out.exists()
+    assert [p for p in home.rglob("*") if p.is_file()] == []  # no stack started, no state written

@@ -317,6 +317,82 @@ def record_reused_stage(parent_run_id: str, stage: str, result: Mapping[str, Any
     return run_id
 
 
+# ---------------------------------------------------------------- reading runs back (spnas compare)
+
+
+def find_run(run_id: str) -> Any | None:
+    """The run with this id, or None when the store has no such run (any other failure, e.g. an
+    unreachable server, still raises)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def root_run(run: Any) -> Any:
+    """The top of a run's tree (a stage or candidate run -> its flow run's parent run)."""
+    seen = {run.info.run_id}
+    while (parent_id := run.data.tags.get(PARENT_TAG)) and parent_id not in seen:
+        parent = find_run(parent_id)
+        if parent is None:
+            break
+        seen.add(parent_id)
+        run = parent
+    return run
+
+
+def experiment_ids(names: Iterable[str]) -> dict[str, str]:
+    """Experiment name -> id for those of `names` that exist (none are created)."""
+    found = {}
+    for name in names:
+        exp = client().get_experiment_by_name(name)
+        if exp is not None:
+            found[name] = exp.experiment_id
+    return found
+
+
+def experiment_name(experiment_id: str) -> str:
+    return client().get_experiment(experiment_id).name
+
+
+def top_runs_tagged(experiment_ids_: list[str], tag: str, value: str) -> list[Any]:
+    """Top-level runs (no parent) whose tag `tag` equals `value`, newest first."""
+    if not experiment_ids_ or "'" in value or "`" in tag:  # a quote cannot be matched in a filter string
+        return []
+    runs = search_all_runs(experiment_ids_, f"tags.`{tag}` = '{value}'")
+    top = [r for r in runs if PARENT_TAG not in r.data.tags]
+    return sorted(top, key=lambda r: r.info.start_time or 0, reverse=True)
+
+
+def download_artifact(run_id: str, artifact_path: str, dst_dir: str | Path) -> Path | None:
+    """One artifact of a run copied into `dst_dir`, or None if the run has no such artifact."""
+    from mlflow.exceptions import MlflowException
+
+    folder, _, name = artifact_path.rpartition("/")
+    try:
+        if name not in {Path(f.path).name for f in client().list_artifacts(run_id, folder or None)}:
+            return None
+        return Path(client().download_artifacts(run_id, artifact_path, str(dst_dir)))
+    except (MlflowException, OSError):
+        return None
+
+
+def log_comparison_run(experiment: str, name: str, files: Iterable[str | Path], tags: Mapping[str, str]) -> str:
+    """A finished top-level run in `experiment` holding `files` (a comparison of earlier runs)."""
+    run_id = start_run(ensure_experiment(experiment), name, tags=tags)
+    try:
+        log_files(run_id, files)
+    except BaseException:
+        finish_run(run_id, "FAILED")
+        raise
+    finish_run(run_id)
+    return run_id
+
+
 # ---------------------------------------------------------------- Prefect artifacts
 
 
@@ -348,7 +424,14 @@ def publish_markdown(key: str, markdown: str, description: str = "") -> None:
 
 
 class Progress:
-    """A Prefect progress artifact (0–100 %) that is silent outside a Prefect run."""
+    """A Prefect progress artifact (0–100 %) that is silent outside a Prefect run.
+
+    A search stage passes `done`/`total` (and the best candidate so far): the description then
+    reads "3/8 candidates, best mAP 0.412 (#5)" in the Prefect UI, and `parse` reads the same
+    figures back for `spnas run`'s terminal view (spnas/watch.py)."""
+
+    _COUNT = re.compile(r"\b(\d+)/(\d+) candidates\b")
+    _BEST = re.compile(r"\bbest (.+)$")
 
     def __init__(self, key: str, description: str = "") -> None:
         self._id: UUID | None = None
@@ -357,9 +440,39 @@ class Progress:
 
             self._id = create_progress_artifact(0.0, key=artifact_key(key), description=description)
 
-    def update(self, fraction: float, description: str | None = None) -> None:
+    def update(self, fraction: float, description: str | None = None, *, done: int | None = None,
+               total: int | None = None, best: str | None = None) -> None:
         if self._id is None:
             return
         from prefect.artifacts import update_progress_artifact
 
+        if done is not None and total is not None:
+            description = self.describe(done, total, best)
         update_progress_artifact(self._id, max(0.0, min(100.0, 100.0 * fraction)), description)
+
+    @staticmethod
+    def describe(done: int, total: int, best: str | None = None) -> str:
+        text = f"{done}/{total} candidates"
+        return f"{text}, best {best}" if best else text
+
+    @classmethod
+    def parse(cls, description: str | None) -> dict[str, Any]:
+        """`done`, `total` and `best` from a description `describe` wrote (absent keys: not there)."""
+        found: dict[str, Any] = {}
+        count = cls._COUNT.search(description or "")
+        if count:
+            found["done"], found["total"] = int(count.group(1)), int(count.group(2))
+            best = cls._BEST.search(description or "", count.end())
+            if best:
+                found["best"] = best.group(1).strip()
+        return found
+
+    @staticmethod
+    def best_of(rows: Iterable[Mapping[str, Any]], metric: str) -> str | None:
+        """The highest-`metric` candidate that did not fail, as "<metric> <value> (#<id>)"."""
+        scored = [r for r in rows if r.get("status") != "failed" and isinstance(r.get(metric), (int, float))
+                  and not isinstance(r.get(metric), bool) and math.isfinite(float(r[metric]))]
+        if not scored:
+            return None
+        top = max(scored, key=lambda r: float(r[metric]))
+        return f"{metric} {float(top[metric]):.4g} (#{top.get('id', '?')})"
