@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     if 1 in best and 2 in best:
         print(f"ratio 2 workers / 1 worker: {best[2] / best[1]:.2f} (goal >= 1.7)")
     print(f"load average after: {load_average()} (shared machine: figures move with load)")
+    shutil.rmtree(home, ignore_errors=True)  # ~2 GB of candidate weights per run
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--random", type=int, default=16, help="random_models of NSGA-III (its first generation)")
     ap.add_argument("--base-epochs", type=int, default=10)
     ap.add_argument("--finetune-steps", type=int, default=40)
+    ap.add_argument("--bn-batches", type=int, default=8, help="bn_recalibration_batches (0 = the base model's BN "
+                                                                  "statistics)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="spnas-bench-"))
@@ -55,7 +57,8 @@ def main() -> None:
           f"({time.perf_counter() - t0:.0f} s, torch threads {torch.get_num_threads()})")
     full_state = load_base(base).state_dict()
     cfg = PruneSearchParams(num_generation=args.generations, num_individual=args.population,
-                            random_models=args.random, finetune_steps=args.finetune_steps)
+                            random_models=args.random, finetune_steps=args.finetune_steps,
+                            bn_recalibration_batches=args.bn_batches)
     n = encoding_length(args.depth)
     ea = PruneEASearch(n, args.seed, num_generation=args.generations, num_individual=args.population,
                        random_models=args.random,
@@ -86,7 +89,8 @@ def main() -> None:
     hv = {side: hypervolume(pts, (False, True), ref) for side, pts in points.items()}
     fronts = {side: len(pareto_front(pts, (False, True))) for side, pts in points.items()}
     print(f"evaluations per side: {len(points['nsga3'])} (NSGA-III: {args.random} random + {args.generations} x "
-          f"{args.population}); fine-tune {args.finetune_steps} steps; reference point (MACs {ref[0] / 1e6:.2f}M, acc 0)")
+          f"{args.population}); BN recalibration {args.bn_batches} batches, fine-tune {args.finetune_steps} steps; "
+          f"reference point (MACs {ref[0] / 1e6:.2f}M, acc 0)")
     print(f"NSGA-III front: {fronts['nsga3']} points, hypervolume {hv['nsga3']:.4e}")
     print(f"random front  : {fronts['random']} points, hypervolume {hv['random']:.4e}")
     print(f"hypervolume NSGA-III / random: {hv['nsga3'] / hv['random']:.3f}x (goal >= 1.10)")

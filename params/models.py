@@ -449,6 +449,9 @@ class PruneSearchParams(Section):
     random_models: int = Field(16, ge=1, le=100_000)
     finetune_steps: int = Field(40, ge=0, le=100_000, description="fine-tune steps per candidate on inherited weights")
     finetune_lr: float = Field(0.01, gt=0, le=10)
+    bn_recalibration_batches: int = Field(
+        8, ge=0, le=10_000, description="training batches that re-estimate BatchNorm statistics of each pruned "
+                                        "candidate before its fine-tune (0 = keep the base model's statistics)")
     with_params: bool = Field(False, description="also minimise parameters (a third objective)")
     keep_weights: KeepWeights = "auto"
 

@@ -1,7 +1,8 @@
 """Stage `prune_search` of prune-ea/full (Vega PruneEA): NSGA-III (pymoo) over per-channel keep
 bits of the trained base network, objectives [MACs, 1 − accuracy] (params too if asked). Each
 candidate is a task: the pruned network (physically smaller) inherits the kept channels'
-weights from the base model, is briefly fine-tuned and scored on the held-out val split.
+weights from the base model, gets its BatchNorm statistics re-estimated on a few training
+batches, is briefly fine-tuned and scored on the held-out val split.
 
 Files: result.csv (+ .parquet: id, generation, encoding, macs, params, acc), pareto_front.csv
 (exactly the non-dominated rows of result.csv), fronts/generation_<g>.csv (the front as it stood
@@ -13,18 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.runtime import task_run
 
 from engine.runtime import configure_torch, resolve_device
+from engine.supernet import recalibrate_bn
 from nas_models.prune_resnet import encoding_length, pruned_from_full, repair_encoding
 from nas_models.registry import build_from_desc
 from params.models import PruneSearchParams, Runtime
 from strategies.prune_ea import PruneEASearch
-from tasks.caching import STAGE_CACHE
-from tasks.cifar_training import finetune_and_score, measure
+from tasks.cifar_training import finetune_and_score, loaders, measure
 from tasks.common import save_handoff
-from tasks.search import SearchSpec, finalize, run_search
+from tasks.search import SearchSpec, candidate_task, finalize, run_search
 from tasks.tables import write_table
 from tracking import tracker
 
@@ -38,10 +39,20 @@ def load_base(base: dict[str, Any]) -> torch.nn.Module:
     return model
 
 
+def calibration_batches(data: dict[str, Any], batch_size: int, seed: int) -> Any:
+    """The training batches (seeded order) a candidate's BatchNorm statistics are re-estimated on."""
+    return loaders(data, batch_size, seed)[0]
+
+
 def evaluate_candidate(candidate: dict[str, Any], base: dict[str, Any], data: dict[str, Any], cfg: PruneSearchParams,
                        batch_size: int, seed: int, runtime: Runtime, out_dir: Path) -> dict[str, Any]:
     configure_torch(runtime.num_threads, seed + int(candidate["id"]))
     pruned = pruned_from_full(load_base(base), candidate["encoding"])
+    # The base model's BN statistics no longer fit once input channels are pruned (a pruned
+    # candidate scores at chance before its fine-tune, and the short fine-tune's score is then
+    # mostly noise): re-estimate them first.
+    recalibrate_bn(pruned, calibration_batches(data, batch_size, seed + int(candidate["id"])),
+                   cfg.bn_recalibration_batches, resolve_device(runtime.device))
     acc = finetune_and_score(pruned, data, cfg.finetune_steps, cfg.finetune_lr, batch_size, seed + int(candidate["id"]),
                              resolve_device(runtime.device))
     performance = {"acc": acc, **measure(pruned), "kept_bits": candidate["encoding"].count("1")}
@@ -55,7 +66,7 @@ def _run_name() -> str:
     return f"prune-{cand.get('id', '?')}-g{cand.get('generation', '?')}"
 
 
-@task(name="prune_candidate", task_run_name=_run_name, persist_result=True, cache_policy=STAGE_CACHE)
+@candidate_task(name="prune_candidate", task_run_name=_run_name)
 def prune_candidate_task(candidate: dict[str, Any], base: dict[str, Any], data: dict[str, Any],
                          search: PruneSearchParams, batch_size: int, seed: int, work_dir: str, parent_run_id: str,
                          runtime: Runtime) -> dict[str, Any]:

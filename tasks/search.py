@@ -13,12 +13,14 @@ in a killed batch but was never told comes back from Prefect's result cache.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 
 from spnas.errors import InputError
 from tasks.caching import STAGE_CACHE
@@ -30,6 +32,15 @@ from tracking import tracker
 STATE_FILE = "search_state.json"
 TABLE_FILE = "output.csv"
 KEEP_ALL_UP_TO = 100  # keep_weights "auto": every candidate's weights up to this many, the front above
+
+
+def _logger() -> Any:
+    """The Prefect run logger inside a flow or task run; a plain logger when the driver is
+    called outside one (benchmarks calling the stage functions plainly)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("spnas.search")
 
 
 def dask_worker_address() -> str | None:
@@ -119,10 +130,34 @@ def _rows(spec: SearchSpec, results: dict[int, dict[str, Any]], front: list[int]
     return rows
 
 
+def drive(strategy: Strategy, spec: SearchSpec, results: dict[int, dict[str, Any]],
+          evaluate: Callable[[list[dict[str, Any]]], list[dict[str, Any] | None]]) -> Iterator[None]:
+    """The ask → evaluate → tell loop: yields after every batch, `results` updated in place (a
+    failed candidate, evaluated as None, is told None and kept as a "failed" row). `evaluate`
+    maps candidate inputs to results: Prefect tasks in run_search, plain calls in benchmarks."""
+    while not strategy.done:
+        pending = strategy.pending_ids()
+        batch = [strategy.candidates[i] for i in pending] if pending else strategy.ask(spec.batch)
+        if not batch:
+            break
+        inputs = [spec.to_input(c) for c in batch]
+        for cand, inp, out in zip(batch, inputs, evaluate(inputs)):
+            strategy.tell(cand.id, spec.metrics_of(out) if out else None)
+            results[cand.id] = out if out else {**inp, "status": "failed"}
+            if out and spec.on_result:
+                spec.on_result(out)
+        yield
+
+
+def save_state(path: Path, strategy: Strategy, results: dict[int, dict[str, Any]]) -> None:
+    """The search's resumable state: the strategy's and every candidate's result so far."""
+    write_json(path, {"strategy": strategy.state_dict(), "results": {str(k): v for k, v in results.items()}})
+
+
 def run_search(strategy: Strategy, spec: SearchSpec, work_dir: str | Path, stage_run_id: str, refresh: bool,
                **common: Any) -> SearchOutcome:
     """Drive `strategy` to the end; `common` goes unmapped to every candidate task."""
-    logger = get_run_logger()
+    logger = _logger()
     work = Path(work_dir)
     state_path = work / STATE_FILE
     results: dict[int, dict[str, Any]] = {}
@@ -136,21 +171,13 @@ def run_search(strategy: Strategy, spec: SearchSpec, work_dir: str | Path, stage
                 spec.on_result(result)
     resumed_from = len(results)
     progress = tracker.Progress(f"{spec.stage}-search-progress", f"{spec.stage} search: candidates evaluated")
-    while not strategy.done:
-        pending = strategy.pending_ids()
-        batch = [strategy.candidates[i] for i in pending] if pending else strategy.ask(spec.batch)
-        if not batch:
-            break
-        inputs = [spec.to_input(c) for c in batch]
-        outs = map_candidates(spec.task, inputs, work_dirs=str(work), refresh=refresh, parent_run_id=stage_run_id,
+    def evaluate(inputs: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        return map_candidates(spec.task, inputs, work_dirs=str(work), refresh=refresh, parent_run_id=stage_run_id,
                               **common)
-        for cand, inp, out in zip(batch, inputs, outs):
-            strategy.tell(cand.id, spec.metrics_of(out) if out else None)
-            results[cand.id] = out if out else {**inp, "status": "failed"}
-            if out and spec.on_result:
-                spec.on_result(out)
+
+    for _ in drive(strategy, spec, results, evaluate):
         front = strategy.pareto_ids()
-        write_json(state_path, {"strategy": strategy.state_dict(), "results": {str(k): v for k, v in results.items()}})
+        save_state(state_path, strategy, results)
         rows = _rows(spec, results, front)
         write_table(rows, work / spec.table)
         if spec.extra_outputs:
@@ -197,10 +224,9 @@ def finalize(strategy: Strategy, spec: SearchSpec, outcome: SearchOutcome, work_
     work = Path(work_dir)
     removed = keep_weights(outcome, policy, needed | {chosen})
     if removed:
-        get_run_logger().info("%s: removed the weights of %d candidate(s) off the front (keep_weights=%s)",
+        _logger().info("%s: removed the weights of %d candidate(s) off the front (keep_weights=%s)",
                               spec.stage, len(removed), policy)
-    write_json(work / STATE_FILE, {"strategy": strategy.state_dict(),
-                                   "results": {str(k): v for k, v in outcome.results.items()}})
+    save_state(work / STATE_FILE, strategy, outcome.results)
     rows = _rows(spec, outcome.results, outcome.front, chosen)
     outcome.files += [str(p) for p in write_table(rows, work / spec.table)]
     if spec.extra_outputs:
@@ -214,6 +240,6 @@ def choose(strategy: Any, limits: dict[str, float], stage: str) -> Any:
     try:
         return strategy.best(limits)
     except ValueError:
-        get_run_logger().warning("%s: no candidate within the limits %s; taking the best one without them",
+        _logger().warning("%s: no candidate within the limits %s; taking the best one without them",
                                  stage, limits)
         return strategy.best()

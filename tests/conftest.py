@@ -19,6 +19,14 @@ os.environ.pop("PREFECT_API_URL", None)
 import pytest  # noqa: E402
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A full run leaves ~5 GB of weights and stores here; keep it only when asked to."""
+    if not os.environ.get("SPNAS_KEEP_TEST_HOME"):
+        import shutil
+
+        shutil.rmtree(_HOME, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def spnas_home() -> Path:
     return _HOME

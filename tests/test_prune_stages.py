@@ -19,3 +19,41 @@ def test_spread_takes_both_ends_and_skips_chance_level_members() -> None:
 def test_spread_of_an_all_chance_front_still_returns_members() -> None:
     front = _front((1e5, 0.1), (2e5, 0.11))
     assert len(spread(front, 2, num_classes=10)) == 2
+
+
+def test_bn_recalibration_replaces_stale_statistics(tmp_path) -> None:
+    """A pruned candidate's BatchNorm statistics are re-estimated on training batches (an
+    equal-weight average, momentum restored afterwards); 0 batches leaves them as inherited."""
+    import torch
+
+    from nas_models.prune_resnet import build_prune_resnet, encoding_length, pruned_from_full
+    from params.models import CifarData
+    from tasks.prepare_data import cifar_sources
+    from engine.supernet import recalibrate_bn
+    from tasks.prune_search import calibration_batches
+
+    data = cifar_sources(CifarData(), 0, tmp_path)
+    full = build_prune_resnet(20, num_classes=len(data["labels"]))
+    bits = "10" * (encoding_length(20) // 2)
+
+    def stale() -> torch.nn.Module:
+        model = pruned_from_full(full, bits)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.fill_(5.0)
+                m.running_var.fill_(100.0)
+        return model
+
+    untouched = stale()
+    recalibrate_bn(untouched, calibration_batches(data, 16, 0), 0, torch.device("cpu"))
+    norms = [m for m in untouched.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.all(m.running_mean == 5.0) for m in norms)
+
+    model = stale()
+    recalibrate_bn(model, calibration_batches(data, 16, 0), 2, torch.device("cpu"))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(int(m.num_batches_tracked) == 2 and m.momentum == 0.1 for m in norms)
+    assert all(not torch.any(m.running_var == 100.0) and torch.all(torch.isfinite(m.running_mean)) for m in norms)
+    # the stem's BN sees normalised images: its statistics are of order 1, not the stale 5 / 100
+    stem = norms[0]
+    assert float(stem.running_var.mean()) < 50.0

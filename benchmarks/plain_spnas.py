@@ -1,0 +1,174 @@
+"""spnas/full without Prefect or MLflow: the same plain stage functions the flow's tasks wrap,
+called in the flow's order with the same parameters, each stage timed. Used by
+benchmarks/orchestration_overhead.py as the "plain" side.
+
+Every stage has a plain function beside its task (detection_sources, split_detection,
+fine_tune_detector, reignite_backbone, train_full + comparison_rows, export_stage) except the
+two search stages, whose subflows map candidate *tasks*. `search_loop` below runs the same
+driver loop (tasks/search.py `drive`, `choose`, `finalize`) with the same strategy and inputs,
+the candidates trained by the plain function (`train_candidate`), the same files written after
+every batch — minus the Prefect artifacts and MLflow plots.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flows.sp_nas import summarize
+from nas_models.parallel_fpn import extra_macs_per_stage
+from params.models import Runtime, SpnasParams, runtime_of
+from strategies.parallel import ParallelSearch
+from strategies.serial import SerialSearch
+from tasks import parallel_search as par
+from tasks import serial_search as ser
+from tasks.common import write_json
+from tasks.detectors import desc_for, limits_of
+from tasks.export_detector import export_stage
+from tasks.fine_tune import fine_tune_detector
+from tasks.fully_train import comparison_rows, train_full
+from tasks.prepare_data import detection_sources
+from tasks.reignite import reignite_backbone
+from tasks.search import STATE_FILE, SearchOutcome, SearchSpec, _rows, choose, drive, finalize, save_state
+from tasks.split_detection import split_detection
+from tasks.tables import write_table
+from tasks.train_candidate import train_candidate, train_candidate_task
+
+
+class StageClock:
+    """Wall seconds per stage name (a name used twice accumulates)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - t0
+
+
+def search_loop(strategy: Any, spec: SearchSpec, work: Path, train: dict[str, Any]) -> SearchOutcome:
+    """tasks/search.py's ask/evaluate/tell loop (`drive`) on a fresh work folder, the candidates
+    trained one after another by the plain function instead of mapped Prefect tasks."""
+    results: dict[int, dict[str, Any]] = {}
+
+    def evaluate(inputs: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        outs: list[dict[str, Any] | None] = []
+        for inp in inputs:
+            try:
+                outs.append(train_candidate(inp, out_dir=work, **train))
+            except Exception:  # as the flow's map_candidates: a failed candidate is told None
+                outs.append(None)
+        return outs
+
+    for _ in drive(strategy, spec, results, evaluate):
+        save_state(work / STATE_FILE, strategy, results)
+        write_table(_rows(spec, results, strategy.pareto_ids()), work / spec.table)
+    return SearchOutcome(results, strategy.pareto_ids(), 0, [str(work / STATE_FILE)])
+
+
+def finish_search(strategy: Any, spec: SearchSpec, outcome: SearchOutcome, work: Path, limits: dict[str, float],
+                  policy: str) -> tuple[Any, list[dict[str, Any]]]:
+    """tasks/search.py `choose` + `finalize`, as the subflows call them."""
+    best = choose(strategy, limits, spec.stage)
+    return best, finalize(strategy, spec, outcome, work, best.id, policy, set())
+
+
+def serial_plain(p: SpnasParams, data: dict[str, Any], start: dict[str, Any], runtime: Runtime,
+                 work: Path) -> dict[str, Any]:
+    """What the `serial_search` subflow computes."""
+    cfg = p.serial
+    search = SerialSearch([p.model.backbone_code], ser.search_config(cfg), seed=p.seed)
+    limits = limits_of(cfg.max_params, cfg.max_macs, start)
+    model_of: dict[int | None, str] = {None: start["model_path"]}
+
+    def to_input(c: Any) -> dict[str, Any]:
+        return {"id": c.id, "code": c.code, "parent_id": c.parent_id, "mutations": "+".join(c.mutations),
+                "desc": desc_for(p.model, data["num_classes"], c.code), "parent_model": model_of[c.parent_id],
+                "freeze": bool(cfg.freeze_inherited and c.parent_id is not None)}
+
+    def remember(result: dict[str, Any]) -> None:
+        model_of[result["id"]] = result["model_path"]
+
+    spec = SearchSpec(ser.STAGE, train_candidate_task, cfg.batch, to_input, ser.objectives, ser._row,
+                      ("params", "mAP"), "SpNasS: backbone codes", on_result=remember)
+    train = {"data": data, "optimizer": p.optimizer, "steps": cfg.candidate_steps, "seed": p.seed, "runtime": runtime}
+    outcome = search_loop(search, spec, work, train)
+    best, rows = finish_search(search, spec, outcome, work, limits, cfg.keep_weights)
+    kinds = sorted({k for r in rows for k in str(r["mutations"]).split("+") if k})
+    return {"best": outcome.results[best.id], "rows": rows, "mutation_kinds": kinds, "limits": limits}
+
+
+def parallel_plain(p: SpnasParams, data: dict[str, Any], base: dict[str, Any], start: dict[str, Any],
+                   runtime: Runtime, work: Path) -> dict[str, Any]:
+    """What the `parallel_search` subflow computes."""
+    cfg = p.parallel
+    num_stages = len(base["code"].split("-"))
+    cost = extra_macs_per_stage(base["code"], p.model.block, p.model.image_size)
+    limits = limits_of(cfg.max_params, cfg.max_macs, start)
+    search = ParallelSearch(num_stages, cost, cfg.max_sample, p.seed, max_per_stage=cfg.max_per_stage,
+                            max_additions=min(cfg.max_additions, num_stages * cfg.max_per_stage),
+                            objective_keys=("mAP", "macs"), maximize=(True, False), include_plain=True)
+
+    def to_input(c: Any) -> dict[str, Any]:
+        return {"id": c.id, "code": base["code"], "neck_code": list(c.code),
+                "desc": desc_for(p.model, data["num_classes"], base["code"], list(c.code)),
+                "parent_model": base["model_path"]}
+
+    spec = SearchSpec(par.STAGE, train_candidate_task, cfg.batch, to_input, par.objectives, par._row,
+                      ("macs", "mAP"), "SpNasP: neck codes (0 = no extra sub-networks)")
+    train = {"data": data, "optimizer": p.optimizer, "steps": cfg.candidate_steps, "seed": p.seed, "runtime": runtime}
+    outcome = search_loop(search, spec, work, train)
+    if not outcome.ok(0):
+        raise RuntimeError("the reignited net (candidate 0) failed to train in the parallel stage")
+    best, rows = finish_search(search, spec, outcome, work, limits, cfg.keep_weights)
+    return {"best": outcome.results[best.id], "rows": rows, "limits": limits}
+
+
+def run_spnas_plain(p: SpnasParams, run_dir: Path, clock: StageClock) -> dict[str, Any]:
+    """The spnas flow's stages in its order, each in its own folder under `run_dir`; returns the
+    flow's summary figures (flows/sp_nas.py `summarize`)."""
+    # Candidates one at a time with the run's runtime: the flow's default (candidate_workers 1, no
+    # dask_address); with more workers the flow would train candidates side by side.
+    runtime = runtime_of(p)
+
+    def folder(stage: str) -> Path:
+        path = run_dir / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "params.json", p.model_dump(mode="json"))
+    with clock("data"):
+        sources = detection_sources(p.data, p.model.image_size, p.seed)
+        write_json(folder("data") / "sources.json", sources)
+    with clock("split"):
+        data = split_detection(sources, p.data, p.seed, folder("split"))
+    with clock("fine_tune"):
+        start = fine_tune_detector(data, p.model, p.optimizer, p.fine_tune, p.seed, runtime, folder("fine_tune"))
+    with clock("serial"):
+        serial = serial_plain(p, data, start, runtime, folder("serial"))
+    with clock("reignite"):
+        reignited = reignite_backbone(data, serial["best"], p.model, p.optimizer, p.reignite, p.seed, runtime,
+                                      folder("reignite"))
+    with clock("parallel"):
+        parallel = parallel_plain(p, data, reignited, start, runtime, folder("parallel"))
+    with clock("fully_train"):
+        final = {**parallel["best"], "role": "final"}
+        baseline = {**start, "neck_code": None, "role": "baseline"}
+        out = folder("fully_train")
+        trained = [train_full(c, data, p.optimizer, p.fully_train, p.seed, runtime, out)
+                   for c in [final] + ([baseline] if p.fully_train.baseline else [])]
+        compared = {"rows": comparison_rows(trained, parallel["limits"])}
+        write_table(compared["rows"], out / "output.csv")
+    with clock("export"):
+        exported = export_stage(trained[0], data, p.export, p.seed, runtime, folder("export"))
+    summary = summarize(final, trained, compared, serial, parallel, exported)
+    write_json(run_dir / "summary.json", summary)
+    return summary
