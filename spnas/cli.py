@@ -220,7 +220,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not stack.status(cfg)[stack.MLFLOW]["healthy"]:
             raise stack.StackError(f"the stack's MLflow server ({cfg.mlflow_url}) is not running: start it with "
                                    "`spnas up`, or set MLFLOW_TRACKING_URI to the tracking store to read")
-        os.environ["MLFLOW_TRACKING_URI"] = stack.stack_env(cfg)["MLFLOW_TRACKING_URI"]
+        # The URI and, when the stack serves with credentials, MLflow's basic-auth login.
+        os.environ.update({k: v for k, v in stack.stack_env(cfg).items() if k.startswith("MLFLOW_TRACKING_")})
     from spnas.compare import compare
 
     print(compare(args.runs, args.out, log=not args.no_log).report())
