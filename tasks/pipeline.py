@@ -114,18 +114,15 @@ class Pipeline:
         runner, threads = candidate_runner(self.candidate_workers, self.dask_address)
         return runner, self.runtime.model_copy(update={"num_threads": self.runtime.num_threads or threads})
 
-    def search(self, stage: str, subflow: Any, task_runner: Any = None, runtime: Runtime | None = None,
-               **inputs: Any) -> Any:
+    def search(self, stage: str, subflow: Any, **inputs: Any) -> Any:
         """A search stage is a subflow (it maps candidate tasks and must not be a task itself);
-        its work folder holds the saved search state it resumes from. Without `task_runner` its
-        candidates go where the run's `candidate_workers` / `dask_address` say."""
-        if task_runner is None:
-            task_runner, default_runtime = self.candidate_runner()
-            runtime = runtime or default_runtime
+        its work folder holds the saved search state it resumes from. Its candidates go where the
+        run's `candidate_workers` / `dask_address` say."""
+        task_runner, runtime = self.candidate_runner()
         work = self.work_dir(stage, subflow.fn, inputs)
         refresh = self._prepare(stage, work)
         result = subflow.with_options(task_runner=task_runner)(
-            **inputs, work_dir=str(work), parent_run_id=self.parent_run_id, runtime=runtime or self.runtime,
+            **inputs, work_dir=str(work), parent_run_id=self.parent_run_id, runtime=runtime,
             refresh=refresh)
         self._publish(stage, work)
         return result
