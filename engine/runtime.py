@@ -18,16 +18,22 @@ from spnas.errors import InputError
 _CUDA = re.compile(r"cuda(?::(\d+))?")
 
 
-def _dask_worker_threads() -> int | None:
-    """nthreads of the Dask worker running this code, None outside one (or without distributed)."""
+def dask_worker() -> Any | None:
+    """The Dask worker running this code, None outside one (or without distributed installed)."""
     try:
         from distributed import get_worker
     except ImportError:
         return None
     try:
-        return int(get_worker().state.nthreads)
-    except (ValueError, AttributeError):  # not inside a worker
+        return get_worker()
+    except ValueError:  # not inside a Dask worker (thread-pool runner, or called directly)
         return None
+
+
+def _dask_worker_threads() -> int | None:
+    """nthreads of the Dask worker running this code, None outside one."""
+    worker = dask_worker()
+    return None if worker is None else int(worker.state.nthreads)
 
 
 def configure_torch(num_threads: int | None, seed: int) -> int:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 
+from engine.runtime import dask_worker
 from spnas.errors import InputError
 from tasks.caching import STAGE_CACHE
 from tasks.common import read_json, write_json
@@ -45,14 +46,8 @@ def _logger() -> Any:
 
 def dask_worker_address() -> str | None:
     """The address of the Dask worker running the caller, or None outside a Dask worker."""
-    try:
-        from distributed import get_worker
-    except ImportError:
-        return None
-    try:
-        return get_worker().address
-    except ValueError:  # not inside a Dask worker (thread-pool runner, or called directly)
-        return None
+    worker = dask_worker()
+    return None if worker is None else worker.address
 
 
 def candidate_task(name: str, task_run_name: Callable[[], str]) -> Callable[[Callable[..., dict[str, Any]]], Any]:
