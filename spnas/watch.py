@@ -61,9 +61,9 @@ def stack_environ(cfg: Any) -> Iterator[None]:
     from spnas import stack
 
     saved = dict(os.environ)
-    for key in [k for k in os.environ if k.startswith("PREFECT_")]:
-        del os.environ[key]
-    os.environ.update(stack.stack_env(cfg))
+    wanted = stack.process_env(cfg)
+    os.environ.clear()
+    os.environ.update(wanted)
     try:
         yield
     finally:
