@@ -5,7 +5,8 @@ benchmarks/orchestration_overhead.py as the "plain" side.
 Every stage has a plain function beside its task (detection_sources, split_detection,
 fine_tune_detector, reignite_backbone, train_full + comparison_rows, export_stage) except the
 two search stages, whose subflows map candidate *tasks*. `search_loop` below runs the same
-driver loop (tasks/search.py `drive`, `choose`, `finalize`) with the same strategy and inputs,
+driver loop (tasks/search.py `drive`, `choose`, `finalize`) with the same strategy and spec
+(the subflows' own `serial_setup` / `parallel_setup`),
 the candidates trained by the plain function (`train_candidate`), the same files written after
 every batch — minus the Prefect artifacts and MLflow plots.
 """
@@ -19,14 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from flows.sp_nas import summarize
-from nas_models.parallel_fpn import extra_macs_per_stage
 from params.models import Runtime, SpnasParams, runtime_of
-from strategies.parallel import ParallelSearch
-from strategies.serial import SerialSearch
 from tasks import parallel_search as par
 from tasks import serial_search as ser
 from tasks.common import write_json
-from tasks.detectors import desc_for, limits_of
 from tasks.export_detector import export_stage
 from tasks.fine_tune import fine_tune_detector
 from tasks.fully_train import comparison_rows, train_full
@@ -35,7 +32,7 @@ from tasks.reignite import reignite_backbone
 from tasks.search import STATE_FILE, SearchOutcome, SearchSpec, _rows, choose, drive, finalize, save_state
 from tasks.split_detection import split_detection
 from tasks.tables import write_table
-from tasks.train_candidate import train_candidate, train_candidate_task
+from tasks.train_candidate import train_candidate
 
 
 class StageClock:
@@ -84,20 +81,7 @@ def serial_plain(p: SpnasParams, data: dict[str, Any], start: dict[str, Any], ru
                  work: Path) -> dict[str, Any]:
     """What the `serial_search` subflow computes."""
     cfg = p.serial
-    search = SerialSearch([p.model.backbone_code], ser.search_config(cfg), seed=p.seed)
-    limits = limits_of(cfg.max_params, cfg.max_macs, start)
-    model_of: dict[int | None, str] = {None: start["model_path"]}
-
-    def to_input(c: Any) -> dict[str, Any]:
-        return {"id": c.id, "code": c.code, "parent_id": c.parent_id, "mutations": "+".join(c.mutations),
-                "desc": desc_for(p.model, data["num_classes"], c.code), "parent_model": model_of[c.parent_id],
-                "freeze": bool(cfg.freeze_inherited and c.parent_id is not None)}
-
-    def remember(result: dict[str, Any]) -> None:
-        model_of[result["id"]] = result["model_path"]
-
-    spec = SearchSpec(ser.STAGE, train_candidate_task, cfg.batch, to_input, ser.objectives, ser._row,
-                      ("params", "mAP"), "SpNasS: backbone codes", on_result=remember)
+    search, spec, limits = ser.serial_setup(data, start, p.model, cfg, p.seed)
     train = {"data": data, "optimizer": p.optimizer, "steps": cfg.candidate_steps, "seed": p.seed, "runtime": runtime}
     outcome = search_loop(search, spec, work, train)
     best, rows = finish_search(search, spec, outcome, work, limits, cfg.keep_weights)
@@ -109,20 +93,7 @@ def parallel_plain(p: SpnasParams, data: dict[str, Any], base: dict[str, Any], s
                    runtime: Runtime, work: Path) -> dict[str, Any]:
     """What the `parallel_search` subflow computes."""
     cfg = p.parallel
-    num_stages = len(base["code"].split("-"))
-    cost = extra_macs_per_stage(base["code"], p.model.block, p.model.image_size)
-    limits = limits_of(cfg.max_params, cfg.max_macs, start)
-    search = ParallelSearch(num_stages, cost, cfg.max_sample, p.seed, max_per_stage=cfg.max_per_stage,
-                            max_additions=min(cfg.max_additions, num_stages * cfg.max_per_stage),
-                            objective_keys=("mAP", "macs"), maximize=(True, False), include_plain=True)
-
-    def to_input(c: Any) -> dict[str, Any]:
-        return {"id": c.id, "code": base["code"], "neck_code": list(c.code),
-                "desc": desc_for(p.model, data["num_classes"], base["code"], list(c.code)),
-                "parent_model": base["model_path"]}
-
-    spec = SearchSpec(par.STAGE, train_candidate_task, cfg.batch, to_input, par.objectives, par._row,
-                      ("macs", "mAP"), "SpNasP: neck codes (0 = no extra sub-networks)")
+    search, spec, limits, _ = par.parallel_setup(data, base, start, p.model, cfg, p.seed)
     train = {"data": data, "optimizer": p.optimizer, "steps": cfg.candidate_steps, "seed": p.seed, "runtime": runtime}
     outcome = search_loop(search, spec, work, train)
     if not outcome.ok(0):

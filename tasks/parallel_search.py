@@ -35,6 +35,28 @@ def _row(result: dict[str, Any]) -> dict[str, Any]:
             "status": "ok" if perf else "failed"}
 
 
+def parallel_setup(data: dict[str, Any], base: dict[str, Any], start: dict[str, Any], model: DetectorModel,
+                   parallel: ParallelSearchParams, seed: int
+                   ) -> tuple[ParallelSearch, SearchSpec, dict[str, float], list[int]]:
+    """The parallel search, its driver spec, the size limits and the extra MACs per stage: shared
+    by the subflow and by benchmarks/plain_spnas.py, which drives the same search without Prefect."""
+    num_stages = len(base["code"].split("-"))
+    cost = extra_macs_per_stage(base["code"], model.block, model.image_size)
+    limits = limits_of(parallel.max_params, parallel.max_macs, start)
+    search = ParallelSearch(num_stages, cost, parallel.max_sample, seed, max_per_stage=parallel.max_per_stage,
+                            max_additions=min(parallel.max_additions, num_stages * parallel.max_per_stage),
+                            objective_keys=("mAP", "macs"), maximize=(True, False), include_plain=True)
+
+    def to_input(c: Any) -> dict[str, Any]:
+        return {"id": c.id, "code": base["code"], "neck_code": list(c.code),
+                "desc": desc_for(model, data["num_classes"], base["code"], list(c.code)),
+                "parent_model": base["model_path"]}
+
+    spec = SearchSpec(STAGE, train_candidate_task, parallel.batch, to_input, objectives, _row, ("macs", "mAP"),
+                      "SpNasP: neck codes (0 = no extra sub-networks)")
+    return search, spec, limits, cost
+
+
 @flow(name="parallel-search")
 def parallel_search(data: dict[str, Any], base: dict[str, Any], start: dict[str, Any], model: DetectorModel,
                     optimizer: DetectorTrainParams, parallel: ParallelSearchParams, seed: int, work_dir: str,

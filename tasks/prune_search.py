@@ -46,15 +46,14 @@ def calibration_batches(data: dict[str, Any], batch_size: int, seed: int) -> Any
 
 def evaluate_candidate(candidate: dict[str, Any], base: dict[str, Any], data: dict[str, Any], cfg: PruneSearchParams,
                        batch_size: int, seed: int, runtime: Runtime, out_dir: Path) -> dict[str, Any]:
-    configure_torch(runtime.num_threads, seed + int(candidate["id"]))
+    own_seed, device = seed + int(candidate["id"]), resolve_device(runtime.device)
+    configure_torch(runtime.num_threads, own_seed)
     pruned = pruned_from_full(load_base(base), candidate["encoding"])
     # The base model's BN statistics no longer fit once input channels are pruned (a pruned
     # candidate scores at chance before its fine-tune, and the short fine-tune's score is then
     # mostly noise): re-estimate them first.
-    recalibrate_bn(pruned, calibration_batches(data, batch_size, seed + int(candidate["id"])),
-                   cfg.bn_recalibration_batches, resolve_device(runtime.device))
-    acc = finetune_and_score(pruned, data, cfg.finetune_steps, cfg.finetune_lr, batch_size, seed + int(candidate["id"]),
-                             resolve_device(runtime.device))
+    recalibrate_bn(pruned, calibration_batches(data, batch_size, own_seed), cfg.bn_recalibration_batches, device)
+    acc = finetune_and_score(pruned, data, cfg.finetune_steps, cfg.finetune_lr, batch_size, own_seed, device)
     performance = {"acc": acc, **measure(pruned), "kept_bits": candidate["encoding"].count("1")}
     desc = {"type": "PruneResNet", **pruned.arch}
     files = save_handoff(out_dir, str(candidate["id"]), desc, pruned, performance)

@@ -220,7 +220,7 @@ def finalize(strategy: Strategy, spec: SearchSpec, outcome: SearchOutcome, work_
     removed = keep_weights(outcome, policy, needed | {chosen})
     if removed:
         _logger().info("%s: removed the weights of %d candidate(s) off the front (keep_weights=%s)",
-                              spec.stage, len(removed), policy)
+                       spec.stage, len(removed), policy)
     save_state(work / STATE_FILE, strategy, outcome.results)
     rows = _rows(spec, outcome.results, outcome.front, chosen)
     outcome.files += [str(p) for p in write_table(rows, work / spec.table)]
@@ -236,5 +236,5 @@ def choose(strategy: Any, limits: dict[str, float], stage: str) -> Any:
         return strategy.best(limits)
     except ValueError:
         _logger().warning("%s: no candidate within the limits %s; taking the best one without them",
-                                 stage, limits)
+                          stage, limits)
         return strategy.best()

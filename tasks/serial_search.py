@@ -43,11 +43,10 @@ def objectives(result: dict[str, Any]) -> dict[str, Any]:
     return {"mAP": perf["mAP"], "params": perf["params"], "macs": perf["macs"]}
 
 
-@flow(name="serial-search")
-def serial_search(data: dict[str, Any], start: dict[str, Any], model: DetectorModel, optimizer: DetectorTrainParams,
-                  serial: SerialSearchParams, seed: int, work_dir: str, parent_run_id: str, runtime: Runtime,
-                  refresh: bool = False) -> dict[str, Any]:
-    logger = get_run_logger()
+def serial_setup(data: dict[str, Any], start: dict[str, Any], model: DetectorModel, serial: SerialSearchParams,
+                 seed: int) -> tuple[SerialSearch, SearchSpec, dict[str, float]]:
+    """The serial search, its driver spec and the size limits: shared by the subflow and by
+    benchmarks/plain_spnas.py, which drives the same search without Prefect."""
     search = SerialSearch([model.backbone_code], search_config(serial), seed=seed)
     limits = limits_of(serial.max_params, serial.max_macs, start)
     model_of: dict[int | None, str] = {None: start["model_path"]}  # the start net inherits fine_tune's weights
@@ -62,6 +61,15 @@ def serial_search(data: dict[str, Any], start: dict[str, Any], model: DetectorMo
 
     spec = SearchSpec(STAGE, train_candidate_task, serial.batch, to_input, objectives, _row, ("params", "mAP"),
                       "SpNasS: backbone codes", on_result=remember)
+    return search, spec, limits
+
+
+@flow(name="serial-search")
+def serial_search(data: dict[str, Any], start: dict[str, Any], model: DetectorModel, optimizer: DetectorTrainParams,
+                  serial: SerialSearchParams, seed: int, work_dir: str, parent_run_id: str, runtime: Runtime,
+                  refresh: bool = False) -> dict[str, Any]:
+    logger = get_run_logger()
+    search, spec, limits = serial_setup(data, start, model, serial, seed)
     with tracker.child_run(parent_run_id, "serial_search", {**serial.model_dump(), "limits": limits}) as run_id:
         outcome = run_search(search, spec, work_dir, run_id, refresh, data=data, optimizer=optimizer,
                              steps=serial.candidate_steps, seed=seed, stage=STAGE, runtime=runtime)
