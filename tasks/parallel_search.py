@@ -62,20 +62,7 @@ def parallel_search(data: dict[str, Any], base: dict[str, Any], start: dict[str,
                     optimizer: DetectorTrainParams, parallel: ParallelSearchParams, seed: int, work_dir: str,
                     parent_run_id: str, runtime: Runtime, refresh: bool = False) -> dict[str, Any]:
     logger = get_run_logger()
-    num_stages = len(base["code"].split("-"))
-    cost = extra_macs_per_stage(base["code"], model.block, model.image_size)
-    limits = limits_of(parallel.max_params, parallel.max_macs, start)
-    search = ParallelSearch(num_stages, cost, parallel.max_sample, seed, max_per_stage=parallel.max_per_stage,
-                            max_additions=min(parallel.max_additions, num_stages * parallel.max_per_stage),
-                            objective_keys=("mAP", "macs"), maximize=(True, False), include_plain=True)
-
-    def to_input(c: Any) -> dict[str, Any]:
-        return {"id": c.id, "code": base["code"], "neck_code": list(c.code),
-                "desc": desc_for(model, data["num_classes"], base["code"], list(c.code)),
-                "parent_model": base["model_path"]}
-
-    spec = SearchSpec(STAGE, train_candidate_task, parallel.batch, to_input, objectives, _row, ("macs", "mAP"),
-                      "SpNasP: neck codes (0 = no extra sub-networks)")
+    search, spec, limits, cost = parallel_setup(data, base, start, model, parallel, seed)
     with tracker.child_run(parent_run_id, "parallel_search",
                            {**parallel.model_dump(), "extra_macs_per_stage": cost, "limits": limits}) as run_id:
         outcome = run_search(search, spec, work_dir, run_id, refresh, data=data, optimizer=optimizer,
