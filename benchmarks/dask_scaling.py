@@ -55,7 +55,7 @@ def evaluate_on_worker(candidate: dict[str, Any], data: dict[str, Any], optimize
     from distributed import get_worker
 
     from params.models import Runtime
-    from tasks.train_candidate import train_candidate
+    from tasks.spnas.train_candidate import train_candidate
 
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -69,10 +69,10 @@ def prepare(args: argparse.Namespace, home: Path) -> tuple[Any, dict[str, Any], 
     """The split, the fine-tuned start and the candidate batch (built once, in this process)."""
     from params.models import Runtime, SpnasParams
     from strategies.serial import mutate
-    from tasks.detectors import desc_for
-    from tasks.fine_tune import fine_tune_detector
-    from tasks.prepare_data import detection_sources
-    from tasks.split_detection import split_detection
+    from tasks.spnas.detectors import desc_for
+    from tasks.spnas.fine_tune import fine_tune_detector
+    from tasks.spnas.data import detection_sources
+    from tasks.spnas.split import split_detection
 
     p = SpnasParams.model_validate({
         "seed": args.seed, "data": {"num_train_images": args.train_images, "num_val_images": args.val_images},

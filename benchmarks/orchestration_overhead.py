@@ -74,7 +74,7 @@ SPNAS_WARMUP = {
 class Probe:
     """Timers wrapped around the orchestration code a flow run goes through, by stage.
 
-    Pipeline.run/map/search (tasks/pipeline.py) mark which stage is running; every public
+    Pipeline.run/map/search (tasks/orchestration/pipeline.py) mark which stage is running; every public
     function of tracking/tracker.py, Prefect's result store, the stage-key function and the work
     folder helpers add their wall time to (stage, category). Only the outermost timed call
     counts (child_run -> start_child_run -> start_run -> log_params is one MLflow call). Stages
@@ -122,7 +122,7 @@ class Probe:
         self._replace(owner, name, timed)
 
     def _stage(self, name: str) -> None:
-        from tasks.pipeline import Pipeline
+        from tasks.orchestration.pipeline import Pipeline
 
         fn = getattr(Pipeline, name)
         probe = self
@@ -161,8 +161,8 @@ class Probe:
     def install(self) -> None:
         import inspect
 
-        import tasks.caching
-        import tasks.pipeline
+        import tasks.orchestration.caching
+        import tasks.orchestration.pipeline
         from prefect.results import ResultStore
         from tracking import tracker
 
@@ -176,11 +176,11 @@ class Probe:
         self._timed(tracker.Progress, "update", PREFECT_ARTIFACTS, "tracker.Progress.update")
         for name in ("_persist_result_record", "_read", "exists"):
             self._timed(ResultStore, name, RESULTS, f"ResultStore.{name}")
-        # stage_key: the flow's work folders (tasks.pipeline) and the tasks' cache policy (tasks.caching).
-        self._timed(tasks.caching, "stage_key", KEYS, "stage_key")
-        self._timed(tasks.pipeline, "stage_key", KEYS, "stage_key")
-        self._timed(tasks.pipeline, "link_tree", WORK_DIRS, "link_tree")
-        self._timed(tasks.pipeline.Pipeline, "_prepare", WORK_DIRS, "Pipeline._prepare")
+        # stage_key: the flow's work folders (tasks.orchestration.pipeline) and the tasks' cache policy (tasks.orchestration.caching).
+        self._timed(tasks.orchestration.caching, "stage_key", KEYS, "stage_key")
+        self._timed(tasks.orchestration.pipeline, "stage_key", KEYS, "stage_key")
+        self._timed(tasks.orchestration.pipeline, "link_tree", WORK_DIRS, "link_tree")
+        self._timed(tasks.orchestration.pipeline.Pipeline, "_prepare", WORK_DIRS, "Pipeline._prepare")
         for name in ("run", "map", "search"):
             self._stage(name)
         self._count_requests()
@@ -270,12 +270,12 @@ def lcnet_sides(args: argparse.Namespace, sets: dict[str, Any], home: Path) -> d
     from flows.lcnet import lcnet
     from params.loader import load_params, merge_overrides
     from params.models import LcnetParams, runtime_of
-    from tasks.evaluate_classifier import evaluate_classifier
-    from tasks.export_classifier import export_stage
-    from tasks.predict import predict_stage
-    from tasks.prepare_data import classification_sources
-    from tasks.split import split_dataset
-    from tasks.train_classifier import train_classifier
+    from tasks.lcnet.evaluate import evaluate_classifier
+    from tasks.lcnet.export import export_stage
+    from tasks.lcnet.predict import predict_stage
+    from tasks.lcnet.data import classification_sources
+    from tasks.lcnet.split import split_dataset
+    from tasks.lcnet.train import train_classifier
 
     base = {"train": {"epochs": args.epochs}, "model": {"scale": args.scale}, "output_root": str(home / "out")}
     overrides = merge_overrides(base, sets)
@@ -321,7 +321,7 @@ def spnas_sides(args: argparse.Namespace, sets: dict[str, Any], home: Path) -> d
     from flows.sp_nas import spnas
     from params.loader import load_params, merge_overrides
     from params.models import SpnasParams
-    from tasks.prepare_data import detection_sources
+    from tasks.spnas.data import detection_sources
 
     params_file = args.params_file or "params/spnas.yaml"
     overrides = merge_overrides({"output_root": str(home / "out")}, sets)

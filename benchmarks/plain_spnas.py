@@ -5,7 +5,7 @@ benchmarks/orchestration_overhead.py as the "plain" side.
 Every stage has a plain function beside its task (detection_sources, split_detection,
 fine_tune_detector, reignite_backbone, train_full + comparison_rows, export_stage) except the
 two search stages, whose subflows map candidate *tasks*. `search_loop` below runs the same
-driver loop (tasks/search.py `drive`, `choose`, `finalize`) with the same strategy and spec
+driver loop (tasks/orchestration/search.py `drive`, `choose`, `finalize`) with the same strategy and spec
 (the subflows' own `serial_setup` / `parallel_setup`),
 the candidates trained by the plain function (`train_candidate`), the same files written after
 every batch — minus the Prefect artifacts and MLflow plots.
@@ -23,16 +23,16 @@ from flows.sp_nas import summarize
 from params.models import Runtime, SpnasParams, runtime_of
 from tasks import parallel_search as par
 from tasks import serial_search as ser
-from tasks.common import write_json
-from tasks.export_detector import export_stage
-from tasks.fine_tune import fine_tune_detector
-from tasks.fully_train import comparison_rows, train_full
-from tasks.prepare_data import detection_sources
-from tasks.reignite import reignite_backbone
-from tasks.search import STATE_FILE, SearchOutcome, SearchSpec, _rows, choose, drive, finalize, save_state
-from tasks.split_detection import split_detection
-from tasks.tables import write_table
-from tasks.train_candidate import train_candidate
+from tasks.orchestration.files import write_json
+from tasks.spnas.export import export_stage
+from tasks.spnas.fine_tune import fine_tune_detector
+from tasks.spnas.fully_train import comparison_rows, train_full
+from tasks.spnas.data import detection_sources
+from tasks.spnas.reignite import reignite_backbone
+from tasks.orchestration.search import STATE_FILE, SearchOutcome, SearchSpec, _rows, choose, drive, finalize, save_state
+from tasks.spnas.split import split_detection
+from tasks.orchestration.tables import write_table
+from tasks.spnas.train_candidate import train_candidate
 
 
 class StageClock:
@@ -51,7 +51,7 @@ class StageClock:
 
 
 def search_loop(strategy: Any, spec: SearchSpec, work: Path, train: dict[str, Any]) -> SearchOutcome:
-    """tasks/search.py's ask/evaluate/tell loop (`drive`) on a fresh work folder, the candidates
+    """tasks/orchestration/search.py's ask/evaluate/tell loop (`drive`) on a fresh work folder, the candidates
     trained one after another by the plain function instead of mapped Prefect tasks."""
     results: dict[int, dict[str, Any]] = {}
 
@@ -72,7 +72,7 @@ def search_loop(strategy: Any, spec: SearchSpec, work: Path, train: dict[str, An
 
 def finish_search(strategy: Any, spec: SearchSpec, outcome: SearchOutcome, work: Path, limits: dict[str, float],
                   policy: str) -> tuple[Any, list[dict[str, Any]]]:
-    """tasks/search.py `choose` + `finalize`, as the subflows call them."""
+    """tasks/orchestration/search.py `choose` + `finalize`, as the subflows call them."""
     best = choose(strategy, limits, spec.stage)
     return best, finalize(strategy, spec, outcome, work, best.id, policy, set())
 

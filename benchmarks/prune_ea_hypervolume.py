@@ -53,9 +53,9 @@ def main() -> None:
     from params.models import ClassifierTrain, CifarData, PruneSearchParams, Runtime
     from strategies.pareto import hypervolume, pareto_front
     from strategies.prune_ea import PruneEASearch
-    from tasks.prepare_data import cifar_sources
-    from tasks.prune_search import evaluate_candidate, load_base
-    from tasks.train_base import train_base
+    from tasks.cifar.data import cifar_sources
+    from tasks.prune_ea.prune_search import evaluate_candidate, load_base
+    from tasks.prune_ea.train_base import train_base
 
     runtime = Runtime(device="cpu")
     (home / "data").mkdir()

@@ -48,7 +48,7 @@ from engine.detection import evaluate, train_one_epoch  # noqa: E402
 from nas_models.detector import build_detector  # noqa: E402
 from nas_models.inherit import inherit_weights  # noqa: E402
 from nas_models.serial_backbone import validate_code  # noqa: E402
-from spnas.paths import data_cache_dir  # noqa: E402
+from core.paths import data_cache_dir  # noqa: E402
 from latency.timing import load_average  # noqa: E402
 
 

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from spnas.errors import InputError
-from spnas.procs import pid_alive
+from core.errors import InputError
+from core.procs import pid_alive
 
 MARKER = ".complete"
 

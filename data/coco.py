@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.transforms import load_rgb
-from spnas.errors import InputError
+from core.errors import InputError
 
 BOX_TOLERANCE = 1.0  # px a box may stick out of its image (rounding in annotation tools)
 

@@ -26,7 +26,7 @@ import numpy as np
 from data._build import build_once
 from data.coco import CocoSet, load_coco
 from data.transforms import load_rgb
-from spnas.errors import InputError
+from core.errors import InputError
 
 MANIFEST = "crops.json"
 FORMAT_VERSION = 1  # bump when the folder layout or crop rule changes: old builds are not reused

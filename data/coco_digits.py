@@ -18,8 +18,8 @@ from PIL import Image
 
 from data._build import CocoFolder, build_once
 from data.digits import load_digit_arrays, upscale_digit
-from spnas.errors import InputError
-from spnas.paths import data_cache_dir
+from core.errors import InputError
+from core.paths import data_cache_dir
 
 HELD_OUT_DIGIT_SHARE = 0.2
 MIN_DIGIT_PX, MAX_DIGIT_PX = 20, 36

@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 
 from data.coco import CocoSet
-from spnas.errors import InputError
+from core.errors import InputError
 
 
 def split_image_ids(coco: CocoSet, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

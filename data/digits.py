@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image
 
 from data._build import build_once
-from spnas.errors import InputError
-from spnas.paths import data_cache_dir
+from core.errors import InputError
+from core.paths import data_cache_dir
 
 DIGIT_MAX = 16.0  # load_digits pixel values run 0..16
 

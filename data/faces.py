@@ -33,8 +33,8 @@ from PIL import Image, UnidentifiedImageError
 from data._build import CocoFolder, build_once
 from data.coco import CocoSet, load_coco
 from data.coco_eval import coco_map, to_coco_detections
-from spnas.errors import InputError
-from spnas.paths import data_cache_dir
+from core.errors import InputError
+from core.paths import data_cache_dir
 
 __all__ = [
     "FacesCoco",

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.transforms import load_rgb
-from spnas.errors import InputError
+from core.errors import InputError
 
 
 def read_labels(path: Path) -> list[str]:

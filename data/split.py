@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 LIST_NAMES = {"train": "train_list.txt", "val": "val_list.txt", "test": "test_list.txt"}

@@ -62,7 +62,7 @@ from torch.export import ExportedProgram
 from torchvision.ops import boxes as box_ops
 
 from deploy.onnx_export import load_program, make_session, save_program
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = [
     "MODEL_YML",

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from deploy.detector_export import INPUT_NAME, MODEL_YML, ONNX_FILE
 from deploy.onnx_export import make_session
 from deploy.predictor import ImageLike, TimeInfo, check_count, load_image, load_yaml_mapping
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = ["DetectorPredictor", "read_detector_yml"]
 

@@ -32,7 +32,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from torch import nn
 from torch.export import ExportedProgram
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = [
     "ONNX_OPSET",

@@ -21,7 +21,7 @@ from PIL import Image
 
 from data.transforms import Preprocess, as_rgb_image, load_rgb
 from deploy.onnx_export import make_session
-from spnas.errors import InputError
+from core.errors import InputError
 
 ImageLike = str | Path | Image.Image | np.ndarray
 

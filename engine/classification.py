@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from engine.detection import model_signature, read_checkpoint, restore_checkpoint, save_checkpoint
 from engine.runtime import model_on, rng_state, set_rng_state
-from spnas.errors import InputError
+from core.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from engine.runtime import model_on
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = ["evaluate", "load_checkpoint", "model_signature", "read_checkpoint", "restore_checkpoint",
            "save_checkpoint", "train_one_epoch"]

@@ -32,7 +32,7 @@ from engine.detection import (
 )
 from engine.runtime import model_on, rng_state, set_rng_state
 from latency.timing import min_latency_ms
-from spnas.errors import InputError
+from core.errors import InputError
 
 log = logging.getLogger(__name__)
 

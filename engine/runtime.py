@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 _CUDA = re.compile(r"cuda(?::(\d+))?")
 

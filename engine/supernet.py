@@ -32,7 +32,7 @@ from engine.classification import evaluate
 from engine.detection import model_signature, save_checkpoint
 from engine.detector_fit import LoaderCycle, resume_checkpoint
 from engine.runtime import model_on, rng_state
-from spnas.errors import InputError
+from core.errors import InputError
 
 
 

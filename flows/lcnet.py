@@ -7,13 +7,13 @@ from prefect import flow
 
 from params.loader import load_params
 from params.models import LcnetParams
-from tasks.evaluate_classifier import evaluate_classifier_task
-from tasks.export_classifier import export_classifier_task
-from tasks.pipeline import close_tracking_on_crash, finish, pipeline
-from tasks.predict import predict_task
-from tasks.prepare_data import classification_data_task
-from tasks.split import split_task
-from tasks.train_classifier import train_classifier_task
+from tasks.lcnet.evaluate import evaluate_classifier_task
+from tasks.lcnet.export import export_classifier_task
+from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.lcnet.predict import predict_task
+from tasks.lcnet.data import classification_data_task
+from tasks.lcnet.split import split_task
+from tasks.lcnet.train import train_classifier_task
 
 
 

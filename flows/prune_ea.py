@@ -9,12 +9,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from params.loader import load_params
 from params.models import PruneEaParams
-from tasks.export_classifiers import export_classifiers_task
-from tasks.pipeline import close_tracking_on_crash, finish, pipeline
-from tasks.prepare_data import cifar_data_task
-from tasks.prune_search import prune_search, spread
-from tasks.retrain import retrain_task
-from tasks.train_base import train_base_task
+from tasks.prune_ea.export import export_task
+from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.prune_ea.data import data_task
+from tasks.prune_ea.prune_search import prune_search, spread
+from tasks.prune_ea.retrain import retrain_task
+from tasks.prune_ea.train_base import train_base_task
 
 
 # One training at a time with every core (2 cores: parallel trainings only fight).
@@ -25,7 +25,7 @@ def prune_ea(params_file: str = "params/prune_ea.yaml", overrides: dict[str, Any
     """`refresh_from`: "all" recomputes every stage, a stage name recomputes it and what follows."""
     p = load_params(PruneEaParams, params_file, overrides)  # bad input fails here, before any work
     with pipeline("prune-ea", p, p.STAGES, refresh_from) as pipe:
-        data = pipe.run("data", cifar_data_task, data=p.data, seed=p.seed)
+        data = pipe.run("data", data_task, data=p.data, seed=p.seed)
         base = pipe.run("train_base", train_base_task, data=data, depth=p.depth, base=p.base, seed=p.seed)
         # Candidates go where candidate_workers / dask_address say (Pipeline.search).
         searched = pipe.search("prune_search", prune_search, data=data, base=base, depth=p.depth, search=p.search,
@@ -36,7 +36,7 @@ def prune_ea(params_file: str = "params/prune_ea.yaml", overrides: dict[str, Any
         if any(r is None for r in retrained):
             raise RuntimeError("retraining a front member failed; see the task's log")
         models = [{"name": "baseline", **base}] + [{"name": f"member_{r['id']}", **r} for r in retrained]
-        exported = pipe.run("export", export_classifiers_task, models=models, data=data, seed=p.seed,
+        exported = pipe.run("export", export_task, models=models, data=data, seed=p.seed,
                             table_key="prune-ea-comparison",
                             title="baseline vs retrained front members (test accuracy; r_c = MACs / baseline MACs)")
         rows = exported["rows"]

@@ -12,12 +12,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from nas_models.blazeface import INIT_TOKENS
 from params.loader import load_params
 from params.models import SanasParams
-from tasks.export_faces import export_faces_task
-from tasks.latency_table import latency_table_task
-from tasks.pipeline import close_tracking_on_crash, finish, pipeline
-from tasks.prepare_data import face_data_task
-from tasks.sanas_search import sanas_search
-from tasks.sanas_train import sanas_train_task
+from tasks.sanas.export import export_faces_task
+from tasks.sanas.latency_table import latency_table_task
+from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.sanas.data import face_data_task
+from tasks.sanas.search import sanas_search
+from tasks.sanas.train import sanas_train_task
 
 
 # One training at a time with every core (2 cores: parallel trainings only fight).

@@ -9,15 +9,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from params.loader import load_params
 from params.models import SpnasParams
-from tasks.export_detector import export_detector_task
-from tasks.fine_tune import fine_tune_task
-from tasks.fully_train import compare_task, fully_train_task
-from tasks.parallel_search import parallel_search
-from tasks.pipeline import close_tracking_on_crash, finish, pipeline
-from tasks.prepare_data import detection_data_task
-from tasks.reignite import reignite_task
-from tasks.serial_search import serial_search
-from tasks.split_detection import split_detection_task
+from tasks.spnas.export import export_detector_task
+from tasks.spnas.fine_tune import fine_tune_task
+from tasks.spnas.fully_train import compare_task, fully_train_task
+from tasks.spnas.parallel import parallel_search
+from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.spnas.data import detection_data_task
+from tasks.spnas.reignite import reignite_task
+from tasks.spnas.serial import serial_search
+from tasks.spnas.split import split_detection_task
 
 
 

@@ -10,13 +10,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from params.loader import load_params
 from params.models import SposParams
-from tasks.export_classifiers import export_classifiers_task
-from tasks.pipeline import close_tracking_on_crash, finish, pipeline
-from tasks.prepare_data import cifar_data_task
-from tasks.rank_check import rank_check_task
-from tasks.spos_retrain import retrain_candidates, spos_retrain_task
-from tasks.spos_search import spos_search
-from tasks.train_supernet import train_supernet_task
+from tasks.spos.export import export_task
+from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.spos.data import data_task
+from tasks.spos.rank_check import rank_check_task
+from tasks.spos.retrain import retrain_candidates, spos_retrain_task
+from tasks.spos.search import spos_search
+from tasks.spos.supernet import train_supernet_task
 
 
 # One training at a time with every core (2 cores: parallel trainings only fight).
@@ -28,7 +28,7 @@ def spos(params_file: str = "params/spos.yaml", overrides: dict[str, Any] | None
     p = load_params(SposParams, params_file, overrides)  # bad input fails here, before any work
     convention = p.model.input_convention
     with pipeline("spos", p, p.STAGES, refresh_from) as pipe:
-        data = pipe.run("data", cifar_data_task, data=p.data, seed=p.seed)
+        data = pipe.run("data", data_task, data=p.data, seed=p.seed)
         supernet = pipe.run("supernet", train_supernet_task, data=data, model=p.model, supernet=p.supernet,
                             seed=p.seed)
         # Candidates go where candidate_workers / dask_address say (Pipeline.search).
@@ -42,7 +42,7 @@ def spos(params_file: str = "params/spos.yaml", overrides: dict[str, Any] | None
                              retrain_cfg=p.retrain, convention=convention, seed=p.seed)
         if any(r is None for r in retrained):
             raise RuntimeError("retraining a model failed; see the task's log")
-        exported = pipe.run("export", export_classifiers_task, models=retrained, data=data, seed=p.seed,
+        exported = pipe.run("export", export_task, models=retrained, data=data, seed=p.seed,
                             table_key="spos-comparison", convention=convention, predict_with="winner",
                             title="searched path vs baselines trained from scratch with the same budget "
                                   "(test accuracy; r_c = MACs / winner's MACs)")

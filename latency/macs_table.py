@@ -31,7 +31,7 @@ from nas_models.spos_shufflenet import (
     get_preset,
     validate_choices,
 )
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = ["MacsTable", "build_macs_table", "build_or_load"]
 

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from latency.table import LatencyTable, key_of, op_type_of, parse_key
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = [
     "BACKENDS",

@@ -39,7 +39,7 @@ import torch
 from latency.measure import (TimingConfig, _torch_threads, build_table, measure_networks_ms,
                              space_ops, ssd_core)
 from latency.table import LatencyTable, op_type_of
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = [
     "GROUPS",

@@ -45,7 +45,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = [
     "ACTIVATIONS",

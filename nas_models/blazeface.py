@@ -37,7 +37,7 @@ from torchvision.models.detection.ssd import SSD, SSDHead
 
 from latency.table import FIELDS as OP_FIELDS
 from latency.table import key_of as op_key
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = [
     "BLAZE_FILTER_NUM1",

@@ -27,7 +27,7 @@ from torch import nn
 
 from nas_models.inherit import state_mismatch
 from nas_models.serial_backbone import SerialBackbone, validate_block, validate_code
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = [
     "Conversion",

@@ -25,7 +25,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from nas_models.parallel_fpn import ParallelBackbone
 from nas_models.serial_backbone import SerialBackbone
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = [
     "ASPECT_RATIOS",

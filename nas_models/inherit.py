@@ -17,7 +17,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = ["InheritReport", "inherit_weights", "require_loaded_share", "state_mismatch"]
 

@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = [
     "BlockCfg",

@@ -21,7 +21,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from latency.flops import count_macs_params
 from nas_models.serial_backbone import SerialBackbone, conv3x3
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = [
     "MAX_BRANCHES_PER_STAGE",

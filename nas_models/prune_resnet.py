@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = [
     "BLOCKS_PER_STAGE",

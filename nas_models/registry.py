@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 
 def _lcnet(desc: dict[str, Any]) -> nn.Module:

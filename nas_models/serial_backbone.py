@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = [
     "BLOCK_TYPES",

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = [
     "CHOICE_NAMES",

@@ -20,7 +20,7 @@ def _table(preset: str) -> Any:
 
 def check_spos_macs(preset: str, macs_limit: int | None, macs_range: tuple[int, int] | None, bins: int) -> None:
     """ValueError("search.macs_limit: ..." / "supernet.macs_range: ...") when no path can meet them."""
-    from spnas.errors import InputError
+    from core.errors import InputError
     from strategies.path_sampler import FlopsBinSampler
 
     table = _table(preset)

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from spnas.errors import InputError
-from spnas.paths import REPO_ROOT
+from core.errors import InputError
+from core.paths import REPO_ROOT
 
 P = TypeVar("P", bound=BaseModel)
 PARAMS_DIR = Path(__file__).resolve().parent

@@ -304,7 +304,7 @@ class DetectorModel(Section):
         """The weights must convert to this backbone code and block: checked here, not at fine_tune."""
         if self.pretrained_weights is not None:
             from nas_models.convert import convert_checkpoint, load_weights_file
-            from spnas.errors import InputError
+            from core.errors import InputError
 
             state = load_weights_file(self.pretrained_weights, "pretrained_weights")
             try:

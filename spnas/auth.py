@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 if TYPE_CHECKING:
     from spnas.stack import StackConfig

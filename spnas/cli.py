@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 MAIN_DEPLOYMENT = "spnas/full"
 
@@ -96,7 +96,7 @@ def cmd_check_params(args: argparse.Namespace) -> int:
 def _output_root(p: Any) -> Path:
     """Where the flow writes its run folders (the worker runs in the repo: relative paths are
     the repo's), for the watcher to read summary.json from."""
-    from spnas.paths import REPO_ROOT, default_output_root
+    from core.paths import REPO_ROOT, default_output_root
 
     if not p.output_root:
         return default_output_root()
@@ -128,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from spnas import stack
     from spnas.watch import stack_environ
 
-    from tasks.pipeline import REFRESH_ALL, check_dask_address, check_refresh
+    from tasks.orchestration.pipeline import REFRESH_ALL, check_dask_address, check_refresh
 
     mode = _watch_mode(args)
     model, default_file = _params_model(args.deployment)
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     # local database in the state folder rather than creating ~/.prefect.
     import os
 
-    from spnas.paths import state_dir
+    from core.paths import state_dir
 
     os.environ.setdefault("PREFECT_HOME", str(state_dir() / "prefect"))
     args = build_parser().parse_args(argv)

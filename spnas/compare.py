@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from spnas.cli import PIPELINES
-from spnas.errors import InputError
+from core.errors import InputError
 from tracking import tracker
 
 COMPARE_TAG = "spnas.compare.run_ids"

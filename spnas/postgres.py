@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from spnas import stack
-from spnas.errors import InputError
-from spnas.procs import pid_alive
+from core.errors import InputError
+from core.procs import pid_alive
 
 SQLITE = "sqlite"
 POSTGRES = "postgres"

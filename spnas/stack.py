@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from spnas import auth
-from spnas.errors import InputError
-from spnas.paths import REPO_ROOT, state_dir
-from spnas.procs import pid_alive as _alive
-from spnas.procs import proc_stat as _proc_stat
-from spnas.procs import read_proc as _read_proc
+from core.errors import InputError
+from core.paths import REPO_ROOT, state_dir
+from core.procs import pid_alive as _alive
+from core.procs import proc_stat as _proc_stat
+from core.procs import read_proc as _read_proc
 
 PREFECT = "prefect"
 MLFLOW = "mlflow"

@@ -32,7 +32,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 POLL_SECONDS = 1.5
 # A plain-mode stage line is repeated for progress alone at most this often (status changes

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 from .pareto import best_on_objective, clean_metrics, objective_vector, pareto_front
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 from .ask_tell import AskTellSearch
 

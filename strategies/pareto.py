@@ -20,7 +20,7 @@ from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_dis
 from pymoo.util.dominator import Dominator
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting, find_non_dominated
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 
 def check_objectives(

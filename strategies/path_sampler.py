@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 __all__ = ["FlopsBinSampler", "path_cost", "uniform"]
 

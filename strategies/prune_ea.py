@@ -3,7 +3,7 @@
 Vega's PruneEA (seed 003): one bit per prunable output channel (1 keep, 0 prune), a search
 for the Pareto front of [MACs, 1 - accuracy] (optionally params too, all minimized) with
 pymoo's NSGA-III. pymoo does the evolution; this module only adapts it to the project's
-ask/tell driver (tasks/search.py), which evaluates candidates elsewhere.
+ask/tell driver (tasks/orchestration/search.py), which evaluates candidates elsewhere.
 
 Generations (Vega's accounting, 64 + 31 x 32 = 1,056 evaluations for its seed table):
 
@@ -51,7 +51,7 @@ from pymoo.operators.mutation.bitflip import BitflipMutation
 from pymoo.operators.selection.tournament import TournamentSelection
 from pymoo.util.ref_dirs import get_reference_directions
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 from .ask_tell import AskTellSearch
 from .pareto import objective_vector, pareto_front

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 from .ask_tell import AskTellSearch
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from spnas.errors import InputError
+from core.errors import InputError
 
 from .ask_tell import AskTellSearch
 from .pareto import check_objectives, select_parents

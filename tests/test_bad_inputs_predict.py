@@ -213,7 +213,7 @@ def test_detector_predictor_bad_input(exported, tmp_path: Path, folder_kw: dict,
                                       predict_kw: dict | None, image_names: list[str] | None,
                                       field: str) -> None:
     from deploy.detector_predictor import DetectorPredictor
-    from spnas.errors import InputError
+    from core.errors import InputError
 
     folder = _detector_folder(exported, tmp_path, **folder_kw)
     (tmp_path / "notes.png").write_text("not an image\n")

@@ -21,7 +21,7 @@ from nas_models.blazeface import (
     validate_tokens,
 )
 from nas_models.registry import build_from_desc
-from spnas.errors import InputError
+from core.errors import InputError
 
 SIZE = 128
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tasks.pipeline import candidate_runner
+from tasks.orchestration.pipeline import candidate_runner
 
 
 def _max_concurrency(workers: int) -> int:

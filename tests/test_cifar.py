@@ -15,7 +15,7 @@ from data.cifar import (CIFAR10_MEAN, CIFAR10_STD, CifarArrays, CifarAugment, Ci
                         CifarSet, cifar_loaders, default_cifar_folder, embedded_digits_cifar,
                         load_cifar, read_cifar_batches, split_train_val, write_cifar_batches,
                         write_cifar_set)
-from spnas.errors import InputError
+from core.errors import InputError
 
 FIELD = "data.dataset_dir"
 NAMES = ("airplane", "bird", "cat")

@@ -15,7 +15,7 @@ from deploy.classifier_export import MODEL_YML, ONNX_FILE, PROGRAM_FILE, export_
 from deploy.onnx_export import WithSoftmax, load_program
 from deploy.predictor import ClassifierPredictor
 from nas_models.lcnet import build_lcnet
-from spnas.errors import InputError
+from core.errors import InputError
 
 LABELS = ["cat", "dog", "panda"]
 

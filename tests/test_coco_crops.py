@@ -11,7 +11,7 @@ from PIL import Image
 from data.coco_crops import make_crops_imagefolder
 from data.coco_digits import make_digits_coco
 from data.split import split_imagenet_folder
-from spnas.errors import InputError
+from core.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from PIL import Image
 from data.coco import CocoDetection, check_coco_files, collate_detection, load_coco
 from data.coco_digits import default_digits_coco, make_digits_coco
 from data.coco_eval import coco_map, to_coco_detections
-from spnas.errors import InputError
+from core.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,10 @@ import pytest
 from params.models import LcnetParams, PruneEaParams, Runtime, SposParams
 from spnas import cli
 from spnas.compare import compare, hypervolume, pareto_front
-from spnas.errors import InputError
-from tasks.common import write_json
-from tasks.pipeline import Pipeline, finish
-from tasks.tables import write_table
+from core.errors import InputError
+from tasks.orchestration.files import write_json
+from tasks.orchestration.pipeline import Pipeline, finish
+from tasks.orchestration.tables import write_table
 from tracking import tracker
 
 
@@ -31,7 +31,7 @@ def _name(prefix: str) -> str:
 
 def flow_run(tmp: Path, flow: str, name: str, params: Any, summary: dict[str, Any],
              stages: dict[str, tuple[str, str, list[dict[str, Any]]]] | None = None) -> dict[str, str]:
-    """What `tasks.pipeline.pipeline` + a search stage + `finish` leave in MLflow.
+    """What `tasks.orchestration.pipeline.pipeline` + a search stage + `finish` leave in MLflow.
     `stages`: child run name -> (artifact folder, table file, candidate rows)."""
     experiment_id = tracker.ensure_experiment(flow)
     run_dir = tmp / "outputs" / name

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from params.models import LcnetParams, PruneEaParams, SanasParams, SposParams, SpnasParams
-from spnas.errors import InputError
-from tasks.pipeline import check_dask_address, pipeline
-from tasks.search import candidate_task, dask_worker_address
+from core.errors import InputError
+from tasks.orchestration.pipeline import check_dask_address, pipeline
+from tasks.orchestration.search import candidate_task, dask_worker_address
 
 
 def _closed_port() -> int:
@@ -83,14 +83,14 @@ def test_serial_search_spreads_over_two_dask_workers(prefect_api, tmp_path: Path
     from distributed import LocalCluster
 
     from params.models import Runtime
-    from tasks.common import read_json
-    from tasks.fine_tune import fine_tune_detector
-    from tasks.pipeline import candidate_runner
-    from tasks.prepare_data import detection_sources
-    from tasks.search import STATE_FILE
-    from tasks.serial_search import serial_search
-    from tasks.split_detection import split_detection
-    from tasks.tables import read_table
+    from tasks.orchestration.files import read_json
+    from tasks.spnas.fine_tune import fine_tune_detector
+    from tasks.orchestration.pipeline import candidate_runner
+    from tasks.spnas.data import detection_sources
+    from tasks.orchestration.search import STATE_FILE
+    from tasks.spnas.serial import serial_search
+    from tasks.spnas.split import split_detection
+    from tasks.orchestration.tables import read_table
     from tracking import tracker
 
     p = SpnasParams.model_validate({

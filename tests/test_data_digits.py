@@ -15,7 +15,7 @@ from data.digits import default_digits_folder, make_digits_imagefolder
 from data.imagefolder import ListDataset, read_labels, read_list
 from data.split import split_imagenet_folder
 from data.transforms import Preprocess, load_rgb, train_augment
-from spnas.errors import InputError
+from core.errors import InputError
 
 
 @pytest.fixture(scope="module")

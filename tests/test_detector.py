@@ -20,7 +20,7 @@ from nas_models.detector import (
 from nas_models.inherit import inherit_weights
 from nas_models.parallel_fpn import ParallelBackbone, extra_macs_per_stage, validate_neck_code
 from nas_models.serial_backbone import SerialBackbone
-from spnas.errors import InputError
+from core.errors import InputError
 
 R18 = "11-21-21-21"
 

@@ -31,7 +31,7 @@ from deploy.detector_predictor import DetectorPredictor
 from deploy.onnx_export import load_program, save_program
 from engine.detection import train_one_epoch
 from nas_models.detector import build_detector
-from spnas.errors import InputError
+from core.errors import InputError
 
 R18 = "11-21-21-21"
 LABELS = ["__background__", "digit"]

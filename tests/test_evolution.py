@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from spnas.errors import InputError
+from core.errors import InputError
 from strategies.evolution import EvolutionSearch
 
 BLOCKS, CHOICES = 20, 4

@@ -19,7 +19,7 @@ from data.faces import (
     wider_face_to_coco,
     write_wider_face,
 )
-from spnas.errors import InputError
+from core.errors import InputError
 
 
 @pytest.fixture(scope="module")

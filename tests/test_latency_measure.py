@@ -20,7 +20,7 @@ from latency.predictor import (LatencyPredictor, Sample, fit_and_evaluate, group
                                predictor_path)
 from latency.table import LatencyTable, key_of
 from nas_models import blazeface as bf
-from spnas.errors import InputError
+from core.errors import InputError
 
 FAST = TimingConfig(warmup=1, rounds=2, number=2, passes=1)
 

@@ -6,7 +6,7 @@ import torch
 
 from latency.flops import count_macs_params, format_count
 from nas_models.lcnet import LCNET_PAPER_TABLE, LCNET_SCALES, build_lcnet, make_divisible
-from spnas.errors import InputError
+from core.errors import InputError
 
 
 @pytest.mark.parametrize(

@@ -82,7 +82,7 @@ def test_lcnet_flow_end_to_end_and_resume(prefect_api, tmp_path: Path) -> None:
 
 def test_bad_params_fail_before_any_work(prefect_api, tmp_path: Path) -> None:
     from flows.lcnet import lcnet
-    from spnas.errors import InputError
+    from core.errors import InputError
 
     with pytest.raises(InputError, match="scale"):
         lcnet(params_file="params/lcnet.yaml", overrides={"model.scale": 0.3, "output_root": str(tmp_path)})

@@ -21,7 +21,7 @@ from deploy.onnx_export import (
     save_program,
 )
 from nas_models.lcnet import build_lcnet
-from spnas.errors import InputError
+from core.errors import InputError
 
 
 def _calibrated_model() -> nn.Module:

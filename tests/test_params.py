@@ -8,7 +8,7 @@ import yaml
 
 from params.loader import load_params, merge_overrides, parse_override
 from params.models import LcnetParams, PruneEaParams, SanasParams, SposParams, SpnasParams
-from spnas.errors import InputError
+from core.errors import InputError
 
 
 @pytest.mark.parametrize("model, path", [(LcnetParams, "params/lcnet.yaml"), (SpnasParams, "params/spnas.yaml"),

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chi2
 
-from spnas.errors import InputError
+from core.errors import InputError
 from strategies.path_sampler import FlopsBinSampler, path_cost, uniform
 
 # The small SPOS preset's per-op MACs at 32 px (latency/macs_table.py), so the sampler is

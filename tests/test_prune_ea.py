@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from spnas.errors import InputError
+from core.errors import InputError
 from strategies.pareto import hypervolume
 from strategies.prune_ea import (
     PruneEASearch,

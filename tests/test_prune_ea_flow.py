@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.tables import read_table
+from tasks.orchestration.tables import read_table
 
 pytestmark = pytest.mark.slow
 

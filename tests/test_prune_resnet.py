@@ -24,7 +24,7 @@ from nas_models.prune_resnet import (
     validate_encoding,
 )
 from nas_models.registry import build_from_desc
-from spnas.errors import InputError
+from core.errors import InputError
 
 INPUT = (1, 3, 32, 32)
 # Worked out by hand from the layer table (convs + FC; params incl. BN affine and FC bias).

@@ -1,7 +1,7 @@
 """Choosing which front members the retrain stage trains from scratch."""
 from __future__ import annotations
 
-from tasks.prune_search import spread
+from tasks.prune_ea.prune_search import spread
 
 
 def _front(*pairs):
@@ -28,9 +28,9 @@ def test_bn_recalibration_replaces_stale_statistics(tmp_path) -> None:
 
     from nas_models.prune_resnet import build_prune_resnet, encoding_length, pruned_from_full
     from params.models import CifarData
-    from tasks.prepare_data import cifar_sources
+    from tasks.cifar.data import cifar_sources
     from engine.supernet import recalibrate_bn
-    from tasks.prune_search import calibration_batches
+    from tasks.prune_ea.prune_search import calibration_batches
 
     data = cifar_sources(CifarData(), 0, tmp_path)
     full = build_prune_resnet(20, num_classes=len(data["labels"]))

@@ -16,11 +16,11 @@ def backbone_state_dict(detector: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def test_reignite_trains_the_backbone_and_maps_it_back(tmp_path: Path) -> None:
     from params.models import ReigniteParams, Runtime, SpnasParams
-    from tasks.common import save_handoff
-    from tasks.detectors import desc_for, load_detector
-    from tasks.prepare_data import detection_sources
-    from tasks.reignite import reignite_backbone
-    from tasks.split_detection import split_detection
+    from tasks.orchestration.files import save_handoff
+    from tasks.spnas.detectors import desc_for, load_detector
+    from tasks.spnas.data import detection_sources
+    from tasks.spnas.reignite import reignite_backbone
+    from tasks.spnas.split import split_detection
 
     p = SpnasParams.model_validate({"data": {"num_train_images": 16, "num_val_images": 5, "val_value": 0.5,
                                              "test_value": 0.0},

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from spnas.errors import InputError
+from core.errors import InputError
 from strategies.sa import SASearch, accept_probability
 
 RANGES = [7, 9, 12, 12, 6, 6, 6, 6, 2]           # BlazeFace-NAS (FLOPs mode)

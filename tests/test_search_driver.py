@@ -11,8 +11,8 @@ from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from strategies.serial import SerialSearch, SerialSearchConfig
-from tasks.caching import STAGE_CACHE
-from tasks.search import SearchSpec, finalize, keep_weights, run_search
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.search import SearchSpec, finalize, keep_weights, run_search
 
 pytestmark = pytest.mark.slow  # needs the Prefect test server (module-level tasks below)
 
@@ -84,7 +84,7 @@ def test_killed_search_continues_from_its_saved_state(prefect_api, tmp_path: Pat
 
 
 def test_keep_weights_keeps_the_front_and_what_is_needed(tmp_path: Path) -> None:
-    from tasks.search import SearchOutcome
+    from tasks.orchestration.search import SearchOutcome
 
     results = {}
     for cid in range(5):

@@ -17,7 +17,7 @@ from nas_models.serial_backbone import (
     validate_block,
     validate_code,
 )
-from spnas.errors import InputError
+from core.errors import InputError
 
 
 def _n_params(model: torch.nn.Module, skip_prefix: str = "fc.") -> int:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from data.split import format_split_summary, split_imagenet_folder
-from spnas.errors import InputError
+from core.errors import InputError
 
 OUTPUT_NAMES = ("train_list.txt", "val_list.txt", "test_list.txt", "labels.txt")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.tables import read_table
+from tasks.orchestration.tables import read_table
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +125,7 @@ def test_spnas_flow_end_to_end_and_stage_scoped_resume(prefect_api, tmp_path: Pa
 
 def test_spnas_rejects_bad_code_before_work(prefect_api, tmp_path: Path) -> None:
     from flows.sp_nas import spnas
-    from spnas.errors import InputError
+    from core.errors import InputError
 
     with pytest.raises(InputError, match="backbone_code"):
         spnas(params_file="params/spnas.yaml", overrides={"model.backbone_code": "11-x1", "output_root": str(tmp_path)})

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.tables import read_table
+from tasks.orchestration.tables import read_table
 
 pytestmark = pytest.mark.slow
 

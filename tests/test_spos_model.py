@@ -29,7 +29,7 @@ from nas_models.spos_shufflenet import (
     supernet_key,
     validate_choices,
 )
-from spnas.errors import InputError
+from core.errors import InputError
 from strategies.path_sampler import FlopsBinSampler
 
 # Released SPOS architecture (Megvii SinglePathOneShot README and NNI's

@@ -75,7 +75,7 @@ def test_bgr_model_yml_is_honoured_by_the_predictor(tmp_path: Path) -> None:
 
     from deploy.classifier_export import export_classifier
     from deploy.predictor import ClassifierPredictor
-    from tasks.cifar_training import preprocess
+    from tasks.cifar.training import preprocess
 
     class FirstChannel(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:  # logits = [mean of channel 0, 128]

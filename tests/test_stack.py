@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from spnas import stack
-from spnas.errors import InputError
+from core.errors import InputError
 from spnas.stack import StackConfig, StackError
 
 

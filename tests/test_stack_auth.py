@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from spnas import auth, cli, stack
-from spnas.errors import InputError
+from core.errors import InputError
 from spnas.stack import StackConfig, StackError
 
 PASSWORD = "s3cret%pass:with-colon"  # '%' and ':' on purpose (ini escaping, first-colon split)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spnas.errors import InputError
+from core.errors import InputError
 from strategies.parallel import (
     ParallelSearch,
     count_neck_codes,

@@ -1,4 +1,4 @@
-"""Results tables: CSV + Parquet twin written by tasks/tables.py, read back by either file."""
+"""Results tables: CSV + Parquet twin written by tasks/orchestration/tables.py, read back by either file."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.tables import parquet_path, read_table, to_frame, write_table
+from tasks.orchestration.tables import parquet_path, read_table, to_frame, write_table
 
 ROWS: list[dict[str, Any]] = [
     {"id": 0, "code": "11-21", "mAP": 0.5, "params": 1200, "pareto": True, "mutations": ["expand", "swap"]},

@@ -12,7 +12,7 @@ import torch
 from nas_models.convert import check_weights_file, load_weights_file
 from nas_models.inherit import InheritReport, inherit_weights, require_loaded_share
 from nas_models.lcnet import build_lcnet
-from spnas.errors import InputError
+from core.errors import InputError
 
 FIELD = "model.pretrained_weights"
 

@@ -23,7 +23,7 @@ from uuid import UUID
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from spnas.paths import state_dir
+from core.paths import state_dir
 
 PARENT_TAG = "mlflow.parentRunId"
 # Runs per search_runs request when listing runs (MLflow's own default page); tests shrink it.

@@ -1,0 +1,47 @@
+"""Stage `data` of prune-ea/full and spos/full: a CIFAR-format folder (the user's own, one converted
+from their ImageNet-format folder, or the embedded digits) and its seeded train/val split."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from params.models import CifarData, Runtime
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.files import write_json
+from tasks.orchestration.sources import record_sources
+
+
+def cifar_sources(data: CifarData, seed: int, out_dir: Path) -> dict[str, Any]:
+    """A cifar-10-batches-py folder (the user's own, one converted from their ImageNet-format
+    folder, or the embedded digits) and the seeded train/val split of its training images."""
+    from data.cifar import (FOLDER_NAME, default_cifar_folder, load_cifar, read_cifar_batches, split_train_val,
+                            write_cifar_set)
+
+    if data.dataset_dir is None:
+        folder, source = default_cifar_folder(seed), "embedded digits as 32x32 CIFAR-format images"
+        cifar = read_cifar_batches(folder, "data.dataset_dir")
+    else:
+        cifar = load_cifar(data.dataset_dir, seed=seed, field="data.dataset_dir")
+        given = Path(data.dataset_dir)
+        if (given / "batches.meta").exists() or (given / FOLDER_NAME / "batches.meta").exists():
+            folder = given if (given / "batches.meta").exists() else given / FOLDER_NAME
+            source = f"your CIFAR folder {folder}"
+        else:  # an ImageNet-format folder, converted once into this stage's work folder
+            folder = write_cifar_set(out_dir / FOLDER_NAME, cifar)
+            source = f"your image folder {given}, as 32x32 CIFAR-format images"
+    train_idx, val_idx = split_train_val(cifar.train_labels, data.val_fraction, seed, field="data.val_fraction")
+    split = write_json(out_dir / "split.json", {"train": train_idx.tolist(), "val": val_idx.tolist()})
+    return {"cifar_dir": str(folder), "split_file": str(split), "labels": list(cifar.label_names),
+            "counts": {"train": len(train_idx), "val": len(val_idx), "test": len(cifar.test_labels)},
+            "source": f"{source} ({len(cifar.train_labels)} train / {len(cifar.test_labels)} test images, "
+                      f"{cifar.num_classes} classes)"}
+
+
+@task(name="data", persist_result=True, cache_policy=STAGE_CACHE)
+def cifar_data_task(data: CifarData, seed: int, work_dir: str, parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+    out = cifar_sources(data, seed, Path(work_dir))
+    recorded = record_sources(out, work_dir, parent_run_id)
+    get_run_logger().info("data: %s; train/val/test %s", out["source"], out["counts"])
+    return {**recorded, "files": recorded["files"] + [out["split_file"]]}

@@ -1,0 +1,36 @@
+"""Stage `export` of prune-ea/full and spos/full: each retrained classifier as an inference folder
+(ONNX with softmax + torch.export program + model.yml in the model's input convention),
+parity-checked against eager torch on real test images and timed with ONNX Runtime (batch 1),
+then the comparison table for this run — prune-ea: baseline vs each front member (the seed's
+table, r_c = MACs / baseline MACs); spos: the winner vs its baselines (r_c = MACs / winner's)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from params.models import Runtime
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.cifar.training import export_compared
+from tracking import tracker
+
+
+@task(name="export", persist_result=True, cache_policy=STAGE_CACHE)
+def export_classifiers_task(models: list[dict[str, Any]], data: dict[str, Any], seed: int, table_key: str,
+                            title: str, work_dir: str, parent_run_id: str, runtime: Runtime,
+                            convention: str = "rgb", predict_with: str | None = None) -> dict[str, Any]:
+    """`models` [{"name", "desc", "model_path", "performance"}], the reference first; the
+    Predictor runs on `predict_with` (a name; default the last model)."""
+    logger = get_run_logger()
+    with tracker.child_run(parent_run_id, "export", {"input_convention": convention}) as run_id:
+        out = export_compared(models, data, seed, runtime, Path(work_dir), convention, predict_with)
+        for row in out["rows"]:
+            tracker.log_metrics(run_id, {f"{row['model']}_{k}": v for k, v in row.items() if k != "model"})
+        tracker.log_files(run_id, out["files"], "export")
+    tracker.publish_table(table_key, out["rows"], title)
+    logger.info("Predictor on %s:\n%s", out["predictor_model"], out["time_info"])
+    for r in out["rows"]:
+        logger.info("%-14s MACs %6.2fM (r_c %.2f)  params %.3fM  acc %.4f  ORT %.3f ms  ONNX |diff| %.1e", r["model"],
+                    r["macs"] / 1e6, r["r_c"], r["params"] / 1e6, r["acc"], r["ort_ms_batch1"], r["onnx_max_abs_diff"])
+    return out

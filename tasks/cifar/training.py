@@ -1,0 +1,160 @@
+"""What the stages on CIFAR-format data share (prune-ea and spos; no stage imports another stage):
+the data of the `data` stage with its train/val split, loaders in the model's input convention,
+training a classifier with the engine's classification loop, scoring it, and measuring it.
+Plain functions: no Prefect, no MLflow."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from data.cifar import (CIFAR10_MEAN, CIFAR10_STD, CifarArrays, CifarNormalize, CifarSet, cifar_loaders,
+                        read_cifar_batches)
+from data.transforms import Preprocess
+from engine.classification import TrainConfig, evaluate, fit
+from latency.flops import count_macs_params
+from params.models import ClassifierTrain
+from nas_models.registry import build_from_desc
+from tasks.orchestration.files import read_json, write_json
+
+EVAL_BATCH = 256
+# Input conventions a network is trained (and exported) with: RGB normalised with the CIFAR
+# mean/std, or the original SPOS release's BGR in [0, 255] (mean 0, std 1/255 after the /255).
+INPUT_CONVENTIONS: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = {
+    "rgb": ("RGB", CIFAR10_MEAN, CIFAR10_STD),
+    "bgr255": ("BGR", (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)),
+}
+
+
+def load_data(data: dict[str, Any]) -> tuple[CifarSet, np.ndarray, np.ndarray]:
+    """The CIFAR set of the `data` stage and its (train, val) index arrays."""
+    return _read(data["cifar_dir"], data["split_file"])
+
+
+@lru_cache(maxsize=2)
+def _read(cifar_dir: str, split_file: str) -> tuple[CifarSet, np.ndarray, np.ndarray]:
+    """Read once per process: every search candidate needs the same (read-only) arrays."""
+    cifar = read_cifar_batches(cifar_dir, "data.dataset_dir")
+    split = read_json(split_file)
+    return cifar, np.asarray(split["train"], dtype=np.int64), np.asarray(split["val"], dtype=np.int64)
+
+
+def loaders(data: dict[str, Any], batch_size: int, seed: int, convention: str = "rgb"
+            ) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """(augmented train part, val part, test batch), normalised per `convention`."""
+    cifar, train_idx, val_idx = load_data(data)
+    order, mean, std = INPUT_CONVENTIONS[convention]
+    train, val = cifar_loaders((cifar.train_images[train_idx], cifar.train_labels[train_idx]),
+                               (cifar.train_images[val_idx], cifar.train_labels[val_idx]), batch_size, seed,
+                               mean=mean, std=std, channel_order=order)
+    test = DataLoader(CifarArrays(cifar.test_images, cifar.test_labels, CifarNormalize(mean, std, order)),
+                      batch_size=EVAL_BATCH)
+    return train, val, test
+
+
+def preprocess(convention: str = "rgb") -> Preprocess:
+    """What the exported model.yml tells a Predictor: 32 px, the convention's channel order and
+    normalisation (the very arithmetic the training loaders used)."""
+    order, mean, std = INPUT_CONVENTIONS[convention]
+    return Preprocess(input_size=32, resize_short=32, mean=mean, std=std, channel_order=order)
+
+
+def measure(model: torch.nn.Module) -> dict[str, int]:
+    macs, params = count_macs_params(model.cpu(), (1, 3, 32, 32))
+    return {"macs": macs, "params": params}
+
+
+def train_config(cfg: ClassifierTrain) -> TrainConfig:
+    return TrainConfig(epochs=cfg.epochs, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
+                       weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs)
+
+
+def train_and_score(model: torch.nn.Module, data: dict[str, Any], cfg: ClassifierTrain, seed: int,
+                    device: torch.device, checkpoint: Path | None,
+                    on_epoch: Callable[[dict[str, float]], None] | None = None,
+                    convention: str = "rgb") -> dict[str, Any]:
+    """Train on the train part (validated on val each epoch), then score val and test."""
+    train, val, test = loaders(data, cfg.batch_size, seed, convention)
+    history = fit(model, train, val, train_config(cfg), checkpoint_path=checkpoint, topk=1, on_epoch=on_epoch,
+                  device=device)
+    return {"history": history, "val_acc": evaluate(model, val, 1, device=device)["top1"],
+            "test_acc": evaluate(model, test, 1, device=device)["top1"]}
+
+
+def finetune_and_score(model: torch.nn.Module, data: dict[str, Any], steps: int, lr: float, batch_size: int,
+                       seed: int, device: torch.device, convention: str = "rgb") -> float:
+    """A short training at constant lr (a candidate's fine-tune on inherited weights, or a short
+    equal budget from scratch), then val accuracy."""
+    from engine.classification import train_one_epoch
+
+    train, val, _ = loaders(data, batch_size, seed, convention)
+    if steps > 0:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+        done = 0
+        while done < steps:  # several passes when the budget exceeds one epoch
+            take = min(steps - done, len(train))
+            train_one_epoch(model, train, optimizer, None, torch.nn.CrossEntropyLoss(), max_steps=take, device=device)
+            done += take
+    return evaluate(model, val, 1, device=device)["top1"]
+
+
+PREDICT_IMAGES = 8
+
+
+def load_entry(entry: dict[str, Any]) -> torch.nn.Module:
+    model = build_from_desc(entry["desc"])
+    model.load_state_dict(torch.load(entry["model_path"], map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def export_compared(models: list[dict[str, Any]], data: dict[str, Any], seed: int, runtime: Any,
+                    out_dir: Path, convention: str = "rgb", predict_with: str | None = None) -> dict[str, Any]:
+    """Export each model as an inference folder (ONNX with softmax + torch.export program +
+    model.yml in `convention`), parity-check it on real test images, time it with ONNX Runtime
+    (batch 1), and tabulate them against the first: MACs, params, accuracy, r_c = MACs / first
+    model's MACs, latency (comparison.csv). Runs the Predictor as a user would on `predict_with`
+    (a model name; default the last model).
+
+    models: [{"name", "desc", "model_path", "performance": {"macs", "params", "acc"}}]."""
+    from deploy.classifier_export import export_classifier, parity
+    from deploy.onnx_export import make_session
+    from deploy.predictor import ClassifierPredictor
+    from engine.runtime import configure_torch
+    from latency.timing import min_latency_ms
+    from tasks.orchestration.tables import write_table
+
+    threads = configure_torch(runtime.num_threads, seed)
+    _, _, test = loaders(data, 64, seed, convention)
+    images, _ = next(iter(test))
+    rows, files = [], []
+    base_macs = models[0]["performance"]["macs"]
+    for entry in models:
+        model = load_entry(entry)
+        exported = export_classifier(model, entry["desc"], data["labels"], preprocess(convention),
+                                     out_dir / entry["name"] / "inference_model")
+        checks = parity(model, Path(exported["onnx"]), images[:16], threads)
+        session = make_session(Path(exported["onnx"]), threads)
+        one = images[:1].numpy()
+        ort_ms = min_latency_ms(lambda: session.run(None, {"image": one}))
+        perf = entry["performance"]
+        rows.append({"model": entry["name"], "macs": perf["macs"], "params": perf["params"], "acc": perf["acc"],
+                     "r_c": perf["macs"] / base_macs, "ort_ms_batch1": ort_ms, **checks})
+        files += [exported[k] for k in ("onnx", "program", "model_yml")]
+    cifar, _, _ = load_data(data)
+    predict_with = predict_with or models[-1]["name"]
+    predictor = ClassifierPredictor(str(out_dir / predict_with / "inference_model"), threads=threads)
+    sample = [cifar.test_images[i] for i in range(PREDICT_IMAGES)]
+    predictions = predictor.predict(sample, topk=1, warmup=2, repeats=3)
+    hits = sum(p[0]["category"] == cifar.label_names[int(cifar.test_labels[i])] for i, p in enumerate(predictions))
+    files += [str(p) for p in write_table(rows, out_dir / "comparison.csv")]
+    report = write_json(out_dir / "export_report.json", {
+        "rows": rows, "threads": threads, "input_convention": convention, "predictor_model": predict_with,
+        "predictor_sample_accuracy": hits / len(sample), "predictor_timing": predictor.time_info.as_dict()})
+    return {"rows": rows, "time_info": predictor.time_info.report(), "predictor_model": predict_with,
+            "predictor_sample_accuracy": hits / len(sample), "files": [*files, str(report)]}

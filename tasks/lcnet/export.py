@@ -1,0 +1,55 @@
+"""Stage `export` of lcnet/full: inference-model folder (ONNX with softmax, torch.export program,
+model.yml), checked against eager torch on real validation images; batch-1 latency of eager
+torch vs ONNX Runtime, same threads."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import get_run_logger, task
+
+from deploy.classifier_export import export_classifier, parity
+from deploy.onnx_export import WithSoftmax, make_session
+from engine.runtime import configure_torch
+from latency.timing import min_latency_ms
+from params.models import LcnetModel, Runtime
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.lcnet.classifiers import load_trained, loaders, preprocess_for
+from tasks.orchestration.files import write_json
+from tracking import tracker
+
+
+def export_stage(split: dict[str, Any], trained: dict[str, Any], model: LcnetModel, seed: int, runtime: Runtime,
+                 out_dir: Path) -> dict[str, Any]:
+    threads = configure_torch(runtime.num_threads, seed)
+    net = load_trained(trained)  # export, parity and latency on CPU: what the Predictor runs
+    files = export_classifier(net, trained["desc"], split["labels"], preprocess_for(model), out_dir / "inference_model")
+    _, val_loader, _ = loaders(split, model, 1, seed)
+    images, _ = next(iter(val_loader))
+    checks = parity(net, Path(files["onnx"]), images, threads)
+    one = images[:1]
+    wrapped = WithSoftmax(net).eval()
+    session = make_session(Path(files["onnx"]), threads)
+    with torch.inference_mode():
+        torch_ms = min_latency_ms(lambda: wrapped(one))
+    ort_ms = min_latency_ms(lambda: session.run(None, {"image": one.numpy()}))
+    report = {**checks, "parity_images": int(images.shape[0]), "torch_ms_batch1": torch_ms,
+              "ort_ms_batch1": ort_ms, "ort_speedup": torch_ms / ort_ms if ort_ms else None, "threads": threads}
+    path = write_json(out_dir / "export_report.json", report)
+    model_files = [files[k] for k in ("onnx", "program", "model_yml") if files.get(k)]
+    return {**files, "report": report, "files": [*model_files, str(path)]}
+
+
+@task(name="export", persist_result=True, cache_policy=STAGE_CACHE)
+def export_classifier_task(split: dict[str, Any], trained: dict[str, Any], model: LcnetModel, seed: int,
+                           work_dir: str, parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+    with tracker.child_run(parent_run_id, "export") as run_id:
+        out = export_stage(split, trained, model, seed, runtime, Path(work_dir))
+        tracker.log_metrics(run_id, out["report"])
+        tracker.log_files(run_id, [out["model_dir"]], "inference_model")
+    r = out["report"]
+    get_run_logger().info("exported to %s; ONNX vs torch max |diff| %.2e; batch-1 latency torch %.2f ms, "
+                          "ONNX Runtime %.2f ms", out["model_dir"], r["onnx_max_abs_diff"], r["torch_ms_batch1"],
+                          r["ort_ms_batch1"])
+    return out

@@ -1,0 +1,37 @@
+"""Stage `split` of lcnet/full: PaddleX-style ImageNet split into the stage's own folder.
+
+The lists are written into the stage's folder (paths relative to the data folder), not into
+the data folder itself, so two runs with different seeds never overwrite each other.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from data.split import format_split_summary, split_imagenet_folder
+from params.models import LcnetData, Runtime
+from tasks.orchestration.caching import STAGE_CACHE
+from tracking import tracker
+
+
+def split_dataset(dataset_dir: str, data: LcnetData, seed: int, out_dir: Path) -> dict[str, Any]:
+    result = split_imagenet_folder(Path(dataset_dir), data.val_value, data.test_value, seed, out_dir)
+    lists = [p for p in (result.train_list, result.val_list, result.test_list, result.labels_file) if p]
+    return {**result.to_dict(), "files": [str(p) for p in lists], "summary": format_split_summary(result)}
+
+
+@task(name="split", persist_result=True, cache_policy=STAGE_CACHE)
+def split_task(sources: dict[str, Any], data: LcnetData, seed: int, work_dir: str, parent_run_id: str,
+               runtime: Runtime) -> dict[str, Any]:
+    logger = get_run_logger()
+    params = {"dataset": sources["source"], "val_value": data.val_value, "test_value": data.test_value, "seed": seed}
+    with tracker.child_run(parent_run_id, "split", params) as run_id:
+        out = split_dataset(sources["dataset_dir"], data, seed, Path(work_dir))
+        tracker.log_metrics(run_id, {f"n_{k}": v for k, v in out["counts"].items()} | {"num_classes": len(out["labels"])})
+        tracker.log_files(run_id, out["files"], "split")
+    logger.info("split %s into %s\n%s", out["dataset_dir"], out["output_dir"], out["summary"])
+    tracker.publish_table("split-counts", [{"subset": k, "images": v} for k, v in out["counts"].items()],
+                          "images per subset after the split")
+    return out

@@ -1,0 +1,148 @@
+"""Stage `prune_search` of prune-ea/full (Vega PruneEA): NSGA-III (pymoo) over per-channel keep
+bits of the trained base network, objectives [MACs, 1 − accuracy] (params too if asked). Each
+candidate is a task: the pruned network (physically smaller) inherits the kept channels'
+weights from the base model, gets its BatchNorm statistics re-estimated on a few training
+batches, is briefly fine-tuned and scored on the held-out val split.
+
+Files: result.csv (+ .parquet: id, generation, encoding, macs, params, acc), pareto_front.csv
+(exactly the non-dominated rows of result.csv), fronts/generation_<g>.csv (the front as it stood
+after each generation); the first-vs-last front plot is in MLflow. The generation loop is the
+shared search driver (tasks/orchestration/search.py), so a killed search resumes from its saved state."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import flow, get_run_logger
+from prefect.runtime import task_run
+
+from engine.runtime import configure_torch, resolve_device
+from engine.supernet import recalibrate_bn
+from nas_models.prune_resnet import encoding_length, pruned_from_full, repair_encoding
+from nas_models.registry import build_from_desc
+from params.models import PruneSearchParams, Runtime
+from strategies.prune_ea import PruneEASearch
+from tasks.cifar.training import finetune_and_score, loaders, measure
+from tasks.orchestration.files import save_handoff
+from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
+from tasks.orchestration.tables import write_table
+from tracking import tracker
+
+STAGE = "prune_search"
+TABLE = "result.csv"
+
+
+def load_base(base: dict[str, Any]) -> torch.nn.Module:
+    model = build_from_desc(base["desc"])
+    model.load_state_dict(torch.load(base["model_path"], map_location="cpu", weights_only=True))
+    return model
+
+
+def calibration_batches(data: dict[str, Any], batch_size: int, seed: int) -> Any:
+    """The training batches (seeded order) a candidate's BatchNorm statistics are re-estimated on."""
+    return loaders(data, batch_size, seed)[0]
+
+
+def evaluate_candidate(candidate: dict[str, Any], base: dict[str, Any], data: dict[str, Any], cfg: PruneSearchParams,
+                       batch_size: int, seed: int, runtime: Runtime, out_dir: Path) -> dict[str, Any]:
+    own_seed, device = seed + int(candidate["id"]), resolve_device(runtime.device)
+    configure_torch(runtime.num_threads, own_seed)
+    pruned = pruned_from_full(load_base(base), candidate["encoding"])
+    # The base model's BN statistics no longer fit once input channels are pruned (a pruned
+    # candidate scores at chance before its fine-tune, and the short fine-tune's score is then
+    # mostly noise): re-estimate them first.
+    recalibrate_bn(pruned, calibration_batches(data, batch_size, own_seed), cfg.bn_recalibration_batches, device)
+    acc = finetune_and_score(pruned, data, cfg.finetune_steps, cfg.finetune_lr, batch_size, own_seed, device)
+    performance = {"acc": acc, **measure(pruned), "kept_bits": candidate["encoding"].count("1")}
+    desc = {"type": "PruneResNet", **pruned.arch}
+    files = save_handoff(out_dir, str(candidate["id"]), desc, pruned, performance)
+    return {**candidate, "performance": performance, "desc": desc, "model_path": files[1], "files": files}
+
+
+def _run_name() -> str:
+    cand = (task_run.parameters or {}).get("candidate", {})
+    return f"prune-{cand.get('id', '?')}-g{cand.get('generation', '?')}"
+
+
+@candidate_task(name="prune_candidate", task_run_name=_run_name)
+def prune_candidate_task(candidate: dict[str, Any], base: dict[str, Any], data: dict[str, Any],
+                         search: PruneSearchParams, batch_size: int, seed: int, work_dir: str, parent_run_id: str,
+                         runtime: Runtime) -> dict[str, Any]:
+    """One pruning candidate; its MLflow run holds the encoding as an artifact (desc_<id>.json),
+    not as a param (up to 1,136 characters)."""
+    name = f"prune-{candidate['id']}"
+    with tracker.child_run(parent_run_id, name, {"id": candidate["id"], "generation": candidate["generation"]}) as run_id:
+        out = evaluate_candidate(candidate, base, data, search, batch_size, seed, runtime, Path(work_dir))
+        tracker.log_metrics(run_id, out["performance"])
+        tracker.log_files(run_id, [out["files"][0], out["files"][2]], "candidate")
+    perf = out["performance"]
+    get_run_logger().info("candidate %s (generation %s): acc %.4f  MACs %.2fM  params %.3fM", candidate["id"],
+                          candidate["generation"], perf["acc"], perf["macs"] / 1e6, perf["params"] / 1e6)
+    return out
+
+
+def _row(result: dict[str, Any]) -> dict[str, Any]:
+    perf = result.get("performance") or {}
+    return {"generation": result.get("generation"), "encoding": result.get("encoding"), "macs": perf.get("macs"),
+            "params": perf.get("params"), "acc": perf.get("acc"), "status": "ok" if perf else "failed"}
+
+
+def front_files(strategy: PruneEASearch, rows: list[dict[str, Any]], work: Path) -> list[str]:
+    """pareto_front.csv (exactly the non-dominated rows of result.csv) and one front per generation."""
+    by_id = {r["id"]: r for r in rows}
+    front = set(strategy.pareto_ids())
+    files = write_table([r for r in rows if r["id"] in front], work / "pareto_front.csv")
+    fronts = work / "fronts"
+    fronts.mkdir(exist_ok=True)
+    for g in range(strategy.generation + 1):
+        ids = [i for i in strategy.front_of_generation(g) if i in by_id]
+        files += write_table([by_id[i] for i in ids], fronts / f"generation_{g}.csv")
+    return [str(f) for f in files]
+
+
+def spread(front: list[dict[str, Any]], count: int, num_classes: int) -> list[dict[str, Any]]:
+    """`count` front members evenly spread along MACs (both ends included), leaving out the
+    front's degenerate end: members no better than chance (acc <= 1.5 / classes) are not
+    worth retraining."""
+    useful = [r for r in front if r["acc"] > 1.5 / num_classes] or front
+    ordered = sorted(useful, key=lambda r: (r["macs"], -r["acc"]))
+    if len(ordered) <= count:
+        return ordered
+    picks = sorted({round(i * (len(ordered) - 1) / (count - 1)) for i in range(count)}) if count > 1 else [len(ordered) - 1]
+    return [ordered[i] for i in picks]
+
+
+@flow(name="prune-search")
+def prune_search(data: dict[str, Any], base: dict[str, Any], depth: int, search: PruneSearchParams, batch_size: int,
+                 seed: int, work_dir: str, parent_run_id: str, runtime: Runtime, refresh: bool = False) -> dict[str, Any]:
+    logger = get_run_logger()
+    full_state = load_base(base).state_dict()
+    strategy = PruneEASearch(
+        encoding_length(depth), seed, num_generation=search.num_generation, num_individual=search.num_individual,
+        random_models=search.random_models,
+        objectives=("macs", "error", "params") if search.with_params else ("macs", "error"),
+        # Never an all-zero channel group: keep the group's largest-norm channel of the base model.
+        repair=lambda bits: [int(b) for b in repair_encoding(bits, depth, full_state)])
+    spec = SearchSpec(STAGE, prune_candidate_task, max(search.random_models, search.num_individual),
+                      lambda c: {"id": c.id, "generation": c.generation, "encoding": c.code},
+                      lambda r: {k: r["performance"][k] for k in ("acc", "macs", "params")}, _row, ("macs", "acc"),
+                      f"PruneEA ResNet-{depth}", table=TABLE, extra_outputs=front_files)
+    with tracker.child_run(parent_run_id, "prune_search", {"depth": depth, **search.model_dump()}) as run_id:
+        outcome = run_search(strategy, spec, work_dir, run_id, refresh, base=base, data=data, search=search,
+                             batch_size=batch_size, seed=seed, runtime=runtime)
+        best = strategy.best()
+        rows = finalize(strategy, spec, outcome, work_dir, best.id, search.keep_weights, needed=set(strategy.pareto_ids()))
+        front = [r for r in rows if r["pareto"]]
+        first = [r for r in rows if r["id"] in set(strategy.front_of_generation(0))]
+        tracker.log_fronts_plot(run_id, {"generation 0": first, f"generation {strategy.generation}": front},
+                                "macs", "acc", "prune_search/fronts.png", f"PruneEA ResNet-{depth}: first vs last front")
+        tracker.log_files(run_id, outcome.files, STAGE)
+        tracker.log_metrics(run_id, {"candidates": len(rows), "front_size": len(front),
+                                     "resumed_candidates": outcome.resumed_from})
+    tracker.publish_table("prune-search-front", sorted(({k: v for k, v in r.items() if k != "encoding"} for r in front),
+                                                       key=lambda r: r["macs"]),
+                          "final Pareto front: MACs vs accuracy (val split, inherited weights + short fine-tune)")
+    logger.info("prune search: %d candidates over %d generations, front of %d", len(rows), strategy.generation + 1,
+                len(front))
+    return {"rows": rows, "front": front, "files": outcome.files}

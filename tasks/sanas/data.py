@@ -1,0 +1,41 @@
+"""Stage `data` of sanas/full: the user's WIDER FACE files (converted to COCO), or the embedded
+face set (real LFW faces on real backgrounds) built once into the data cache."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from core.paths import data_cache_dir
+from params.models import FaceData, Runtime
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.sources import record_sources
+
+
+def face_sources(data: FaceData, image_size: int, seed: int, out_dir: Path) -> dict[str, Any]:
+    """COCO files of the face set: the user's WIDER FACE files converted into this stage's work
+    folder, or the embedded set (LFW faces placed on real backgrounds) built once in the cache."""
+    from data.faces import make_faces_coco, wider_face_to_coco
+
+    if data.train_annotations is not None:
+        train = wider_face_to_coco(data.train_annotations, data.train_images, out_dir / "train_faces.json")
+        val = wider_face_to_coco(data.val_annotations, data.val_images, out_dir / "val_faces.json")
+        coco = {"train_images": data.train_images, "train_json": str(train.ann_file),
+                "val_images": data.val_images, "val_json": str(val.ann_file)}
+        source = f"your WIDER FACE files {data.train_annotations} / {data.val_annotations}"
+    else:
+        root = data_cache_dir() / f"faces_coco_{image_size}px_{data.num_train_images}_{data.num_val_images}_s{seed}"
+        faces = make_faces_coco(root, data.num_train_images, data.num_val_images, image_size, seed)
+        coco = {k: str(v) for k, v in faces.to_dict().items() if k != "root"}
+        source = (f"embedded faces: real LFW face crops on real background images ({data.num_train_images} train / "
+                  f"{data.num_val_images} held-out images, {image_size} px)")
+    return {**coco, "source": source}
+
+
+@task(name="data", persist_result=True, cache_policy=STAGE_CACHE)
+def face_data_task(data: FaceData, image_size: int, seed: int, work_dir: str, parent_run_id: str,
+                   runtime: Runtime) -> dict[str, Any]:
+    out = record_sources(face_sources(data, image_size, seed, Path(work_dir)), work_dir, parent_run_id)
+    get_run_logger().info("data: %s", out["source"])
+    return out

@@ -1,0 +1,118 @@
+"""Stage `export` of sanas/full: the found and the initial BlazeFace as inference folders, their
+real latency measured and compared with the prediction, and the comparison table.
+
+What is exported is the network SANAS's costs cover (`latency.measure.ssd_core`: backbone, SSD
+heads, class softmax on a resized, normalized [N, 3, S, S] batch): model.onnx and model.pt2
+(torch.export) with outputs `bbox_regression` [N, A, 4] (box deltas, torchvision's SSD coder,
+weights 10, 10, 5, 5) and `scores` [N, A, classes], anchors.npy [A, 4] (x1, y1, x2, y2 in
+input pixels) to decode them, and model.yml (input size and normalization, outputs, files).
+torchvision's postprocess (decode + NMS) stays in torch; its program export is FasterRCNN-only
+here. Both files are parity-checked against eager torch on held-out images."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from prefect import get_run_logger, task
+
+from data.coco import CocoDetection, load_coco
+from deploy.onnx_export import (export_program, load_program, make_session, max_abs_diff_vs_torch,
+                                program_to_onnx, save_program)
+from latency.measure import measure_networks_ms, ssd_core
+from nas_models.registry import build_from_desc
+from params.models import Runtime
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.files import write_json
+from tasks.orchestration.tables import write_table
+from tracking import tracker
+
+PARITY_IMAGES = 8
+
+
+def _anchors(model: torch.nn.Module, image_size: int) -> np.ndarray:
+    """The detector's anchors for one image_size x image_size input (its own anchor generator)."""
+    with torch.no_grad():
+        images, _ = model.transform([torch.zeros(3, image_size, image_size)])
+        features = list(model.backbone(images.tensors).values())
+        return model.anchor_generator(images, features)[0].numpy()
+
+
+def export_face_model(entry: dict[str, Any], image_size: int, images: torch.Tensor, out_dir: Path) -> dict[str, Any]:
+    model = build_from_desc(entry["desc"])
+    model.load_state_dict(torch.load(entry["model_path"], map_location="cpu", weights_only=True))
+    model.eval()
+    core = ssd_core(model)
+    program = export_program(core, images[:1])
+    onnx_path = program_to_onnx(program, out_dir / "model.onnx", output_name=["bbox_regression", "scores"])
+    program_path = save_program(program, out_dir / "model.pt2")
+    np.save(out_dir / "anchors.npy", _anchors(model, image_size))
+    meta = {"model": entry["desc"], "task": "face detection (SSD core)", "labels": ["__background__", "face"],
+            "input": {"name": "image", "layout": "NCHW", "channel_order": "RGB", "size": image_size,
+                      "range": [0.0, 1.0], "normalize": {"mean": [float(v) for v in model.transform.image_mean],
+                                                         "std": [float(v) for v in model.transform.image_std]}},
+            "outputs": {"bbox_regression": "box deltas per anchor (torchvision SSD coder, weights 10, 10, 5, 5)",
+                        "scores": "softmax class probabilities per anchor"},
+            "files": {"onnx": "model.onnx", "program": "model.pt2", "anchors": "anchors.npy"}}
+    tmp = out_dir / "model.yml.tmp"
+    tmp.write_text(yaml.safe_dump(meta, sort_keys=False))
+    os.replace(tmp, out_dir / "model.yml")
+    session = make_session(onnx_path, 1)
+    with torch.no_grad():
+        reloaded = load_program(program_path).module()(images)
+        expected = core(images)
+    pt2_diff = max(float((a - b).abs().max()) for a, b in zip(reloaded, expected))
+    return {"onnx": str(onnx_path), "program": str(program_path), "model_yml": str(out_dir / "model.yml"),
+            "anchors": str(out_dir / "anchors.npy"), "core": core,
+            "onnx_max_abs_diff": max_abs_diff_vs_torch(core, session, images), "pt2_max_abs_diff": pt2_diff}
+
+
+def export_faces(models: list[dict[str, Any]], data: dict[str, Any], latency: dict[str, Any], image_size: int,
+                 threads: int, out_dir: Path) -> dict[str, Any]:
+    """models: [{"name", "tokens", "desc", "model_path", "performance"}]; the found one first."""
+    val = CocoDetection(load_coco(Path(data["val_images"]), Path(data["val_json"])))
+    raw = torch.stack([val[i][0] for i in range(min(PARITY_IMAGES, len(val)))])
+    probe = build_from_desc(models[0]["desc"]).eval()
+    with torch.no_grad():  # the detector's own resize + normalization, as the exported core expects
+        images = probe.transform(list(raw))[0].tensors
+    rows, files, cores = [], [], {}
+    for entry in models:
+        exported = export_face_model(entry, image_size, images, out_dir / entry["name"] / "inference_model")
+        cores[entry["name"]] = (exported.pop("core"), images[:1])
+        perf = entry["performance"]
+        rows.append({"model": entry["name"], "tokens": "".join(map(str, entry["tokens"])), "AP50": perf["AP50"],
+                     "AP": perf["AP"], "macs": perf["macs"], "params": perf["params"],
+                     "predicted_ms": perf["predicted_ms"], "onnx_max_abs_diff": exported["onnx_max_abs_diff"],
+                     "pt2_max_abs_diff": exported["pt2_max_abs_diff"]})
+        files += [exported[k] for k in ("onnx", "program", "model_yml", "anchors")]
+    measured = measure_networks_ms(cores, "onnxruntime", threads)  # interleaved: load hits both alike
+    for row in rows:
+        row["measured_ms"] = measured[row["model"]]
+        row["prediction_error_pct"] = 100 * (row["predicted_ms"] - row["measured_ms"]) / row["measured_ms"]
+    files += [str(p) for p in write_table(rows, out_dir / "comparison.csv")]
+    files.append(str(write_json(out_dir / "export_report.json", {"rows": rows, "threads": threads,
+                                                                 "latency_table": latency["table_file"]})))
+    return {"rows": rows, "files": files}
+
+
+@task(name="export", persist_result=True, cache_policy=STAGE_CACHE)
+def export_faces_task(models: list[dict[str, Any]], data: dict[str, Any], latency: dict[str, Any], image_size: int,
+                      threads: int, work_dir: str, parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+    logger = get_run_logger()
+    with tracker.child_run(parent_run_id, "export") as run_id:
+        out = export_faces(models, data, latency, image_size, threads, Path(work_dir))
+        for row in out["rows"]:
+            tracker.log_metrics(run_id, {f"{row['model']}_{k}": v for k, v in row.items()
+                                         if k not in ("model", "tokens")})
+        tracker.log_files(run_id, out["files"], "export")
+    tracker.publish_table("sanas-comparison", out["rows"],
+                          "found vs initial-token BlazeFace, same training budget: AP@0.5 on held-out images, "
+                          "MACs, params, predicted vs measured latency (ONNX Runtime, batch 1)")
+    for r in out["rows"]:
+        logger.info("%-8s tokens %s  AP@0.5 %.4f  MACs %.2fM  params %d  latency predicted %.3f ms / measured %.3f ms "
+                    "(%+.1f %%)  ONNX |diff| %.1e", r["model"], r["tokens"], r["AP50"], r["macs"] / 1e6, r["params"],
+                    r["predicted_ms"], r["measured_ms"], r["prediction_error_pct"], r["onnx_max_abs_diff"])
+    return out

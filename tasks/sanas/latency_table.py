@@ -1,0 +1,102 @@
+"""Stage `latency_table` of sanas/full: the latency table SANAS's latency constraint reads, and
+how accurate predictions from it are on this machine.
+
+With no `latency.table_file`, every distinct op the BlazeFace space can run is timed here (ONNX
+Runtime, pinned threads; cached per space/backend/threads/machine, so a second run reuses it),
+random architectures are measured end to end, a correction is fitted on some and its accuracy
+reported on >= 100 others (share within ±10 %, RMSE). A given table (PaddleSlim format, e.g.
+measured on a phone) is used as is: its predictions are the plain op sum, unless a predictor
+file fitted for it lies beside it. The constraint's "start" bound is resolved here (the initial
+tokens' own MACs or predicted latency), and a latency window no architecture meets is refused."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from latency.predictor import LatencyPredictor, fit_predictor, predictor_path
+from latency.table import LatencyTable
+from nas_models.blazeface import INIT_TOKENS, RANGE_TABLE
+from params.feasibility import check_range
+from params.models import LatencyParams, Runtime, SanasConstraint
+from core.errors import InputError
+from core.paths import state_dir
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.files import write_json
+from tasks.sanas.shared import constraint_value, cost
+from tracking import tracker
+
+TABLE_FILE = "latency_table.txt"
+PREDICTOR_FILE = "latency_table.predictor.json"
+
+
+def build(latency: LatencyParams, constraint: SanasConstraint, image_size: int, seed: int,
+          out_dir: Path) -> dict[str, Any]:
+    if latency.table_file:
+        table = LatencyTable.read(latency.table_file)
+        beside = predictor_path(Path(latency.table_file))
+        predictor = LatencyPredictor.load(beside, table) if beside.exists() else None
+        origin = f"your table {latency.table_file}" + (f" with its predictor {beside}" if predictor else
+                                                         " (predictions = the plain op sum)")
+    else:
+        predictor = fit_predictor(state_dir() / "latency", n_fit=latency.fit_architectures,
+                                  n_holdout=latency.holdout_architectures, seed=seed, image_size=image_size,
+                                  threads=latency.threads, progress=False)
+        table = predictor.table
+        origin = f"measured on this machine (ONNX Runtime, {latency.threads} thread(s)), cached in {table.path}"
+    table_file = table.save(out_dir / TABLE_FILE)
+    out: dict[str, Any] = {"table_file": str(table_file), "predictor_file": None, "origin": origin,
+                           "ops": len(table.entries), "accuracy": None}
+    files = [str(table_file)]
+    if predictor is not None:
+        predictor.table = table  # now saved in the work folder: the copy names its table beside it
+        out["predictor_file"] = str(predictor.save(out_dir / PREDICTOR_FILE))
+        out["accuracy"] = predictor.accuracy
+        files.append(out["predictor_file"])
+    initial = list(INIT_TOKENS)
+    out["initial"] = {"tokens": initial, **cost(initial, out, image_size)}
+    start = constraint_value(initial, constraint.ctype, out, image_size)
+    high = start if constraint.max == "start" else constraint.max
+    if constraint.ctype == "latency":
+        extremes = ([0] * len(RANGE_TABLE), [r - 1 for r in RANGE_TABLE])
+        feasible = tuple(constraint_value(t, "latency", out, image_size) for t in extremes)
+        try:
+            check_range("latency", constraint.min, high, feasible, "ms")  # type: ignore[arg-type]
+        except ValueError as exc:
+            field, message = str(exc).split(": ", 1)
+            raise InputError(field, message) from None
+    out["constraint"] = {"ctype": constraint.ctype, "min": constraint.min, "max": high,
+                         "unit": "MACs" if constraint.ctype == "flops" else "ms"}
+    files.append(str(write_json(out_dir / "latency_report.json", {k: v for k, v in out.items() if k != "files"})))
+    return {**out, "files": files}
+
+
+@task(name="latency_table", persist_result=True, cache_policy=STAGE_CACHE)
+def latency_table_task(latency: LatencyParams, constraint: SanasConstraint, image_size: int, seed: int, work_dir: str,
+                       parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+    logger = get_run_logger()
+    with tracker.child_run(parent_run_id, "latency_table", {**latency.model_dump(), "image_size": image_size}) as run_id:
+        out = build(latency, constraint, image_size, seed, Path(work_dir))
+        acc = out["accuracy"] or {}
+        tracker.log_metrics(run_id, {"table_ops": out["ops"], **{f"predictor_{k}": acc[k] for k in
+                                                                  ("within_10pct", "rmse_ms") if k in acc}})
+        tracker.log_files(run_id, out["files"], "latency_table")
+    if acc:
+        raw = acc.get("raw_table_sum", {})
+        tracker.publish_table("sanas-latency-predictor", [
+            {"prediction": "fitted predictor", "within_10pct": acc["within_10pct"], "rmse_ms": acc["rmse_ms"],
+             "held_out_architectures": acc["n_holdout"], "fit_architectures": acc["n_fit"]},
+            {"prediction": "plain table sum", "within_10pct": raw.get("within_10pct"), "rmse_ms": raw.get("rmse_ms"),
+             "held_out_architectures": acc["n_holdout"], "fit_architectures": 0}],
+            "latency prediction vs measurement on held-out random architectures (nn-Meter: 99.0 % within ±10 %)")
+        logger.info("latency table: %d ops, %s; predictor on %d held-out architectures: %.1f %% within ±10 %%, "
+                    "RMSE %.4f ms (plain table sum: %.1f %%)", out["ops"], out["origin"], acc["n_holdout"],
+                    100 * acc["within_10pct"], acc["rmse_ms"], 100 * raw.get("within_10pct", float("nan")))
+    else:
+        logger.info("latency table: %d ops, %s; no predictor accuracy (no measurements on this machine)",
+                    out["ops"], out["origin"])
+    c = out["constraint"]
+    logger.info("constraint: %s in [%s, %s] %s (initial tokens: %s MACs, %.4f ms predicted)", c["ctype"], c["min"],
+                c["max"], c["unit"], out["initial"]["macs"], out["initial"]["predicted_ms"])
+    return out

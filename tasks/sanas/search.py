@@ -1,0 +1,121 @@
+"""Stage `search` of sanas/full: PaddleSlim SANAS — simulated annealing over BlazeFace's 9
+tokens (strategies/sa.py), one candidate at a time through the shared search driver
+(resumable). A proposal outside the constraint window (MACs, or predicted latency) is skipped
+without training and counted; each evaluated candidate is trained briefly from scratch and its
+reward is AP@0.5 on the held-out images (pycocotools).
+
+Files: output.csv (+ .parquet: id, tokens, macs, params, predicted_ms, AP50, temperature,
+accepted), desc_/model_/performance_<id>, best_structure.txt (the seed's printout)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import task_run
+
+from nas_models.blazeface import INIT_TOKENS, RANGE_TABLE, describe
+from params.models import FaceTrainParams, Runtime, SanasSearchParams
+from strategies.sa import SASearch
+from tasks.orchestration.files import save_handoff
+from tasks.sanas.shared import constraint_value, cost, train_tokens
+from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
+from tasks.orchestration.tables import write_table
+from tracking import tracker
+
+STAGE = "search"
+
+
+def evaluate_candidate(candidate: dict[str, Any], data: dict[str, Any], latency: dict[str, Any],
+                       search: SanasSearchParams, train: FaceTrainParams, image_size: int, seed: int,
+                       runtime: Runtime, out_dir: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    model, scores = train_tokens(candidate["tokens"], data, train, search.candidate_steps, image_size,
+                                 seed + int(candidate["id"]), runtime)
+    performance = {**scores, **cost(candidate["tokens"], latency, image_size), "train_steps": search.candidate_steps,
+                   "train_seconds": round(time.perf_counter() - started, 2)}
+    desc = {"type": "BlazeFace", **model.arch}
+    files = save_handoff(out_dir, str(candidate["id"]), desc, model, performance)
+    structure = out_dir / f"structure_{candidate['id']}.txt"
+    structure.write_text(describe(candidate["tokens"]) + "\n")
+    return {**candidate, "performance": performance, "desc": desc, "model_path": files[1],
+            "files": [*files, str(structure)]}
+
+
+def _run_name() -> str:
+    cand = (task_run.parameters or {}).get("candidate", {})
+    return f"sa-{cand.get('id', '?')}-{''.join(map(str, cand.get('tokens', [])))}"
+
+
+@candidate_task(name="sanas_candidate", task_run_name=_run_name)
+def sanas_candidate_task(candidate: dict[str, Any], data: dict[str, Any], latency: dict[str, Any],
+                         search: SanasSearchParams, train: FaceTrainParams, image_size: int, seed: int, work_dir: str,
+                         parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+    """One SA step's candidate; its MLflow run holds the tokens, the structure printout (describe)
+    as an artifact, MACs, params, predicted latency and AP@0.5."""
+    tokens = "".join(map(str, candidate["tokens"]))
+    with tracker.child_run(parent_run_id, f"sa-{candidate['id']}",
+                           {"id": candidate["id"], "tokens": tokens, "temperature": candidate["temperature"]}) as run_id:
+        out = evaluate_candidate(candidate, data, latency, search, train, image_size, seed, runtime, Path(work_dir))
+        tracker.log_metrics(run_id, out["performance"])
+        tracker.log_files(run_id, out["files"], "candidate")
+    perf = out["performance"]
+    get_run_logger().info("SA step %s tokens %s: AP@0.5 %.4f  MACs %.2fM  predicted %.3f ms", candidate["id"], tokens,
+                          perf["AP50"], perf["macs"] / 1e6, perf["predicted_ms"])
+    return out
+
+
+def _row(result: dict[str, Any]) -> dict[str, Any]:
+    perf = result.get("performance") or {}
+    return {"tokens": "".join(map(str, result.get("tokens", []))), "temperature": result.get("temperature"),
+            "skipped_before": result.get("skipped_before"), "macs": perf.get("macs"), "params": perf.get("params"),
+            "predicted_ms": perf.get("predicted_ms"), "AP50": perf.get("AP50"), "AP": perf.get("AP"),
+            "status": "ok" if perf else "failed"}
+
+
+def trace_file(strategy: SASearch, rows: list[dict[str, Any]], work: Path) -> list[str]:
+    """sa_trace.csv: each step's temperature and whether SA accepted its candidate."""
+    reward = {r["id"]: r["AP50"] for r in rows}
+    trace = [{"step": k.id, "tokens": "".join(map(str, k.tokens)), "temperature": k.temperature,
+              "skipped_before": k.skipped_before, "AP50": reward.get(k.id), "accepted": k.accepted}
+             for k in strategy.candidates]
+    return [str(p) for p in write_table(trace, work / "sa_trace.csv")]
+
+
+@flow(name="sanas-search")
+def sanas_search(data: dict[str, Any], latency: dict[str, Any], search: SanasSearchParams, train: FaceTrainParams,
+                 image_size: int, seed: int, work_dir: str, parent_run_id: str, runtime: Runtime,
+                 refresh: bool = False) -> dict[str, Any]:
+    logger = get_run_logger()
+    c = latency["constraint"]
+    strategy = SASearch(list(RANGE_TABLE), list(INIT_TOKENS), seed, init_temperature=search.init_temperature,
+                        reduce_rate=search.reduce_rate, search_steps=search.search_steps,
+                        constraint_of=lambda t: constraint_value(t, c["ctype"], latency, image_size),
+                        low=c["min"], high=c["max"])
+    spec = SearchSpec(STAGE, sanas_candidate_task, 1,
+                      lambda k: {"id": k.id, "tokens": list(k.tokens), "temperature": k.temperature,
+                                 "skipped_before": k.skipped_before},
+                      lambda r: {"reward": r["performance"]["AP50"], "macs": r["performance"]["macs"]}, _row,
+                      ("macs", "AP50"), f"SANAS ({c['ctype']} in [{c['min']}, {c['max']}] {c['unit']})",
+                      extra_outputs=trace_file)
+    with tracker.child_run(parent_run_id, STAGE, {**search.model_dump(), **{f"constraint_{k}": v for k, v in c.items()}}
+                           ) as run_id:
+        outcome = run_search(strategy, spec, work_dir, run_id, refresh, data=data, latency=latency, search=search,
+                             train=train, image_size=image_size, seed=seed, runtime=runtime)
+        best_id = next(k.id for k in strategy.candidates if list(k.tokens) == list(strategy.best_tokens))
+        rows = finalize(strategy, spec, outcome, work_dir, best_id, "best", needed=set())
+        structure = describe(strategy.best_tokens)
+        path = Path(work_dir) / "best_structure.txt"
+        path.write_text(structure + "\n")
+        outcome.files.append(str(path))
+        tracker.log_files(run_id, outcome.files, STAGE)
+        tracker.log_metrics(run_id, {"evaluated": len(rows), "skipped_outside_constraint": strategy.skipped,
+                                     "accepted": strategy.accepted_count, "best_AP50": strategy.best_reward})
+    tracker.publish_markdown("sanas-structure", f"```\n{structure}\n```",
+                             f"found BlazeFace structure (tokens {list(strategy.best_tokens)})")
+    logger.info("SANAS: %d candidates trained, %d proposals outside the constraint skipped untrained, %d accepted; "
+                "best tokens %s (AP@0.5 %.4f)\n%s", len(rows), strategy.skipped, strategy.accepted_count,
+                list(strategy.best_tokens), strategy.best_reward, structure)
+    return {"rows": rows, "best_tokens": list(strategy.best_tokens), "best_reward": strategy.best_reward,
+            "skipped": strategy.skipped, "structure": structure, "files": outcome.files}

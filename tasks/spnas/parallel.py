@@ -1,0 +1,82 @@
+"""Stage `parallel` of spnas/full (Vega SpNasP): on the reignited serial net, how many extra
+parallel sub-networks K each stage gets; a sub-network is added to a stage with probability
+inversely proportional to the MACs it adds (measured, not assumed).
+
+Candidate 0 is the reignited net itself (no extra sub-networks) trained with the same budget,
+so every parallel candidate is compared with its plain-FPN twin. The winner is the best-mAP
+candidate within the resource limit (`parallel.max_params` / `parallel.max_macs`; default: the
+starting network's figures, so the final detector is no larger than the baseline)."""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from nas_models.parallel_fpn import extra_macs_per_stage
+from params.models import DetectorModel, DetectorTrainParams, ParallelSearchParams, Runtime
+from strategies.parallel import ParallelSearch
+from tasks.spnas.detectors import desc_for, limits_of
+from tasks.orchestration.search import SearchSpec, choose, finalize, run_search
+from tasks.spnas.train_candidate import train_candidate_task
+from tracking import tracker
+
+STAGE = "parallel"
+
+
+def objectives(result: dict[str, Any]) -> dict[str, Any]:
+    perf = result["performance"]
+    return {"mAP": perf["mAP"], "macs": perf["macs"], "params": perf["params"]}
+
+
+def _row(result: dict[str, Any]) -> dict[str, Any]:
+    perf = result.get("performance") or {}
+    return {"code": result.get("code"), "neck_code": str(result.get("neck_code")),
+            **{k: perf.get(k) for k in ("mAP", "mAP50", "params", "macs", "inherited_ratio", "train_seconds")},
+            "status": "ok" if perf else "failed"}
+
+
+def parallel_setup(data: dict[str, Any], base: dict[str, Any], start: dict[str, Any], model: DetectorModel,
+                   parallel: ParallelSearchParams, seed: int
+                   ) -> tuple[ParallelSearch, SearchSpec, dict[str, float], list[int]]:
+    """The parallel search, its driver spec, the size limits and the extra MACs per stage: shared
+    by the subflow and by benchmarks/plain_spnas.py, which drives the same search without Prefect."""
+    num_stages = len(base["code"].split("-"))
+    cost = extra_macs_per_stage(base["code"], model.block, model.image_size)
+    limits = limits_of(parallel.max_params, parallel.max_macs, start)
+    search = ParallelSearch(num_stages, cost, parallel.max_sample, seed, max_per_stage=parallel.max_per_stage,
+                            max_additions=min(parallel.max_additions, num_stages * parallel.max_per_stage),
+                            objective_keys=("mAP", "macs"), maximize=(True, False), include_plain=True)
+
+    def to_input(c: Any) -> dict[str, Any]:
+        return {"id": c.id, "code": base["code"], "neck_code": list(c.code),
+                "desc": desc_for(model, data["num_classes"], base["code"], list(c.code)),
+                "parent_model": base["model_path"]}
+
+    spec = SearchSpec(STAGE, train_candidate_task, parallel.batch, to_input, objectives, _row, ("macs", "mAP"),
+                      "SpNasP: neck codes (0 = no extra sub-networks)")
+    return search, spec, limits, cost
+
+
+@flow(name="parallel-search")
+def parallel_search(data: dict[str, Any], base: dict[str, Any], start: dict[str, Any], model: DetectorModel,
+                    optimizer: DetectorTrainParams, parallel: ParallelSearchParams, seed: int, work_dir: str,
+                    parent_run_id: str, runtime: Runtime, refresh: bool = False) -> dict[str, Any]:
+    logger = get_run_logger()
+    search, spec, limits, cost = parallel_setup(data, base, start, model, parallel, seed)
+    with tracker.child_run(parent_run_id, "parallel_search",
+                           {**parallel.model_dump(), "extra_macs_per_stage": cost, "limits": limits}) as run_id:
+        outcome = run_search(search, spec, work_dir, run_id, refresh, data=data, optimizer=optimizer,
+                             steps=parallel.candidate_steps, seed=seed, stage=STAGE, runtime=runtime)
+        if not outcome.ok(0):
+            raise RuntimeError("the reignited net (candidate 0) failed to train in the parallel stage; see its log")
+        best = choose(search, limits, STAGE)
+        rows = finalize(search, spec, outcome, work_dir, best.id, parallel.keep_weights, needed=set())
+        chosen = outcome.results[best.id]
+        tracker.log_files(run_id, outcome.files, STAGE)
+        tracker.set_tags(run_id, {"best_neck_code": str(chosen["neck_code"])})
+        tracker.log_metrics(run_id, {"candidates": len(rows), "best_mAP": chosen["performance"]["mAP"],
+                                     "resumed_candidates": outcome.resumed_from})
+    logger.info("parallel search chose neck %s (mAP %.4f; plain FPN %.4f; limits %s)", chosen["neck_code"],
+                chosen["performance"]["mAP"], outcome.results[0]["performance"]["mAP"], limits)
+    return {"best": chosen, "rows": rows, "extra_macs_per_stage": cost, "limits": limits,
+            "files": outcome.files + [f for r in outcome.results.values() for f in r.get("files", [])]}

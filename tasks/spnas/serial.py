@@ -1,0 +1,88 @@
+"""Stage `serial` of spnas/full (Vega SpNasS): swap / expand / add-stage mutations of the
+backbone code, parents from the [mAP, params] Pareto front, every child inheriting its parent's
+tensors by name and shape. The winner is the best-mAP candidate within the resource limit
+(`serial.max_params` / `serial.max_macs`; default: the starting network's own figures).
+
+A stage that loops ask → evaluate → tell is a subflow, not a task: the candidates are tasks
+mapped over a task runner (tasks/orchestration/search.py drives the loop), and a task must never block on
+other tasks' futures.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from params.models import DetectorModel, DetectorTrainParams, Runtime, SerialSearchParams
+from strategies.serial import SerialSearch, SerialSearchConfig
+from tasks.spnas.detectors import desc_for, limits_of
+from tasks.orchestration.search import SearchSpec, choose, finalize, run_search
+from tasks.spnas.train_candidate import train_candidate_task
+from tracking import tracker
+
+STAGE = "serial"
+
+
+def search_config(serial: SerialSearchParams) -> SerialSearchConfig:
+    return SerialSearchConfig(max_sample=serial.max_sample, max_optimal=serial.max_optimal,
+                              num_mutate=serial.num_mutate, add_stage_ratio=serial.add_stage_ratio,
+                              expend_ratio=serial.expend_ratio, max_stages=serial.max_stages,
+                              objective_keys=("mAP", "params"), maximize=(True, False))
+
+
+def _row(result: dict[str, Any]) -> dict[str, Any]:
+    perf = result.get("performance") or {}
+    return {"code": result.get("code"), "parent_id": result.get("parent_id"), "mutations": result.get("mutations", ""),
+            **{k: perf.get(k) for k in ("mAP", "mAP50", "params", "macs", "inherited_ratio", "train_seconds")},
+            "status": "ok" if perf else "failed"}
+
+
+def objectives(result: dict[str, Any]) -> dict[str, Any]:
+    """What the strategy is told: its objectives plus MACs (for a MACs limit)."""
+    perf = result["performance"]
+    return {"mAP": perf["mAP"], "params": perf["params"], "macs": perf["macs"]}
+
+
+def serial_setup(data: dict[str, Any], start: dict[str, Any], model: DetectorModel, serial: SerialSearchParams,
+                 seed: int) -> tuple[SerialSearch, SearchSpec, dict[str, float]]:
+    """The serial search, its driver spec and the size limits: shared by the subflow and by
+    benchmarks/plain_spnas.py, which drives the same search without Prefect."""
+    search = SerialSearch([model.backbone_code], search_config(serial), seed=seed)
+    limits = limits_of(serial.max_params, serial.max_macs, start)
+    model_of: dict[int | None, str] = {None: start["model_path"]}  # the start net inherits fine_tune's weights
+
+    def to_input(c: Any) -> dict[str, Any]:
+        return {"id": c.id, "code": c.code, "parent_id": c.parent_id, "mutations": "+".join(c.mutations),
+                "desc": desc_for(model, data["num_classes"], c.code), "parent_model": model_of[c.parent_id],
+                "freeze": bool(serial.freeze_inherited and c.parent_id is not None)}
+
+    def remember(result: dict[str, Any]) -> None:
+        model_of[result["id"]] = result["model_path"]  # children inherit from their parent's file
+
+    spec = SearchSpec(STAGE, train_candidate_task, serial.batch, to_input, objectives, _row, ("params", "mAP"),
+                      "SpNasS: backbone codes", on_result=remember)
+    return search, spec, limits
+
+
+@flow(name="serial-search")
+def serial_search(data: dict[str, Any], start: dict[str, Any], model: DetectorModel, optimizer: DetectorTrainParams,
+                  serial: SerialSearchParams, seed: int, work_dir: str, parent_run_id: str, runtime: Runtime,
+                  refresh: bool = False) -> dict[str, Any]:
+    logger = get_run_logger()
+    search, spec, limits = serial_setup(data, start, model, serial, seed)
+    with tracker.child_run(parent_run_id, "serial_search", {**serial.model_dump(), "limits": limits}) as run_id:
+        outcome = run_search(search, spec, work_dir, run_id, refresh, data=data, optimizer=optimizer,
+                             steps=serial.candidate_steps, seed=seed, stage=STAGE, runtime=runtime)
+        best = choose(search, limits, STAGE)
+        rows = finalize(search, spec, outcome, work_dir, best.id, serial.keep_weights, needed=set())
+        kinds = sorted({k for r in rows for k in str(r["mutations"]).split("+") if k})
+        chosen = outcome.results[best.id]
+        tracker.log_files(run_id, outcome.files, STAGE)
+        tracker.log_metrics(run_id, {"candidates": len(rows), "best_mAP": chosen["performance"]["mAP"],
+                                     "resumed_candidates": outcome.resumed_from})
+        tracker.set_tags(run_id, {"best_code": best.code, "mutation_kinds": ",".join(kinds)})
+    logger.info("serial search chose %s (mAP %.4f, %.2fM params; limits %s); mutation kinds seen: %s", best.code,
+                chosen["performance"]["mAP"], chosen["performance"]["params"] / 1e6, limits, kinds)
+    return {"best": chosen, "rows": rows, "mutation_kinds": kinds, "limits": limits,
+            "files": outcome.files + [f for r in outcome.results.values() for f in r.get("files", [])]}
+

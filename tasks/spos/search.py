@@ -1,0 +1,133 @@
+"""Stage `search` of spos/full: SPOS evolution under a MACs limit, every candidate scored with
+the supernet's weights after BN recalibration (strategies/evolution.py decides what to try;
+the shared search driver in tasks/orchestration/search.py runs it, one generation per batch, resumable).
+
+Files: output.csv (+ .parquet: id, generation, choices, macs, params, acc), topk.csv (the top-k
+as it stood after each generation), architecture_final.json (the winner: choices, MACs, params,
+supernet accuracy, the limit it respects)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import task_run
+
+from engine.runtime import configure_torch, resolve_device
+from params.models import EvolutionParams, Runtime
+from strategies.evolution import EvolutionSearch
+from tasks.orchestration.files import write_json
+from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
+from tasks.spos.shared import macs_table, supernet_score
+from tasks.orchestration.tables import write_table
+from tracking import tracker
+
+STAGE = "search"
+
+
+def choices_text(choices: list[int]) -> str:
+    return "".join(str(c) for c in choices)
+
+
+def evaluate_candidate(candidate: dict[str, Any], supernet: dict[str, Any], data: dict[str, Any],
+                       search: EvolutionParams, convention: str, seed: int, runtime: Runtime,
+                       out_dir: Path) -> dict[str, Any]:
+    configure_torch(runtime.num_threads, seed)
+    table = macs_table(supernet["preset"], supernet["num_classes"], Path(supernet["macs_table"]).parent)
+    choices = list(candidate["choices"])
+    acc = supernet_score(supernet, choices, data, search.recalib_batches, search.batch_size, seed, convention,
+                         resolve_device(runtime.device))
+    performance = {"acc": acc, "macs": table.macs(choices), "params": table.params(choices),
+                   "recalib_batches": search.recalib_batches}
+    desc = {"type": "SposSubnet", "choices": choices, "preset": supernet["preset"],
+            "num_classes": supernet["num_classes"]}
+    cid = candidate["id"]
+    files = [str(write_json(out_dir / f"desc_{cid}.json", desc)),
+             str(write_json(out_dir / f"performance_{cid}.json", performance))]
+    return {**candidate, "performance": performance, "desc": desc, "files": files}
+
+
+def _run_name() -> str:
+    cand = (task_run.parameters or {}).get("candidate", {})
+    return f"path-{cand.get('id', '?')}-g{cand.get('generation', '?')}"
+
+
+@candidate_task(name="spos_candidate", task_run_name=_run_name)
+def spos_candidate_task(candidate: dict[str, Any], supernet: dict[str, Any], data: dict[str, Any],
+                        search: EvolutionParams, convention: str, seed: int, work_dir: str, parent_run_id: str,
+                        runtime: Runtime) -> dict[str, Any]:
+    """One path scored with supernet weights; its MLflow run holds choices, MACs, params, accuracy."""
+    params = {"id": candidate["id"], "generation": candidate["generation"],
+              "choices": choices_text(candidate["choices"])}
+    with tracker.child_run(parent_run_id, f"path-{candidate['id']}", params) as run_id:
+        out = evaluate_candidate(candidate, supernet, data, search, convention, seed, runtime, Path(work_dir))
+        tracker.log_metrics(run_id, out["performance"])
+        tracker.log_files(run_id, out["files"], "candidate")
+    perf = out["performance"]
+    get_run_logger().info("path %s (generation %s) %s: supernet acc %.4f  MACs %.2fM", candidate["id"],
+                          candidate["generation"], params["choices"], perf["acc"], perf["macs"] / 1e6)
+    return out
+
+
+def _row(result: dict[str, Any]) -> dict[str, Any]:
+    perf = result.get("performance") or {}
+    return {"generation": result.get("generation"), "origin": result.get("origin"),
+            "choices": choices_text(result.get("choices", [])),
+            "macs": perf.get("macs", result.get("macs")), "params": perf.get("params"), "acc": perf.get("acc"),
+            "status": "ok" if perf else "failed"}
+
+
+def topk_rows(strategy: EvolutionSearch, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_id = {r["id"]: r for r in rows}
+    out = []
+    for g in range(strategy.generation + 1):
+        for rank, cid in enumerate(strategy.topk_of_generation(g), 1):
+            if cid in by_id:
+                r = by_id[cid]
+                out.append({"generation": g, "rank": rank, "id": cid, "choices": r["choices"], "macs": r["macs"],
+                            "acc": r["acc"]})
+    return out
+
+
+def topk_file(strategy: EvolutionSearch, rows: list[dict[str, Any]], work: Path) -> list[str]:
+    return [str(p) for p in write_table(topk_rows(strategy, rows), work / "topk.csv")]
+
+
+@flow(name="spos-search")
+def spos_search(supernet: dict[str, Any], data: dict[str, Any], search: EvolutionParams, convention: str, seed: int,
+                work_dir: str, parent_run_id: str, runtime: Runtime, refresh: bool = False) -> dict[str, Any]:
+    logger = get_run_logger()
+    table = macs_table(supernet["preset"], supernet["num_classes"], Path(supernet["macs_table"]).parent)
+    limit = search.macs_limit or (table.min_macs() + table.max_macs()) // 2
+    strategy = EvolutionSearch(
+        table.macs, limit, seed, num_blocks=table.n_blocks, num_choices=len(table.per_block[0]),
+        population=search.population, topk=search.topk, mutation_count=search.mutation_count,
+        mutation_prob=search.mutation_prob, crossover_count=search.crossover_count, generations=search.generations,
+        min_macs=table.min_macs())
+    spec = SearchSpec(STAGE, spos_candidate_task, max(search.population, search.mutation_count + search.crossover_count),
+                      lambda c: {"id": c.id, "generation": c.generation, "choices": list(c.choices), "macs": c.macs,
+                                 "origin": c.origin},
+                      lambda r: {k: r["performance"][k] for k in ("acc", "macs", "params")}, _row, ("macs", "acc"),
+                      f"SPOS evolution (MACs <= {limit / 1e6:.2f}M)", extra_outputs=topk_file)
+    params = {**search.model_dump(), "macs_limit_used": limit}
+    with tracker.child_run(parent_run_id, STAGE, params) as run_id:
+        outcome = run_search(strategy, spec, work_dir, run_id, refresh, supernet=supernet, data=data, search=search,
+                             convention=convention, seed=seed, runtime=runtime)
+        best = strategy.best()
+        rows = finalize(strategy, spec, outcome, work_dir, best.id, "all", needed=set())
+        winner = next(r for r in rows if r["id"] == best.id)
+        final = {"choices": list(best.choices), "macs": winner["macs"], "params": winner["params"],
+                 "supernet_acc": winner["acc"], "macs_limit": limit, "preset": supernet["preset"],
+                 "candidate_id": best.id, "generation": winner["generation"]}
+        final_path = write_json(Path(work_dir) / "architecture_final.json", final)
+        outcome.files.append(str(final_path))
+        tracker.log_files(run_id, outcome.files, STAGE)
+        tracker.log_metrics(run_id, {"candidates": len(rows), "best_supernet_acc": winner["acc"],
+                                     "best_macs": winner["macs"], "macs_limit": limit,
+                                     "rejected_over_limit": sum(strategy.rejected_over_limit),
+                                     "resumed_candidates": outcome.resumed_from})
+    tracker.publish_table("spos-topk", topk_rows(strategy, rows), "top-k per generation (supernet accuracy on val)")
+    logger.info("search: %d paths over %d generations under %.2fM MACs (%d proposals over the limit never "
+                "evaluated); winner %s  %.2fM MACs  supernet acc %.4f", len(rows), strategy.generation + 1,
+                limit / 1e6, sum(strategy.rejected_over_limit), winner["choices"], winner["macs"] / 1e6, winner["acc"])
+    return {"rows": rows, "final": final, "files": outcome.files}

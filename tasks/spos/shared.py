@@ -1,0 +1,43 @@
+"""What the spos/full stages share (no stage imports another stage): the MACs table of the
+choice space, the trained supernet, and scoring a path with supernet weights. Plain functions:
+no Prefect, no MLflow."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.supernet import score_subnet
+from latency.macs_table import MacsTable, build_or_load
+from nas_models.spos_shufflenet import build_supernet, subnet_from_supernet
+from tasks.cifar.training import loaders
+
+MACS_TABLE = "macs_table.json"
+
+
+def macs_table(preset: str, num_classes: int, folder: Path) -> MacsTable:
+    """The per-op MACs/params table of the space, built once into `folder` and reused."""
+    return build_or_load(folder / MACS_TABLE, preset, num_classes)
+
+
+@lru_cache(maxsize=2)
+def _supernet_state(path: str) -> dict[str, torch.Tensor]:
+    # Every candidate of a search reads the same (read-only) weights: load them once per process.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_supernet(supernet: dict[str, Any]) -> torch.nn.Module:
+    model = build_supernet(supernet["preset"], num_classes=supernet["num_classes"])
+    model.load_state_dict(_supernet_state(supernet["model_path"]))
+    return model.eval()
+
+
+def supernet_score(supernet: dict[str, Any], choices: list[int], data: dict[str, Any], recalib_batches: int,
+                   batch_size: int, seed: int, convention: str, device: torch.device) -> float:
+    """Val top-1 of a path with the supernet's weights. Every candidate recalibrates on the same
+    training batches (same seed), so their scores differ only by architecture."""
+    subnet = subnet_from_supernet(load_supernet(supernet), choices)
+    train, val, _ = loaders(data, batch_size, seed, convention)
+    return score_subnet(subnet, train, recalib_batches, val, device)

@@ -1,0 +1,97 @@
+"""Stage `supernet` of spos/full: single-path one-shot training of the ShuffleNetV2 supernet.
+
+Each step trains one path: sampled uniformly, or — with `supernet.macs_range` — uniformly over
+MACs bins and then uniformly inside the bin (strategies/path_sampler.py says how). The per-op
+MACs table (macs_table.json) is built here, beside the checkpoint, and every later stage reads
+it. The run records how the sampled paths fell into the MACs bins (sampled_bins.csv), so
+"is the sampling really flat?" is answered in every run, not assumed."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from engine.runtime import configure_torch, resolve_device
+from engine.supernet import SupernetOptim, train_supernet
+from nas_models.spos_shufflenet import build_supernet
+from params.models import Runtime, SposModel, SupernetTrain
+from strategies.path_sampler import FlopsBinSampler, uniform
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.cifar.training import loaders
+from tasks.orchestration.files import save_state_dict, write_json
+from tasks.spos.shared import macs_table
+from tasks.orchestration.tables import write_table
+from tracking import tracker
+
+LOG_EVERY = 20  # steps between loss points in MLflow
+
+
+def train(data: dict[str, Any], model: SposModel, cfg: SupernetTrain, seed: int, runtime: Runtime, out_dir: Path,
+          on_step=None) -> dict[str, Any]:
+    configure_torch(runtime.num_threads, seed)
+    num_classes = len(data["labels"])
+    table = macs_table(model.preset, num_classes, out_dir)
+    low, high = cfg.macs_range or (table.min_macs(), table.max_macs())
+    if cfg.macs_range is None:
+        sampler = None
+        sample = lambda rng: uniform(rng, table.n_blocks, len(table.per_block[0]))  # noqa: E731
+    else:
+        sampler = FlopsBinSampler(table.per_block, table.fixed_macs, low, high, cfg.bins, field="supernet.macs_range")
+        sample = sampler.sample
+    edges = [low + (high - low) * i / cfg.bins for i in range(cfg.bins + 1)]
+    hist: Counter[int] = Counter()
+
+    def step(i: int, loss: float, path: list[int]) -> None:
+        macs = table.macs(path)
+        hist[min(cfg.bins - 1, max(0, int((macs - low) / (high - low) * cfg.bins)))] += 1
+        if on_step is not None:
+            on_step(i, loss, macs)
+
+    supernet = build_supernet(model.preset, num_classes=num_classes)
+    train_loader, _, _ = loaders(data, cfg.batch_size, seed, model.input_convention)
+    optim = SupernetOptim(steps=cfg.steps, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    stats = train_supernet(supernet, train_loader, optim, sample, seed, step, device=resolve_device(runtime.device),
+                           checkpoint=out_dir / "checkpoint.pth")
+    weights = save_state_dict(supernet, out_dir / "supernet.pth")
+    # Bins of the paths sampled in this call (a resumed call counts only the steps it ran).
+    bins = [{"bin": b, "macs_from": int(edges[b]), "macs_to": int(edges[b + 1]), "paths": hist.get(b, 0)}
+            for b in range(cfg.bins)]
+    files = [str(weights), str(out_dir / "macs_table.json")]
+    files += [str(p) for p in write_table(bins, out_dir / "sampled_bins.csv")]
+    desc = {"type": "SposSupernet", "preset": model.preset, "num_classes": num_classes}
+    files.append(str(write_json(out_dir / "desc_supernet.json", desc)))
+    return {"model_path": str(weights), "preset": model.preset, "num_classes": num_classes,
+            "macs_table": str(out_dir / "macs_table.json"), "sampling": "macs bins" if sampler else "uniform",
+            "macs_range": [int(low), int(high)], "bins": bins, "loss": stats["loss"], "files": files}
+
+
+@task(name="supernet", persist_result=True, cache_policy=STAGE_CACHE)
+def train_supernet_task(data: dict[str, Any], model: SposModel, supernet: SupernetTrain, seed: int, work_dir: str,
+                        parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+    logger = get_run_logger()
+    with tracker.child_run(parent_run_id, "supernet", {**model.model_dump(), **supernet.model_dump()}) as run_id:
+        progress = tracker.Progress("supernet-progress", "supernet training: steps")
+        window: list[float] = []
+
+        def on_step(i: int, loss: float, macs: int) -> None:
+            window.append(loss)
+            if (i + 1) % LOG_EVERY == 0 or i + 1 == supernet.steps:
+                mean = sum(window) / len(window)
+                window.clear()
+                tracker.log_metrics(run_id, {"train_loss": mean, "path_macs": macs}, step=i + 1)
+                progress.update((i + 1) / supernet.steps, f"step {i + 1}/{supernet.steps}, loss {mean:.3f}")
+                if (i + 1) % (LOG_EVERY * 10) == 0:
+                    logger.info("supernet step %d/%d  loss %.4f", i + 1, supernet.steps, mean)
+
+        out = train(data, model, supernet, seed, runtime, Path(work_dir), on_step)
+        tracker.log_files(run_id, out["files"], "supernet")
+        tracker.log_metrics(run_id, {"final_loss": out["loss"]})
+    tracker.publish_table("supernet-sampled-bins", out["bins"],
+                          f"supernet paths per MACs bin ({out['sampling']} sampling; flat = every bin equally)")
+    logger.info("supernet (%s preset): %s sampling over MACs %s; paths per bin %s", model.preset, out["sampling"],
+                out["macs_range"], [b["paths"] for b in out["bins"]])
+    return out
