@@ -1,6 +1,7 @@
 """Count multiply-accumulates (MACs) and parameters of a torch model.
 
-Papers in this project say "FLOPs" and mean MACs (DESIGN.md §4), so this reports MACs.
+Papers in this project say "FLOPs" and mean MACs (multiply-accumulates:
+one per multiply-add of a conv or linear layer), so this reports MACs.
 `torch.utils.flop_counter.FlopCounterMode` counts a multiply-add as 2 FLOPs and covers
 conv / matmul / linear / attention ops (not BN, activations or pooling, which the papers'
 tables leave out as well); MACs = its total / 2.

@@ -1,4 +1,4 @@
-"""Per-op MACs/params lookup table for the SPOS ShuffleNetV2 space (DESIGN.md §5 "SPOS").
+"""Per-op MACs/params lookup table for the SPOS ShuffleNetV2 space.
 
 SPOS filters and samples paths by FLOPs thousands of times; counting a whole network each
 time would dominate the search. As in the release (its `op_flops_dict.pkl`), a path's cost is

@@ -1,5 +1,5 @@
 """Wall-clock timing on a shared machine: the minimum of N runs after warm-up, interleaved
-A, B, A, B, ... runs of several functions, and the load average to print beside them (DESIGN.md §6)."""
+A, B, A, B, ... runs of several functions, and the load average to print beside them."""
 from __future__ import annotations
 
 import time
@@ -29,7 +29,7 @@ def load_average() -> str:
 
 def interleaved_times(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, list[float]]:
     """Milliseconds per call of each function, timed in turn A, B, A, B, ... after `warmup`
-    untimed rounds (so load on a shared machine hits every side alike; DESIGN.md §6)."""
+    untimed rounds (so load on a shared machine hits every side alike)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()

@@ -1,6 +1,6 @@
 """SP-NAS detector: torchvision FasterRCNN over SerialBackbone → parallel branches → FPN.
 
-Sized for 2 CPU cores by default (DESIGN.md §3: FPN 64 channels, 96-px images, RPN
+Sized for 2 CPU cores by default (measured here: FPN 64 channels, 96-px images, RPN
 pre/post-NMS 300/100, 64 RoIs per image ≈ 0.5 s per batch-8 step with a ResNet-18 body).
 Every backbone stage feeds the FPN (codes have 1-6 stages); the FPN adds a 'pool' level,
 and the anchor generator has one size per level, the pool level included.

@@ -1,4 +1,4 @@
-"""PP-LCNet: a CPU-friendly stack of depthwise-separable blocks (PP-LCNet paper, DESIGN.md §5).
+"""PP-LCNet: a CPU-friendly stack of depthwise-separable blocks (PP-LCNet paper).
 
 Reads top-down: the architecture table → blocks → the `LCNet` model → `build_lcnet`
 (validates the scale, builds from `LCNET_ARCH`) → one small entry point per paper scale.
@@ -54,7 +54,7 @@ STEM_CHANNELS = 16
 HEAD_CHANNELS = 1280  # the 1x1 "class expand" conv; deliberately not scaled
 
 # Paper (ImageNet, 224 px): scale -> (params M, MACs M, top-1 %). The paper says FLOPs; they
-# are multiply-accumulates (DESIGN.md §4).
+# are multiply-accumulates, as everywhere in this project (latency/flops.py).
 LCNET_PAPER_TABLE: dict[float, tuple[float, float, float]] = {
     0.25: (1.5, 18, 51.86),
     0.35: (1.6, 29, 58.09),

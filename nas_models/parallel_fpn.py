@@ -19,7 +19,6 @@ import torch
 from torch import nn
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from latency.flops import count_macs_params
 from nas_models.serial_backbone import SerialBackbone, conv3x3
 from core.errors import InputError
 
@@ -27,7 +26,6 @@ __all__ = [
     "MAX_BRANCHES_PER_STAGE",
     "ParallelBackbone",
     "ParallelBranch",
-    "extra_macs_per_stage",
     "validate_neck_code",
 ]
 
@@ -125,25 +123,3 @@ class ParallelBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         return self.fpn(self.fuse(self.body(x)))
-
-
-def extra_macs_per_stage(
-    backbone_code: str, block: str = "BasicBlock", image_size: int = 96, base_width: int = 64
-) -> list[float]:
-    """MACs that ONE extra branch adds at each stage, measured on a real forward.
-
-    The serial body runs once on a zero image to get each stage's feature shape; then one
-    ParallelBranch per stage is counted with `count_macs_params` on a tensor of that shape.
-    The parallel search samples K with probability inversely proportional to these.
-    """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise InputError("image_size", f"must be a positive integer, got {image_size!r}.")
-    serial = SerialBackbone(backbone_code, block, base_width=base_width).eval()
-    with torch.no_grad():
-        feats = serial(torch.zeros(1, 3, image_size, image_size))
-    shapes = [tuple(f.shape) for f in feats.values()]
-    macs = []
-    for shape in shapes:
-        branch_macs, _ = count_macs_params(ParallelBranch(shape[1]), shape)
-        macs.append(float(branch_macs))
-    return macs

@@ -1,4 +1,4 @@
-"""Channel-pruned CIFAR ResNet-20/32/56: the PruneEA search space (Vega PruneEA, DESIGN.md §5).
+"""Channel-pruned CIFAR ResNet-20/32/56: the PruneEA search space (Vega PruneEA).
 
 Reads top-down: the architecture as data → encoding layout (groups) → encoding helpers
 (validate / repair / random) → blocks → the `PruneResNet` model → `build_prune_resnet` and

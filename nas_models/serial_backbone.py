@@ -1,6 +1,6 @@
 """SP-NAS serial backbone: a ResNet-style network whose shape is a short code string.
 
-Code grammar (DESIGN.md §5): digits are blocks, each digit is that block's stride ('1' keeps
+Code grammar (Vega SP-NAS's backbone encoding): digits are blocks, each digit is that block's stride ('1' keeps
 the resolution, '2' halves it), '-' separates stages. The width starts at `base_width` and
 doubles at each new stage; the block type is a separate argument. So ResNet-18 is
 '11-21-21-21' with BasicBlock and ResNet-50 is '111-2111-211111-211' with Bottleneck.

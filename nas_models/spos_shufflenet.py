@@ -1,4 +1,4 @@
-"""SPOS ShuffleNetV2 choice space: supernet, stand-alone subnets, weight inheritance (DESIGN.md §5).
+"""SPOS ShuffleNetV2 choice space: supernet, stand-alone subnets, weight inheritance (Guo et al. 2019).
 
 Reads top-down: presets (the architecture as data) → choice validation → blocks → the shared
 stem/head → `SposSupernet` (every choice of every block) and `SposSubnet` (one path) →

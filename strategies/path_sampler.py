@@ -1,4 +1,4 @@
-"""Path samplers for single-path supernet training (SPOS, DESIGN.md §5).
+"""Path samplers for single-path supernet training (SPOS, Guo et al. 2019).
 
 A path picks one choice per block. Its cost (MACs) is `fixed + sum(per_block[i][path[i]])`,
 from a lookup table (`latency.macs_table.MacsTable.per_block` / `.fixed_macs`).

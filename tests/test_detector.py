@@ -18,7 +18,8 @@ from nas_models.detector import (
     serial_body,
 )
 from nas_models.inherit import inherit_weights
-from nas_models.parallel_fpn import ParallelBackbone, extra_macs_per_stage, validate_neck_code
+from latency.branch_costs import extra_macs_per_stage
+from nas_models.parallel_fpn import ParallelBackbone, validate_neck_code
 from nas_models.serial_backbone import SerialBackbone
 from core.errors import InputError
 

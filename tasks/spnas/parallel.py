@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from nas_models.parallel_fpn import extra_macs_per_stage
+from latency.branch_costs import extra_macs_per_stage
 from params.models import DetectorModel, DetectorTrainParams, ParallelSearchParams, Runtime
 from strategies.parallel import ParallelSearch
 from tasks.spnas.detectors import desc_for, limits_of
