@@ -60,7 +60,7 @@ def evaluate_on_worker(candidate: dict[str, Any], data: dict[str, Any], optimize
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     started = time.time()
     out = train_candidate(candidate, data, optimizer, steps, seed, Runtime(device="cpu", num_threads=1),
-                          Path(out_dir))
+                          Path(out_dir), stage="serial")  # serial mutations of the start code
     return {"id": candidate["id"], "code": candidate["code"], "worker": get_worker().address, "started": started,
             "seconds": time.time() - started, "mAP": out["performance"]["mAP"]}
 

@@ -21,17 +21,17 @@ from typing import Any
 
 from flows.sp_nas import summarize
 from params.models import Runtime, SpnasParams, runtime_of
-from tasks import parallel_search as par
-from tasks import serial_search as ser
 from tasks.orchestration.files import write_json
+from tasks.orchestration.search import STATE_FILE, SearchOutcome, SearchSpec, _rows, choose, drive, finalize, save_state
+from tasks.orchestration.tables import write_table
+from tasks.spnas import parallel as par
+from tasks.spnas import serial as ser
+from tasks.spnas.data import detection_sources
 from tasks.spnas.export import export_stage
 from tasks.spnas.fine_tune import fine_tune_detector
 from tasks.spnas.fully_train import comparison_rows, train_full
-from tasks.spnas.data import detection_sources
 from tasks.spnas.reignite import reignite_backbone
-from tasks.orchestration.search import STATE_FILE, SearchOutcome, SearchSpec, _rows, choose, drive, finalize, save_state
 from tasks.spnas.split import split_detection
-from tasks.orchestration.tables import write_table
 from tasks.spnas.train_candidate import train_candidate
 
 
@@ -59,7 +59,7 @@ def search_loop(strategy: Any, spec: SearchSpec, work: Path, train: dict[str, An
         outs: list[dict[str, Any] | None] = []
         for inp in inputs:
             try:
-                outs.append(train_candidate(inp, out_dir=work, **train))
+                outs.append(train_candidate(inp, out_dir=work, stage=spec.stage, **train))  # the flow's stage name
             except Exception:  # as the flow's map_candidates: a failed candidate is told None
                 outs.append(None)
         return outs

@@ -48,6 +48,7 @@ from engine.detection import evaluate, train_one_epoch  # noqa: E402
 from nas_models.detector import build_detector  # noqa: E402
 from nas_models.inherit import inherit_weights  # noqa: E402
 from nas_models.serial_backbone import validate_code  # noqa: E402
+from core.seeds import derive_seed
 from core.paths import data_cache_dir  # noqa: E402
 from latency.timing import load_average  # noqa: E402
 
@@ -269,13 +270,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 2. child, twice, with the same initialisation (new block identical on both sides)
     def fresh_child() -> nn.Module:
-        torch.manual_seed(args.seed + 1)
+        torch.manual_seed(derive_seed(args.seed, "spnas_inheritance.child_init"))
         return build_detector(args.child_code, **build)
 
     inherited_model = fresh_child()
     report = inherit_weights(inherited_model, parent_state)
     scratch_model = fresh_child()
-    child_seed = args.seed + 2
+    child_seed = derive_seed(args.seed, "spnas_inheritance.child_batches")
     runs = [
         Run("inherited", inherited_model, args, batches(train, args.batch, child_seed),
             torch.Generator().manual_seed(child_seed).get_state()),

@@ -33,6 +33,7 @@ from data.digits import load_digit_arrays, upscale_digit
 from data.imagefolder import read_labels, read_list
 from data.split import split_imagenet_folder
 from data.transforms import center_crop, load_rgb, resize_short_side
+from core.seeds import derive_seed
 from core.errors import InputError
 from core.paths import data_cache_dir
 
@@ -539,8 +540,8 @@ def cifar_loaders(train: Pair, val: Pair, batch_size: int, seed: int, augment: b
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError("batch_size", f"must be a positive integer, got {batch_size!r}")
-    shuffle_seed, augment_seed = (int(s) for s in
-                                  np.random.SeedSequence(_check_seed(seed, "seed")).generate_state(2))
+    seed = _check_seed(seed, "seed")
+    shuffle_seed, augment_seed = derive_seed(seed, "cifar_loaders.shuffle"), derive_seed(seed, "cifar_loaders.augment")
     train_transform = (CifarAugment(augment_seed, mean=mean, std=std, channel_order=channel_order) if augment
                        else CifarNormalize(mean, std, channel_order))
     train_set = CifarArrays(*train, transform=train_transform)

@@ -17,6 +17,7 @@ import torch
 from prefect import flow, get_run_logger
 from prefect.runtime import task_run
 
+from core.seeds import derive_seed
 from engine.runtime import configure_torch, resolve_device
 from engine.supernet import recalibrate_bn
 from nas_models.prune_resnet import encoding_length, pruned_from_full, repair_encoding
@@ -46,7 +47,7 @@ def calibration_batches(data: dict[str, Any], batch_size: int, seed: int) -> Any
 
 def evaluate_candidate(candidate: dict[str, Any], base: dict[str, Any], data: dict[str, Any], cfg: PruneSearchParams,
                        batch_size: int, seed: int, runtime: Runtime, out_dir: Path) -> dict[str, Any]:
-    own_seed, device = seed + int(candidate["id"]), resolve_device(runtime.device)
+    own_seed, device = derive_seed(seed, "prune_ea.prune_search", int(candidate["id"])), resolve_device(runtime.device)
     configure_torch(runtime.num_threads, own_seed)
     pruned = pruned_from_full(load_base(base), candidate["encoding"])
     # The base model's BN statistics no longer fit once input channels are pruned (a pruned

@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import task_run
 
+from core.seeds import derive_seed
 from nas_models.blazeface import INIT_TOKENS, RANGE_TABLE, describe
 from params.models import FaceTrainParams, Runtime, SanasSearchParams
 from strategies.sa import SASearch
@@ -32,7 +33,7 @@ def evaluate_candidate(candidate: dict[str, Any], data: dict[str, Any], latency:
                        runtime: Runtime, out_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     model, scores = train_tokens(candidate["tokens"], data, train, search.candidate_steps, image_size,
-                                 seed + int(candidate["id"]), runtime)
+                                 derive_seed(seed, "sanas.search", int(candidate["id"])), runtime)
     performance = {**scores, **cost(candidate["tokens"], latency, image_size), "train_steps": search.candidate_steps,
                    "train_seconds": round(time.perf_counter() - started, 2)}
     desc = {"type": "BlazeFace", **model.arch}

@@ -11,6 +11,7 @@ import torch
 from prefect import get_run_logger, task
 from torch.utils.data import DataLoader
 
+from core.seeds import derive_seed
 from data.coco import load_coco
 from data.imagefolder import ListDataset
 from data.transforms import Preprocess, train_augment
@@ -52,8 +53,8 @@ def reignite_backbone(data: dict[str, Any], chosen: dict[str, Any], model: Detec
         classifier = BackboneClassifier(serial_body(detector), len(data["classification"]["labels"]))
         train_cfg = TrainConfig(epochs=cfg.epochs, learning_rate=cfg.learning_rate, weight_decay=1e-4, warmup_epochs=0)
         history = fit(classifier, train_cls, val_cls, train_cfg, on_epoch=on_epoch, device=device)
-        fit_steps(detector, train_loader(train, optimizer.batch_size, seed + 100 + r), cfg.detector_steps,
-                  optim_from(optimizer, "cosine"), device=device)
+        fit_steps(detector, train_loader(train, optimizer.batch_size, derive_seed(seed, "spnas.reignite", r)),
+                  cfg.detector_steps, optim_from(optimizer, "cosine"), device=device)
         after = score(detector, search_val, optimizer.eval_max_images, device=device)
         rounds.append({"round": r + 1, "cls_top1": evaluate(classifier, val_cls, device=device)["top1"],
                        "mAP": after["mAP"], "mAP50": after["mAP50"], "epochs": len(history)})

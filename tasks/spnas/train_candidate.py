@@ -12,6 +12,7 @@ import torch
 from prefect import get_run_logger
 from prefect.runtime import task_run
 
+from core.seeds import derive_seed
 from data.coco import load_coco
 from engine.detector_fit import fit_steps, score, train_loader
 from engine.runtime import configure_torch, resolve_device
@@ -25,16 +26,18 @@ from tracking import tracker
 
 
 def train_candidate(candidate: dict[str, Any], data: dict[str, Any], optimizer: DetectorTrainParams, steps: int,
-                    seed: int, runtime: Runtime, out_dir: Path, on_step=None) -> dict[str, Any]:
-    """candidate: {"id", "desc", "parent_model" (path or None), "freeze" (bool), ...extra columns}."""
+                    seed: int, runtime: Runtime, out_dir: Path, on_step=None, *, stage: str) -> dict[str, Any]:
+    """candidate: {"id", "desc", "parent_model" (path or None), "freeze" (bool), ...extra columns};
+    `stage` ("serial" or "parallel") names the candidate's random stream with its id."""
     train = load_coco(Path(data["train_images"]), Path(data["search_train_json"]))
     search_val = load_coco(Path(data["train_images"]), Path(data["search_val_json"]))
     device = resolve_device(runtime.device)
     started = time.perf_counter()
+    own_seed = derive_seed(seed, f"spnas.{stage}", int(candidate["id"]))  # serial and parallel ids overlap
     # A mutated net can diverge at the search learning rate: retry once at half of it,
     # from the same inherited weights, before the search is told the candidate failed.
     for lr_scale in (1.0, 0.5):
-        configure_torch(runtime.num_threads, seed + int(candidate["id"]))
+        configure_torch(runtime.num_threads, own_seed)
         model = build_from_desc(candidate["desc"])
         inherited: dict[str, Any] = {"inherited_ratio": 0.0}
         if candidate.get("parent_model"):
@@ -42,7 +45,7 @@ def train_candidate(candidate: dict[str, Any], data: dict[str, Any], optimizer: 
             report = inherit_weights(model, parent, freeze_inherited_blocks=bool(candidate.get("freeze")))
             inherited = {"inherited_ratio": report.ratio, "inherited_tensors": report.matched}
         try:
-            losses = fit_steps(model, train_loader(train, optimizer.batch_size, seed + int(candidate["id"])),
+            losses = fit_steps(model, train_loader(train, optimizer.batch_size, own_seed),
                                steps, optim_from(optimizer, lr_scale=lr_scale), on_step, device=device)
             break
         except FloatingPointError:
@@ -80,7 +83,7 @@ def train_candidate_task(candidate: dict[str, Any], data: dict[str, Any], optimi
                 tracker.log_metrics(run_id, {f"train_{k}": v for k, v in losses.items()}, step=i)
                 history.append({"epoch": i, **losses})
 
-        out = train_candidate(candidate, data, optimizer, steps, seed, runtime, Path(work_dir), on_step)
+        out = train_candidate(candidate, data, optimizer, steps, seed, runtime, Path(work_dir), on_step, stage=stage)
         tracker.log_metrics(run_id, out["performance"])
         tracker.log_files(run_id, out["files"], "candidate")
         tracker.log_curve(run_id, history, ["loss"], "candidate/loss.png", f"{stage} candidate {candidate['id']}")

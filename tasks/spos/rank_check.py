@@ -15,6 +15,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from scipy.stats import kendalltau
 
+from core.seeds import derive_seed
 from engine.runtime import configure_torch, resolve_device
 from nas_models.spos_shufflenet import build_subnet
 from params.models import RankCheckParams, Runtime
@@ -57,7 +58,7 @@ def rank_check(supernet: dict[str, Any], data: dict[str, Any], cfg: RankCheckPar
         if saved.exists() and read_json(saved)["choices"] == choices:
             row = read_json(saved)
         else:
-            configure_torch(runtime.num_threads, seed + i)
+            configure_torch(runtime.num_threads, derive_seed(seed, "spos.rank_check", i))
             model = build_subnet(choices, supernet["preset"], num_classes=supernet["num_classes"])
             standalone = finetune_and_score(model, data, cfg.steps, cfg.learning_rate, cfg.batch_size, seed, device,
                                             convention)
