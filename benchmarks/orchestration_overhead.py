@@ -270,6 +270,7 @@ def lcnet_sides(args: argparse.Namespace, sets: dict[str, Any], home: Path) -> d
     from flows.lcnet import lcnet
     from params.loader import load_params, merge_overrides
     from params.models import LcnetParams, runtime_of
+    from params.registry import LCNET
     from tasks.lcnet.evaluate import evaluate_classifier
     from tasks.lcnet.export import export_stage
     from tasks.lcnet.predict import predict_stage
@@ -279,7 +280,7 @@ def lcnet_sides(args: argparse.Namespace, sets: dict[str, Any], home: Path) -> d
 
     base = {"train": {"epochs": args.epochs}, "model": {"scale": args.scale}, "output_root": str(home / "out")}
     overrides = merge_overrides(base, sets)
-    p = load_params(LcnetParams, args.params_file or "params/lcnet.yaml", overrides)
+    p = load_params(LcnetParams, args.params_file or LCNET.params_file, overrides)
     runtime = runtime_of(p)
 
     def plain(clock: Callable[[str], Any]) -> dict[str, Any]:
@@ -302,7 +303,7 @@ def lcnet_sides(args: argparse.Namespace, sets: dict[str, Any], home: Path) -> d
         return {"test_top1": evaluated["metrics"].get("test", {}).get("top1")}
 
     def flow() -> dict[str, Any]:
-        return lcnet(params_file=args.params_file or "params/lcnet.yaml", overrides=overrides, refresh_from="all")
+        return lcnet(params_file=args.params_file or LCNET.params_file, overrides=overrides, refresh_from="all")
 
     import torch
 
@@ -311,7 +312,7 @@ def lcnet_sides(args: argparse.Namespace, sets: dict[str, Any], home: Path) -> d
         flow()
 
     return {"plain": plain, "flow": flow, "warmup": warmup,
-            "stages": p.STAGES, "compare": ("test_top1",),
+            "stages": LCNET.stages, "compare": ("test_top1",),
             "title": f"lcnet pipeline, PP-LCNet x{p.model.scale}, {p.train.epochs} epochs, torch threads "
                      f"{torch.get_num_threads()}, input {p.model.input_size}px"}
 
@@ -321,9 +322,10 @@ def spnas_sides(args: argparse.Namespace, sets: dict[str, Any], home: Path) -> d
     from flows.sp_nas import spnas
     from params.loader import load_params, merge_overrides
     from params.models import SpnasParams
+    from params.registry import SPNAS
     from tasks.spnas.data import detection_sources
 
-    params_file = args.params_file or "params/spnas.yaml"
+    params_file = args.params_file or SPNAS.params_file
     overrides = merge_overrides({"output_root": str(home / "out")}, sets)
     p = load_params(SpnasParams, params_file, overrides)  # bad --set values fail here, before any work
     tiny = merge_overrides(overrides, SPNAS_WARMUP)
@@ -347,7 +349,7 @@ def spnas_sides(args: argparse.Namespace, sets: dict[str, Any], home: Path) -> d
     budget = (f"serial {p.serial.max_sample} x {p.serial.candidate_steps} steps, parallel {p.parallel.max_sample} "
               f"x {p.parallel.candidate_steps} steps, fine_tune {p.fine_tune.epochs} / fully_train "
               f"{p.fully_train.epochs} epochs on {p.data.num_train_images} images")
-    return {"plain": plain, "flow": flow, "warmup": warmup, "stages": p.STAGES,
+    return {"plain": plain, "flow": flow, "warmup": warmup, "stages": SPNAS.stages,
             "compare": ("final_code", "final_neck_code", "final_mAP", "baseline_mAP", "serial_candidates",
                         "parallel_candidates"),
             "title": f"spnas pipeline ({params_file}{' + --set ' + ' '.join(args.set) if args.set else ''}): {budget}; "

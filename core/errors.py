@@ -1,8 +1,8 @@
-"""The one error type users see for bad input.
+"""The two error types users see, printed by the CLI as one line without a traceback.
 
-Raised at the edge (params, paths, data files, architecture codes) before any work starts,
-with a single sentence naming the field and what is allowed. The CLI prints it without a
-traceback.
+InputError: bad input, raised at the edge (params, paths, data files, architecture codes,
+environment variables) before any work starts, with a single sentence naming the field and
+what is allowed. StackError: the local stack cannot be brought into the requested state.
 """
 from __future__ import annotations
 
@@ -13,3 +13,7 @@ class InputError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(f"{field}: {message}")
+
+
+class StackError(RuntimeError):
+    """The stack cannot be brought into the requested state; the message says why."""

@@ -7,9 +7,11 @@ from prefect import flow
 
 from params.loader import load_params
 from params.models import LcnetParams
+from params.registry import LCNET
 from tasks.lcnet.evaluate import evaluate_classifier_task
 from tasks.lcnet.export import export_classifier_task
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.lcnet.preflight import preflight
 from tasks.lcnet.predict import predict_task
 from tasks.lcnet.data import classification_data_task
 from tasks.lcnet.split import split_task
@@ -18,11 +20,12 @@ from tasks.lcnet.train import train_classifier_task
 
 
 @flow(name="lcnet", on_crashed=[close_tracking_on_crash], on_cancellation=[close_tracking_on_crash])
-def lcnet(params_file: str = "params/lcnet.yaml", overrides: dict[str, Any] | None = None,
+def lcnet(params_file: str = LCNET.params_file, overrides: dict[str, Any] | None = None,
           refresh_from: str | None = None) -> dict[str, Any]:
     """`refresh_from`: "all" recomputes every stage, a stage name recomputes it and what follows."""
     p = load_params(LcnetParams, params_file, overrides)  # bad input fails here, before any work
-    with pipeline("lcnet", p, p.STAGES, refresh_from) as pipe:
+    preflight(p)  # files, weights, tables and device, also before any work
+    with pipeline(LCNET.name, p, LCNET.stages, refresh_from) as pipe:
         sources = pipe.run("data", classification_data_task, data=p.data)
         split = pipe.run("split", split_task, sources=sources, data=p.data, seed=p.seed)
         trained = pipe.run("train", train_classifier_task, split=split, model=p.model, train=p.train, seed=p.seed)

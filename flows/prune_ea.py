@@ -9,8 +9,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from params.loader import load_params
 from params.models import PruneEaParams
+from params.registry import PRUNE_EA
 from tasks.prune_ea.export import export_task
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.prune_ea.preflight import preflight
 from tasks.prune_ea.data import data_task
 from tasks.prune_ea.prune_search import prune_search, spread
 from tasks.prune_ea.retrain import retrain_task
@@ -20,11 +22,12 @@ from tasks.prune_ea.train_base import train_base_task
 # One training at a time with every core (2 cores: parallel trainings only fight).
 @flow(name="prune-ea", task_runner=ThreadPoolTaskRunner(max_workers=1),
       on_crashed=[close_tracking_on_crash], on_cancellation=[close_tracking_on_crash])
-def prune_ea(params_file: str = "params/prune_ea.yaml", overrides: dict[str, Any] | None = None,
+def prune_ea(params_file: str = PRUNE_EA.params_file, overrides: dict[str, Any] | None = None,
              refresh_from: str | None = None) -> dict[str, Any]:
     """`refresh_from`: "all" recomputes every stage, a stage name recomputes it and what follows."""
     p = load_params(PruneEaParams, params_file, overrides)  # bad input fails here, before any work
-    with pipeline("prune-ea", p, p.STAGES, refresh_from) as pipe:
+    preflight(p)  # files, weights, tables and device, also before any work
+    with pipeline(PRUNE_EA.name, p, PRUNE_EA.stages, refresh_from) as pipe:
         data = pipe.run("data", data_task, data=p.data, seed=p.seed)
         base = pipe.run("train_base", train_base_task, data=data, depth=p.depth, base=p.base, seed=p.seed)
         # Candidates go where candidate_workers / dask_address say (Pipeline.search).

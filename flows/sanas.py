@@ -12,28 +12,35 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from nas_models.blazeface import INIT_TOKENS
 from params.loader import load_params
 from params.models import SanasParams
+from params.registry import SANAS
 from tasks.sanas.export import export_faces_task
 from tasks.sanas.latency_table import latency_table_task
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.sanas.preflight import preflight
 from tasks.sanas.data import face_data_task
 from tasks.sanas.search import sanas_search
+from tasks.sanas.shared import constraint_window
 from tasks.sanas.train import sanas_train_task
 
 
 # One training at a time with every core (2 cores: parallel trainings only fight).
 @flow(name="sanas", task_runner=ThreadPoolTaskRunner(max_workers=1),
       on_crashed=[close_tracking_on_crash], on_cancellation=[close_tracking_on_crash])
-def sanas(params_file: str = "params/sanas.yaml", overrides: dict[str, Any] | None = None,
+def sanas(params_file: str = SANAS.params_file, overrides: dict[str, Any] | None = None,
           refresh_from: str | None = None) -> dict[str, Any]:
     """`refresh_from`: "all" recomputes every stage, a stage name recomputes it and what follows."""
     p = load_params(SanasParams, params_file, overrides)  # bad input fails here, before any work
-    with pipeline("sanas", p, p.STAGES, refresh_from) as pipe:
+    preflight(p)  # files, weights, tables and device, also before any work
+    with pipeline(SANAS.name, p, SANAS.stages, refresh_from) as pipe:
         data = pipe.run("data", face_data_task, data=p.data, image_size=p.image_size, seed=p.seed)
-        latency = pipe.run("latency_table", latency_table_task, latency=p.latency, constraint=p.constraint,
-                           image_size=p.image_size, seed=p.seed)
+        latency = pipe.run("latency_table", latency_table_task, latency=p.latency, image_size=p.image_size,
+                           seed=p.seed)
+        # The window is resolved outside the stage, so a new constraint reuses the measured table;
+        # an infeasible latency window fails here, before the search.
+        window = constraint_window(p.constraint, latency, p.image_size)
         # Candidates go where candidate_workers / dask_address say (Pipeline.search).
-        searched = pipe.search("search", sanas_search, data=data, latency=latency, search=p.search, train=p.train,
-                               image_size=p.image_size, seed=p.seed)
+        searched = pipe.search("search", sanas_search, data=data, latency=latency, constraint=window, search=p.search,
+                               train=p.train, image_size=p.image_size, seed=p.seed)
         compared = [{"name": "found", "tokens": searched["best_tokens"]}, {"name": "initial", "tokens": list(INIT_TOKENS)}]
         trained = pipe.map("train", sanas_train_task, compared, data=data, latency=latency, train=p.train,
                            image_size=p.image_size, seed=p.seed)
@@ -43,7 +50,7 @@ def sanas(params_file: str = "params/sanas.yaml", overrides: dict[str, Any] | No
                             image_size=p.image_size, threads=p.latency.threads)
         rows = {r["model"]: r for r in exported["rows"]}
         acc = latency.get("accuracy") or {}
-        summary = {"ctype": p.constraint.ctype, "constraint_max": latency["constraint"]["max"],
+        summary = {"ctype": p.constraint.ctype, "constraint_max": window["max"],
                    "found_tokens": rows["found"]["tokens"], "skipped_outside_constraint": searched["skipped"],
                    "predictor_within_10pct": acc.get("within_10pct"), "predictor_rmse_ms": acc.get("rmse_ms"),
                    **{f"{name}_{k}": r[k] for name, r in rows.items()

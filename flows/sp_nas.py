@@ -9,11 +9,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from params.loader import load_params
 from params.models import SpnasParams
+from params.registry import SPNAS
 from tasks.spnas.export import export_detector_task
 from tasks.spnas.fine_tune import fine_tune_task
 from tasks.spnas.fully_train import compare_task, fully_train_task
 from tasks.spnas.parallel import parallel_search
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.spnas.preflight import preflight
 from tasks.spnas.data import detection_data_task
 from tasks.spnas.reignite import reignite_task
 from tasks.spnas.serial import serial_search
@@ -24,11 +26,12 @@ from tasks.spnas.split import split_detection_task
 # One stage at a time with every core: the final and baseline trainings would only fight.
 @flow(name="spnas", task_runner=ThreadPoolTaskRunner(max_workers=1),
       on_crashed=[close_tracking_on_crash], on_cancellation=[close_tracking_on_crash])
-def spnas(params_file: str = "params/spnas.yaml", overrides: dict[str, Any] | None = None,
+def spnas(params_file: str = SPNAS.params_file, overrides: dict[str, Any] | None = None,
           refresh_from: str | None = None) -> dict[str, Any]:
     """`refresh_from`: "all" recomputes every stage, a stage name recomputes it and what follows."""
     p = load_params(SpnasParams, params_file, overrides)  # bad input fails here, before any work
-    with pipeline("spnas", p, p.STAGES, refresh_from) as pipe:
+    preflight(p)  # files, weights, tables and device, also before any work
+    with pipeline(SPNAS.name, p, SPNAS.stages, refresh_from) as pipe:
         sources = pipe.run("data", detection_data_task, data=p.data, image_size=p.model.image_size, seed=p.seed)
         data = pipe.run("split", split_detection_task, sources=sources, data=p.data, seed=p.seed)
         train = {"optimizer": p.optimizer, "seed": p.seed}

@@ -10,8 +10,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from params.loader import load_params
 from params.models import SposParams
+from params.registry import SPOS
 from tasks.spos.export import export_task
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.spos.preflight import preflight
 from tasks.spos.data import data_task
 from tasks.spos.rank_check import rank_check_task
 from tasks.spos.retrain import retrain_candidates, spos_retrain_task
@@ -22,12 +24,13 @@ from tasks.spos.supernet import train_supernet_task
 # One training at a time with every core (2 cores: parallel trainings only fight).
 @flow(name="spos", task_runner=ThreadPoolTaskRunner(max_workers=1),
       on_crashed=[close_tracking_on_crash], on_cancellation=[close_tracking_on_crash])
-def spos(params_file: str = "params/spos.yaml", overrides: dict[str, Any] | None = None,
+def spos(params_file: str = SPOS.params_file, overrides: dict[str, Any] | None = None,
          refresh_from: str | None = None) -> dict[str, Any]:
     """`refresh_from`: "all" recomputes every stage, a stage name recomputes it and what follows."""
     p = load_params(SposParams, params_file, overrides)  # bad input fails here, before any work
+    preflight(p)  # files, weights, tables and device, also before any work
     convention = p.model.input_convention
-    with pipeline("spos", p, p.STAGES, refresh_from) as pipe:
+    with pipeline(SPOS.name, p, SPOS.stages, refresh_from) as pipe:
         data = pipe.run("data", data_task, data=p.data, seed=p.seed)
         supernet = pipe.run("supernet", train_supernet_task, data=data, model=p.model, supernet=p.supernet,
                             seed=p.seed)

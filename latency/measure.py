@@ -31,11 +31,13 @@ torch / onnxruntime versions, and is written beside the table as JSON. A second 
 same key reads the file and times nothing (only ops the cached table lacks are timed).
 
 BlazeFace: `space_ops` enumerates every op configuration the SANAS space can produce (from
-the token rules, block by block, not by building networks) and `ssd_core` is the part of a
-torchvision SSD that both the table and end-to-end timing cover.
+the token rules, block by block, each block's ops read off its layers with the forward hooks
+`nas_models.blazeface.ops_of_model` uses, not by building whole networks) and `ssd_core` is the
+part of a torchvision SSD that both the table and end-to-end timing cover.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -386,27 +388,19 @@ def cached_table_path(cache_dir: Path, space_id: str, backend: str = "onnxruntim
 
 def _progress(items: list[Any], description: str, enabled: bool, total: int | None = None,
               step: int = 1) -> Iterator[Any]:
-    """Iterate `items` with a progress bar (tqdm if installed, else rich, a project
-    dependency); each item advances the bar by `step` (chunks), up to `total`."""
+    """Iterate `items` with a rich progress bar; each item advances it by `step` (chunks), up
+    to `total`."""
     if not enabled or not items:
         yield from items
         return
-    total = len(items) * step if total is None else total
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        from rich.progress import Progress
+    from rich.progress import Progress
 
-        with Progress(transient=True) as bar:
-            task = bar.add_task(description, total=total)
-            for item in items:
-                yield item
-                bar.advance(task, step)
-        return
-    with tqdm(total=total, desc=description, leave=False) as bar:
+    total = len(items) * step if total is None else total
+    with Progress(transient=True) as bar:
+        task = bar.add_task(description, total=total)
         for item in items:
             yield item
-            bar.update(min(step, total - bar.n))
+            bar.advance(task, step)
 
 
 def build_table(
@@ -484,53 +478,6 @@ def ssd_core(ssd: nn.Module) -> nn.Module:
     return _SSDCore(ssd).eval()
 
 
-def _conv(n: int, c_in: int, h: int, c_out: int, k: int, stride: int = 1, groups: int = 1,
-          bias: int = 0) -> dict[str, Any]:
-    return {"op": "conv", "flag_bias": bias, "flag_relu": 0, "n": n, "c_in": c_in, "h": h, "w": h,
-            "c_out": c_out, "groups": groups, "k": k, "pad": k // 2, "stride": stride, "dilation": 1}
-
-
-def _shape_op(kind: str, n: int, c: int, h: int, **extra: Any) -> dict[str, Any]:
-    return {"op": kind, **extra, "n": n, "c_in": c, "h": h, "w": h}
-
-
-def _conv_out(h: int, k: int, stride: int) -> int:
-    return (h + 2 * (k // 2) - k) // stride + 1
-
-
-def _blaze_block_ops(n: int, h: int, c_in: int, c_mid: int, c_out: int | None, stride: int,
-                     use_5x5: bool) -> list[dict[str, Any]]:
-    """Ops of nas_models.blazeface.BlazeBlock (single when c_out is None) on an h x h input."""
-    ops: list[dict[str, Any]] = []
-
-    def depthwise(c: int, h_in: int, s: int) -> int:
-        if use_5x5:
-            ops.append(_conv(n, c, h_in, c, 5, s, groups=c))
-            h_out = _conv_out(h_in, 5, s)
-        else:
-            ops.append(_conv(n, c, h_in, c, 3, 1, groups=c))
-            ops.append(_shape_op("batch_norm", n, c, h_in, active_type="None"))
-            ops.append(_conv(n, c, h_in, c, 3, s, groups=c))
-            h_out = _conv_out(h_in, 3, s)
-        ops.append(_shape_op("batch_norm", n, c, h_out, active_type="None"))
-        return h_out
-
-    out = c_mid if c_out is None else c_out
-    h2 = depthwise(c_in, h, stride)
-    ops += [_conv(n, c_in, h2, c_mid, 1), _shape_op("batch_norm", n, c_mid, h2, active_type="None")]
-    if c_out is not None:
-        ops.append(_shape_op("activation", n, c_mid, h2, act="relu"))
-        depthwise(c_mid, h2, 1)
-        ops += [_conv(n, c_mid, h2, c_out, 1), _shape_op("batch_norm", n, c_out, h2, active_type="None")]
-    if stride == 2:
-        ops.append({"op": "pooling", "flag_global_pooling": 0, "n": n, "c_in": c_in, "h": h, "w": h,
-                    "k": 2, "pad": 0, "stride": 2, "ceil_mode": 1, "pool_type": 1})
-        ops += [_conv(n, c_in, -(-h // 2), out, 1),
-                _shape_op("batch_norm", n, out, -(-h // 2), active_type="None")]
-    ops += [_shape_op("eltwise", n, out, h2), _shape_op("activation", n, out, h2, act="relu")]
-    return ops
-
-
 def tokens_cost(tokens: Sequence[int], image_size: int | None = None) -> dict[str, int]:
     """{"macs", "params"} of a BlazeFace's `ssd_core` (backbone + SSD heads, one image): the part
     SANAS's FLOPs constraint, the latency table and the measurements all cover."""
@@ -550,7 +497,10 @@ def space_ops(latency_mode: bool = False, image_size: int | None = None, batch_s
     (c_in, c_mid, c_out) under its fixed stride and input size, with both kernel choices (5x5
     depthwise, or two 3x3): the table then serves latency mode without fixing 3x3 kernels, so
     `latency_mode` changes nothing here and is accepted for symmetry with the space's API.
-    Covers what `ssd_core` runs: stem, blocks, SSD heads, class softmax.
+    Covers what `ssd_core` runs: stem, blocks, SSD heads, class softmax. Each part's ops are
+    listed by the same forward hooks as `ops_of_model` (`stem_ops`, `block_ops`, `head_ops`,
+    `softmax_op`), so the table's keys are the ones a network's op list looks up. Ops come out
+    in first-seen order (a table's line order).
     """
     from nas_models import blazeface as bf
 
@@ -560,35 +510,36 @@ def space_ops(latency_mode: bool = False, image_size: int | None = None, batch_s
     n = batch_size
     num1, num2 = bf.BLAZE_FILTER_NUM1, bf.BLAZE_FILTER_NUM2
     mid, dbl = bf.MID_FILTER_NUM, bf.DOUBLE_FILTER_NUM
-    h1, h2, h4, h8, h16 = size, size // 2, size // 4, size // 8, size // 16
+    h2, h4, h8, h16 = size // 2, size // 4, size // 8, size // 16
+    # Every block position with each width it can get, both kernel choices; the ops come from
+    # the network's own layers (forward hooks, nas_models.blazeface), not from a copy here.
     ops: list[dict[str, Any]] = []
-    for c in num1:  # stem: conv 3x3/2 → BN → ReLU
-        ops += [_conv(n, 3, h1, c, 3, 2), _shape_op("batch_norm", n, c, h2, active_type="None"),
-                _shape_op("activation", n, c, h2, act="relu")]
+    for c in num1:
+        ops += bf.stem_ops(c, size, n)
     for use_5x5 in (False, True):
+        block = functools.partial(bf.block_ops, use_5x5=use_5x5, batch_size=n)
         for a in num1:
-            ops += _blaze_block_ops(n, h2, a, a, None, 1, use_5x5)          # blaze_0
+            ops += block(a, a, None, 1, size=h2)                 # blaze_0
             for b in num2:
-                ops += _blaze_block_ops(n, h2, a, b, None, 2, use_5x5)      # blaze_1
+                ops += block(a, b, None, 2, size=h2)                 # blaze_1
         for b in num2:
-            ops += _blaze_block_ops(n, h4, b, b, None, 1, use_5x5)          # blaze_2
+            ops += block(b, b, None, 1, size=h4)                     # blaze_2
             for m in mid:
                 for d in dbl:
-                    ops += _blaze_block_ops(n, h4, b, m, d, 2, use_5x5)     # double_blaze_0
+                    ops += block(b, m, d, 2, size=h4)                # double_blaze_0
         for d in dbl:
             for m in mid:
-                ops += _blaze_block_ops(n, h8, d, m, d, 1, use_5x5)         # double_blaze_1
-                ops += _blaze_block_ops(n, h16, d, m, d, 1, use_5x5)        # double_blaze_3
+                ops += block(d, m, d, 1, size=h8)                    # double_blaze_1
+                ops += block(d, m, d, 1, size=h16)                   # double_blaze_3
                 for d3 in dbl:
-                    ops += _blaze_block_ops(n, h8, d, m, d3, 2, use_5x5)    # double_blaze_2
-    anchors = [len(level) for level in bf.BLAZEFACE_ANCHOR_SIZES]
+                    ops += block(d, m, d3, 2, size=h8)               # double_blaze_2
     for d in dbl:  # SSD heads (3x3 convs with bias) on the stride-8 and stride-16 maps
-        for h, a in zip((h8, h16), anchors):
-            ops += [_conv(n, d, h, a * 4, 3, bias=1), _conv(n, d, h, a * num_classes, 3, bias=1)]
-    priors = h8 * h8 * anchors[0] + h16 * h16 * anchors[1]
-    ops.append({"op": "softmax", "axis": 2, "n": n, "c_in": priors, "h": num_classes, "w": 1})
-    # Dedupe on the raw values first (tens of thousands of dicts), keys only for the survivors.
-    raw = {tuple(op.items()): op for op in ops}
+        for level in range(len(bf.FEATURE_STRIDES)):
+            ops += bf.head_ops(d, level, size, n, num_classes)
+    ops.append(bf.softmax_op(size, n, num_classes))
+    # Dedupe on the raw values first (tens of thousands of dicts), keys only for the survivors;
+    # the bookkeeping fields (module name, part) would only defeat the first step.
+    raw = {tuple((k, v) for k, v in op.items() if k not in ("module", "part")): op for op in ops}
     unique: dict[str, dict[str, Any]] = {}
     for op in raw.values():
         unique.setdefault(key_of(op), op)

@@ -40,6 +40,7 @@ from latency.measure import (TimingConfig, _torch_threads, build_table, measure_
                              space_ops, ssd_core)
 from latency.table import LatencyTable, op_type_of
 from core.errors import InputError
+from core.seeds import derive_seed
 
 __all__ = [
     "GROUPS",
@@ -312,7 +313,7 @@ def fit_predictor(
                         threads, table_timing, progress)
     tokens = sample_tokens(n_fit + n_holdout, seed)
     roles = ["fit"] * n_fit + ["holdout"] * n_holdout
-    random.Random(seed + 1).shuffle(roles)
+    random.Random(derive_seed(seed, "latency.predictor.roles")).shuffle(roles)
     example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
     models: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}
     ops: dict[str, list[dict[str, Any]]] = {}

@@ -20,13 +20,18 @@ is a `torchvision.models.detection.SSD`: `model(images, targets)` returns the lo
 train mode, `model(images)` a list of {boxes, scores, labels} in eval mode.
 
 `ops_of_model` / `ops_of_tokens` list the primitive ops a forward pass really runs (found with
-forward hooks), in the fields of PaddleSlim's latency table (`OP_FIELDS`), so a latency table
-can be built and looked up for any candidate.
+forward hooks), in the fields of PaddleSlim's latency table (latency/table.py's `FIELDS`), so a latency table
+can be built and looked up for any candidate. `stem_ops` / `block_ops` / `head_ops` /
+`softmax_op` list the same ops part by part with the same hooks, so `latency.measure.space_ops`
+can enumerate the whole space without building every network.
 """
 from __future__ import annotations
 
 import numbers
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any, Sequence
 
 import torch
@@ -35,8 +40,6 @@ from torch import nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDHead
 
-from latency.table import FIELDS as OP_FIELDS
-from latency.table import key_of as op_key
 from core.errors import InputError
 
 __all__ = [
@@ -48,20 +51,22 @@ __all__ = [
     "KNOBS",
     "LATENCY_RANGE_TABLE",
     "MID_FILTER_NUM",
-    "OP_FIELDS",
     "RANGE_TABLE",
     "USE_5X5KERNEL",
     "BlazeBlock",
     "BlazeNet",
+    "block_ops",
     "build_blazeface",
     "build_from_tokens",
     "describe",
     "filters_of",
+    "head_ops",
     "init_tokens",
-    "op_key",
     "ops_of_model",
     "ops_of_tokens",
     "range_table",
+    "softmax_op",
+    "stem_ops",
     "validate_tokens",
 ]
 
@@ -176,6 +181,46 @@ def _depthwise(channels: int, stride: int, use_5x5: bool) -> nn.Sequential:
                          ConvBN(channels, channels, 3, stride, groups=channels))
 
 
+# A layer spec names one BlazeNet layer: ("depthwise", channels, stride, use_5x5),
+# ("conv_bn", c_in, c_out, kernel, stride, relu), ("max_pool",), ("add",) or ("relu",).
+# The network is built from specs (`_layer`) and the space's op list is read off the same specs
+# (`_layer_ops`), so there is one description of each block's layers.
+LayerSpec = tuple[Any, ...]
+
+
+def _layer(spec: LayerSpec) -> nn.Module:
+    kind, *args = spec
+    if kind == "depthwise":
+        return _depthwise(*args)
+    if kind == "conv_bn":
+        c_in, c_out, kernel, stride, relu = args
+        return ConvBN(c_in, c_out, kernel, stride, relu=relu)
+    if kind == "max_pool":
+        return nn.MaxPool2d(2, 2, ceil_mode=True)
+    if kind == "add":
+        return Add()
+    if kind == "relu":
+        return nn.ReLU(inplace=True)
+    raise ValueError(f"unknown BlazeNet layer spec {spec!r}")
+
+
+def _stem_spec(width: int) -> LayerSpec:
+    """conv1: 3x3/2 conv → BN → ReLU from the RGB image to `width` channels."""
+    return ("conv_bn", 3, width, 3, 2, True)
+
+
+def _block_plan(c_in: int, c_out: int, double_out: int | None, stride: int,
+                use_5x5: bool) -> tuple[list[LayerSpec], list[LayerSpec]]:
+    """A blaze block's (branch, shortcut) layers; an empty shortcut is the identity."""
+    out = c_out if double_out is None else double_out
+    branch = [("depthwise", c_in, stride, use_5x5), ("conv_bn", c_in, c_out, 1, 1, double_out is not None)]
+    if double_out is not None:
+        branch += [("depthwise", c_out, 1, use_5x5), ("conv_bn", c_out, double_out, 1, 1, False)]
+    # Stride 2: the residual is pooled to the new resolution and projected to the new width.
+    shortcut = [] if stride == 1 else [("max_pool",), ("conv_bn", c_in, out, 1, 1, False)]
+    return branch, shortcut
+
+
 class BlazeBlock(nn.Module):
     """Single (`double_out` None) or double blaze block with a residual connection.
 
@@ -191,19 +236,15 @@ class BlazeBlock(nn.Module):
         out = c_out if double_out is None else double_out
         if stride == 1 and out != c_in:
             raise ValueError(f"a stride-1 blaze block keeps its width ({c_in} in, {out} out)")
-        layers: list[nn.Module] = [_depthwise(c_in, stride, use_5x5),
-                                   ConvBN(c_in, c_out, 1, relu=double_out is not None)]
-        if double_out is not None:
-            layers += [_depthwise(c_out, 1, use_5x5), ConvBN(c_out, double_out, 1)]
-        self.branch = nn.Sequential(*layers)
-        # Stride 2: the residual is pooled to the new resolution and projected to the new width.
-        self.shortcut = (nn.Identity() if stride == 1 else
-                         nn.Sequential(nn.MaxPool2d(2, 2, ceil_mode=True), ConvBN(c_in, out, 1)))
-        self.add = Add()
-        self.act = nn.ReLU(inplace=True)
+        branch, shortcut = _block_plan(c_in, c_out, double_out, stride, use_5x5)
+        self.branch = nn.Sequential(*map(_layer, branch))
+        self.shortcut = nn.Sequential(*map(_layer, shortcut)) if shortcut else nn.Identity()
+        self.add = _layer(("add",))
+        self.act = _layer(("relu",))
         self.out_channels = out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # `block_ops` lists the ops in this order: branch, shortcut, add, act.
         y = self.branch(x)
         return self.act(self.add(self.shortcut(x), y))
 
@@ -219,7 +260,7 @@ class BlazeNet(nn.Module):
                  use_5x5kernel: bool = True) -> None:
         super().__init__()
         width = blaze_filters[0][0]
-        self.conv1 = ConvBN(3, width, 3, stride=2, relu=True)
+        self.conv1 = _layer(_stem_spec(width))
         blocks: list[tuple[str, BlazeBlock]] = []
         for k, spec in enumerate(blaze_filters):
             c_dw, c_out, *stride = spec
@@ -394,14 +435,15 @@ def _init_backbone(backbone: nn.Module) -> None:
 # --- primitive ops (for latency tables) ------------------------------------------------------
 
 # Each op dict carries the fields of its type in PaddleSlim's latency table (latency/table.py
-# owns the format: `OP_FIELDS` is its field list, `op_key` its key of an op).
+# owns the format: `FIELDS` lists them, `key_of` turns an op into its table key). The model
+# only names the ops; the latency room, which sits above the models, reads and keys them.
 
 
 def ops_of_model(model: SSD, batch_size: int = 1) -> list[dict[str, Any]]:
     """The primitive ops of one eval-mode forward pass, in execution order.
 
     Found with forward hooks on a real forward pass (`model([zeros]*batch_size)`), so the list
-    is what the network runs. Each op is a dict with "op" (a key of OP_FIELDS), that type's
+    is what the network runs. Each op is a dict with "op" (an op type of the latency table), that type's
     fields, "module" (the module's qualified name, "" for the softmax) and "part"
     ("backbone" | "head" | "postprocess"). Shapes are the op's input: n, c_in, h, w.
 
@@ -415,9 +457,34 @@ def ops_of_model(model: SSD, batch_size: int = 1) -> list[dict[str, Any]]:
     """
     _check_int("batch_size", batch_size, 1)
     image_size = int(model.transform.fixed_size[0]) if model.transform.fixed_size else DEFAULT_IMAGE_SIZE
-    ops: list[dict[str, Any]] = []
     head_out: dict[str, torch.Tensor] = {}
-    names = {m: name for name, m in model.named_modules()}
+
+    def keep_head(module: nn.Module, inputs: tuple, output: dict[str, torch.Tensor]) -> None:
+        head_out.update(output)
+
+    handle = model.head.register_forward_hook(keep_head)
+    training = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with _recorded_ops(model) as ops, torch.no_grad():
+            device = next(model.parameters()).device
+            model([torch.zeros(3, image_size, image_size, device=device)] * batch_size)
+    finally:
+        handle.remove()
+        for m, flag in training:
+            m.training = flag
+    return [*ops, _softmax_op(head_out["cls_logits"])]
+
+
+_OP_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, Add)
+
+
+@contextmanager
+def _recorded_ops(root: nn.Module) -> Iterator[list[dict[str, Any]]]:
+    """While open, every op module under `root` that runs appends its op (`_op_of`, plus
+    "module": its name under `root`, and "part") to the yielded list, in call order."""
+    ops: list[dict[str, Any]] = []
+    names = {m: name for name, m in root.named_modules()}
 
     def record(module: nn.Module, inputs: tuple, output: Any) -> None:
         op = _op_of(module, inputs[0])
@@ -425,27 +492,98 @@ def ops_of_model(model: SSD, batch_size: int = 1) -> list[dict[str, Any]]:
             name = names[module]
             ops.append({**op, "module": name, "part": "head" if name.startswith("head") else "backbone"})
 
-    def keep_head(module: nn.Module, inputs: tuple, output: dict[str, torch.Tensor]) -> None:
-        head_out.update(output)
-
-    handles = [m.register_forward_hook(record) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, Add))]
-    handles.append(model.head.register_forward_hook(keep_head))
-    training = [(m, m.training) for m in model.modules()]
-    model.eval()
+    handles = [m.register_forward_hook(record) for m in root.modules() if isinstance(m, _OP_MODULES)]
     try:
-        with torch.no_grad():
-            device = next(model.parameters()).device
-            model([torch.zeros(3, image_size, image_size, device=device)] * batch_size)
+        yield ops
     finally:
         for handle in handles:
             handle.remove()
-        for m, flag in training:
-            m.training = flag
-    n, priors, classes = head_out["cls_logits"].shape
-    ops.append({"op": "softmax", "axis": 2, "n": int(n), "c_in": int(priors), "h": int(classes), "w": 1,
-                "module": "", "part": "postprocess"})
-    return ops
+
+
+def _softmax_op(cls_logits: torch.Tensor) -> dict[str, Any]:
+    """SSD's postprocess softmax over the class scores (n, priors, classes)."""
+    n, priors, classes = cls_logits.shape
+    return {"op": "softmax", "axis": 2, "n": int(n), "c_in": int(priors), "h": int(classes), "w": 1,
+            "module": "", "part": "postprocess"}
+
+
+# Ops part by part, for enumerating the space: each part is built as the network builds it and
+# run once with the hooks above (on zeros: the hooks read shapes only). Results are cached per
+# part and input shape, as thousands of block configurations share a few hundred layers.
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run tiny one-off forward passes on one torch thread: with the cores busy, a multi-threaded
+    conv here took ~10 ms against <1 ms (shapes are all that is read)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@lru_cache(maxsize=None)
+def _layer_ops(spec: LayerSpec, n: int, c: int, h: int) -> tuple[tuple[dict[str, Any], ...], tuple[int, int]]:
+    """Ops of layer `spec` on an (n, c, h, h) input, and the output's (channels, side)."""
+    layer = _layer(spec).eval()
+    x = torch.zeros(n, c, h, h)
+    with _one_thread(), _recorded_ops(layer) as ops, torch.no_grad():
+        y = layer(x, x) if spec[0] == "add" else layer(x)
+    return tuple(ops), (int(y.shape[1]), int(y.shape[2]))
+
+
+def _chain_ops(specs: Sequence[LayerSpec], n: int, c: int, h: int) -> tuple[list[dict[str, Any]], int, int]:
+    ops: list[dict[str, Any]] = []
+    for spec in specs:
+        layer_ops, (c, h) = _layer_ops(spec, n, c, h)
+        ops += [{**op, "part": "backbone"} for op in layer_ops]
+    return ops, c, h
+
+
+def stem_ops(width: int, image_size: int = DEFAULT_IMAGE_SIZE, batch_size: int = 1) -> list[dict[str, Any]]:
+    """Ops of BlazeNet's conv1 to `width` channels on a (batch, 3, image_size, image_size) input."""
+    return _chain_ops([_stem_spec(width)], batch_size, 3, image_size)[0]
+
+
+def block_ops(c_in: int, c_out: int, double_out: int | None, stride: int, use_5x5: bool, size: int,
+              batch_size: int = 1) -> list[dict[str, Any]]:
+    """Ops of `BlazeBlock(c_in, c_out, double_out, stride, use_5x5)` on a (batch, c_in, size,
+    size) input, in the order its forward runs them (branch, shortcut, add, ReLU)."""
+    branch, shortcut = _block_plan(c_in, c_out, double_out, stride, use_5x5)
+    ops, c, h = _chain_ops(branch, batch_size, c_in, size)
+    ops += _chain_ops(shortcut, batch_size, c_in, size)[0]
+    return ops + _chain_ops([("add",), ("relu",)], batch_size, c, h)[0]
+
+
+def _head(channels: Sequence[int], levels: Sequence[int], num_classes: int) -> SSDHead:
+    anchors = [len(BLAZEFACE_ANCHOR_SIZES[level]) for level in levels]
+    return SSDHead(list(channels), anchors, num_classes).eval()
+
+
+def _head_features(channels: Sequence[int], levels: Sequence[int], image_size: int,
+                   batch_size: int) -> list[torch.Tensor]:
+    return [torch.zeros(batch_size, c, image_size // FEATURE_STRIDES[level], image_size // FEATURE_STRIDES[level])
+            for c, level in zip(channels, levels)]
+
+
+def head_ops(channels: int, level: int, image_size: int = DEFAULT_IMAGE_SIZE, batch_size: int = 1,
+             num_classes: int = 2) -> list[dict[str, Any]]:
+    """Ops of the SSD head's box and class convs on feature map `level` (0: stride 8, 1: stride
+    16) of `channels` channels, with BlazeFace's default priors."""
+    head = _head([channels], [level], num_classes)
+    with _one_thread(), _recorded_ops(head) as ops, torch.no_grad():
+        head(_head_features([channels], [level], image_size, batch_size))
+    return [{**op, "part": "head"} for op in ops]
+
+
+def softmax_op(image_size: int = DEFAULT_IMAGE_SIZE, batch_size: int = 1, num_classes: int = 2) -> dict[str, Any]:
+    """The class softmax every BlazeFace of the space runs (its shape depends on the priors only)."""
+    levels = range(len(FEATURE_STRIDES))
+    channels = [DOUBLE_FILTER_NUM[0]] * len(FEATURE_STRIDES)
+    with _one_thread(), torch.no_grad():
+        out = _head(channels, levels, num_classes)(_head_features(channels, levels, image_size, batch_size))
+    return _softmax_op(out["cls_logits"])
 
 
 def _op_of(module: nn.Module, x: torch.Tensor) -> dict[str, Any] | None:

@@ -86,6 +86,12 @@ def describe_validation_error(exc: ValidationError, model_cls: type[BaseModel] |
         alternatives = [e["msg"] for e in errors if _field_path(model_cls, tuple(e["loc"])) == path]
         message = " or ".join(dict.fromkeys(a.removeprefix("Input should be ") for a in alternatives))
         return loc, f"should be {message} (got {err['input']!r})"
+    return locate(loc, message, err["input"])
+
+
+def locate(loc: str, message: str, value: Any) -> tuple[str, str]:
+    """(field, message) of a check that failed at `loc` (dotted; "" = the whole model) with
+    `message`, worded alike whether pydantic or a pipeline's preflight ran the check."""
     named = re.match(r"^([A-Za-z_][\w.]*): (.*)$", message, re.S)
     if named:  # raised as "<field>: <what is allowed>" (InputError or a model-level check)
         name, message = named.groups()
@@ -96,7 +102,7 @@ def describe_validation_error(exc: ValidationError, model_cls: type[BaseModel] |
         return f"{loc}.{name}", message
     if not loc:
         return "params", message
-    return loc, f"{message} (got {err['input']!r})"
+    return loc, f"{message} (got {value!r})"
 
 
 def validate(model_cls: type[P], values: dict[str, Any]) -> P:

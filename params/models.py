@@ -6,6 +6,11 @@ cache key covers only those: changing `fully_train.epochs` leaves every earlier 
 
 `params/<flow>.yaml` files hold only what a deployment changes from these defaults (the demo
 files hold nothing); `spnas check-params <deployment>` prints every value a run would use.
+
+The models check shapes only: types, ranges and fields that must agree. What the values point
+at (files, weights that must fit a network, a search space a limit must meet, the device) is
+checked by each pipeline's preflight (tasks/<pipeline>/preflight.py), which the flow and the
+CLI run right after loading the params, before any work.
 """
 from __future__ import annotations
 
@@ -54,39 +59,6 @@ def _resolved(value: str | None) -> str | None:
     return None if value is None else str(Path(value).expanduser().resolve())
 
 
-def _existing_dir(value: str | None, what: str) -> str | None:
-    if value is not None and not Path(value).expanduser().is_dir():
-        raise ValueError(f"must be an existing folder ({what})")
-    return _resolved(value)
-
-
-def _existing_file(value: str | None, what: str) -> str | None:
-    if value is None:
-        return None
-    path = Path(value).expanduser()
-    if path.is_dir():
-        raise ValueError(f"is a folder; give a file ({what})")
-    if not path.is_file():
-        raise ValueError(f"must be an existing file ({what})")
-    return _resolved(value)
-
-
-def _writable_root(value: str | None) -> str | None:
-    """`output_root` may not exist yet, but it must be creatable: checked without creating it."""
-    if value is None:
-        return None
-    path = Path(value).expanduser().resolve()
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"cannot be created: {probe} is a file, not a folder")
-    import os
-
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot be created: {probe} is not writable")
-    return str(path)
-
 
 # ----------------------------------------------------------------------- shared by all pipelines
 
@@ -119,15 +91,7 @@ class RunParams(Section):
     @field_validator("output_root")
     @classmethod
     def _output_root(cls, v: str | None) -> str | None:
-        return _writable_root(v)
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        from engine.runtime import resolve_device
-
-        resolve_device(v)  # refuses cuda on a machine without it, before any work
-        return v
+        return _resolved(v)
 
 
 class Runtime(Section):
@@ -164,7 +128,7 @@ class LcnetData(SplitRatios):
     @field_validator("dataset_dir")
     @classmethod
     def _dataset_dir(cls, v: str | None) -> str | None:
-        return _existing_dir(v, "a folder of class sub-folders, or null for the embedded digits")
+        return _resolved(v)
 
 
 class LcnetModel(Section):
@@ -181,21 +145,7 @@ class LcnetModel(Section):
     @field_validator("pretrained_weights")
     @classmethod
     def _weights(cls, v: str | None) -> str | None:
-        return _existing_file(v, "a state_dict saved with torch.save, or null to train from scratch")
-
-    @model_validator(mode="after")
-    def _weights_fit(self):
-        """At least half of the network's tensors must load by name and shape (else the weights
-        belong to another architecture and would silently leave the model untrained)."""
-        if self.pretrained_weights is not None:
-            from nas_models.convert import load_weights_file
-            from nas_models.inherit import inherit_weights, require_loaded_share
-            from nas_models.lcnet import build_lcnet
-
-            report = inherit_weights(build_lcnet(self.scale, num_classes=2, dropout=self.dropout),
-                                     load_weights_file(self.pretrained_weights, "pretrained_weights"))
-            require_loaded_share(report, None, "pretrained_weights")
-        return self
+        return _resolved(v)
 
     @model_validator(mode="after")
     def _sizes(self):
@@ -224,8 +174,6 @@ class LcnetPredict(Section):
 
 
 class LcnetParams(RunParams):
-    STAGES: ClassVar[tuple[str, ...]] = ("data", "split", "train", "evaluate", "export", "predict")
-
     data: LcnetData = LcnetData()
     model: LcnetModel = LcnetModel()
     train: LcnetTrain = LcnetTrain()
@@ -251,15 +199,10 @@ class SpnasData(SplitRatios):
                           "(or the embedded digits when you give no COCO files)")
     crop_min_size: int = Field(16, ge=4, le=4096, description="reignite crops: smallest box side kept (px)")
 
-    @field_validator("train_images", "val_images", "classification_dir")
+    @field_validator("train_images", "train_json", "val_images", "val_json", "classification_dir")
     @classmethod
-    def _dirs(cls, v: str | None) -> str | None:
-        return _existing_dir(v, "a folder of images, or null for the embedded set")
-
-    @field_validator("train_json", "val_json")
-    @classmethod
-    def _files(cls, v: str | None) -> str | None:
-        return _existing_file(v, "a COCO instances JSON file, or null")
+    def _paths(cls, v: str | None) -> str | None:
+        return _resolved(v)
 
     @model_validator(mode="after")
     def _coco(self):
@@ -268,12 +211,6 @@ class SpnasData(SplitRatios):
                 raise ValueError(f"{ann}: give both {images} and {ann}, or neither (embedded digits)")
         if (self.train_json is None) != (self.val_json is None):
             raise ValueError("val_json: give your own train and val sets together, or neither")
-        if self.train_json is not None:
-            from data.coco import check_coco_files
-
-            # Bad files fail here, before a run folder or an MLflow run exists.
-            check_coco_files(self.train_images, self.train_json, "data.train_images", "data.train_json")
-            check_coco_files(self.val_images, self.val_json, "data.val_images", "data.val_json")
         return self
 
 
@@ -286,32 +223,10 @@ class DetectorModel(Section):
     image_size: int = Field(96, ge=32, le=2048)
     fpn_channels: int = Field(64, ge=8, le=1024)
 
-    @field_validator("backbone_code")
-    @classmethod
-    def _code(cls, v: str) -> str:
-        from nas_models.serial_backbone import validate_code
-
-        validate_code(v)
-        return v
-
     @field_validator("pretrained_weights")
     @classmethod
     def _weights(cls, v: str | None) -> str | None:
-        return _existing_file(v, "a torchvision ResNet or fasterrcnn_resnet50_fpn state_dict, or null")
-
-    @model_validator(mode="after")
-    def _weights_fit(self):
-        """The weights must convert to this backbone code and block: checked here, not at fine_tune."""
-        if self.pretrained_weights is not None:
-            from nas_models.convert import convert_checkpoint, load_weights_file
-            from core.errors import InputError
-
-            state = load_weights_file(self.pretrained_weights, "pretrained_weights")
-            try:
-                convert_checkpoint(state, self.backbone_code, self.block)
-            except InputError as exc:
-                raise ValueError(f"pretrained_weights: {str(exc).split(': ', 1)[-1]}") from None
-        return self
+        return _resolved(v)
 
 
 class DetectorTrainParams(Section):
@@ -382,9 +297,6 @@ class DetectorExportParams(Section):
 class SpnasParams(RunParams):
     """spnas/full."""
 
-    STAGES: ClassVar[tuple[str, ...]] = ("data", "split", "fine_tune", "serial", "reignite", "parallel",
-                                         "fully_train", "export")
-
     data: SpnasData = SpnasData()
     model: DetectorModel = DetectorModel()
     optimizer: DetectorTrainParams = DetectorTrainParams()
@@ -394,13 +306,6 @@ class SpnasParams(RunParams):
     parallel: ParallelSearchParams = ParallelSearchParams()
     fully_train: FullyTrainParams = FullyTrainParams()
     export: DetectorExportParams = DetectorExportParams()
-
-    @model_validator(mode="after")
-    def _stages_fit(self):
-        if self.serial.max_stages < len(self.model.backbone_code.split("-")):
-            raise ValueError(f"serial.max_stages: must be at least the stages of model.backbone_code "
-                             f"({self.model.backbone_code})")
-        return self
 
 
 # -------------------------------------------------------------------------------- prune-ea/full
@@ -417,16 +322,7 @@ class CifarData(Section):
     @field_validator("dataset_dir")
     @classmethod
     def _dataset_dir(cls, v: str | None) -> str | None:
-        v = _existing_dir(v, "a cifar-10-batches-py folder or a folder of class sub-folders, or null")
-        if v is not None:
-            folder = Path(v) / "cifar-10-batches-py" if (Path(v) / "cifar-10-batches-py").is_dir() else Path(v)
-            if (folder / "batches.meta").exists() or any(folder.glob("data_batch_*")):
-                from data.cifar import read_cifar_batches
-
-                read_cifar_batches(folder, "data.dataset_dir")  # a broken batch file fails here, not mid-run
-            elif not any(p.is_dir() for p in folder.iterdir()):
-                raise ValueError("holds neither CIFAR batch files nor class sub-folders")
-        return v
+        return _resolved(v)
 
 
 class ClassifierTrain(Section):
@@ -467,8 +363,6 @@ class PruneRetrainParams(ClassifierTrain):
 
 
 class PruneEaParams(RunParams):
-    STAGES: ClassVar[tuple[str, ...]] = ("data", "train_base", "prune_search", "retrain", "export")
-
     depth: Literal[20, 32, 56] = Field(20, description="CIFAR ResNet depth (encoding length 464 / 688 / 1136)")
     data: CifarData = CifarData()
     base: ClassifierTrain = ClassifierTrain()
@@ -488,14 +382,6 @@ class SposModel(Section):
     input_convention: Literal["rgb", "bgr255"] = Field(
         "rgb", description="rgb = RGB normalised with the data's mean/std; bgr255 = BGR in [0, 255] as the "
                            "original SPOS release (recorded in model.yml, applied by the predictor)")
-
-    @field_validator("preset")
-    @classmethod
-    def _preset(cls, v: str) -> str:
-        from nas_models.spos_shufflenet import get_preset
-
-        get_preset(v)  # unknown names fail with the list of known ones
-        return v
 
 
 class SupernetTrain(Section):
@@ -568,22 +454,12 @@ class SposRetrainParams(ClassifierTrain):
 class SposParams(RunParams):
     """spos/full."""
 
-    STAGES: ClassVar[tuple[str, ...]] = ("data", "supernet", "search", "rank_check", "retrain", "export")
-
     data: CifarData = CifarData()
     model: SposModel = SposModel()
     supernet: SupernetTrain = SupernetTrain()
     search: EvolutionParams = EvolutionParams()
     rank_check: RankCheckParams = RankCheckParams()
     retrain: SposRetrainParams = SposRetrainParams()
-
-    @model_validator(mode="after")
-    def _feasible(self):
-        """The MACs limit and range against the space itself (a per-op table, built once)."""
-        from params.feasibility import check_spos_macs
-
-        check_spos_macs(self.model.preset, self.search.macs_limit, self.supernet.macs_range, self.supernet.bins)
-        return self
 
 
 # ----------------------------------------------------------------------------------- sanas/full
@@ -600,15 +476,10 @@ class FaceData(Section):
     num_train_images: int = Field(300, ge=10, le=100_000, description="embedded set only")
     num_val_images: int = Field(100, ge=5, le=100_000, description="embedded set only")
 
-    @field_validator("train_images", "val_images")
+    @field_validator("train_annotations", "train_images", "val_annotations", "val_images")
     @classmethod
-    def _dirs(cls, v: str | None) -> str | None:
-        return _existing_dir(v, "the WIDER FACE images folder, or null for the embedded set")
-
-    @field_validator("train_annotations", "val_annotations")
-    @classmethod
-    def _files(cls, v: str | None) -> str | None:
-        return _existing_file(v, "a WIDER FACE bbx_gt annotation file, or null")
+    def _paths(cls, v: str | None) -> str | None:
+        return _resolved(v)
 
     @model_validator(mode="after")
     def _pairs(self):
@@ -617,12 +488,6 @@ class FaceData(Section):
         if any(given) and not all(given):
             raise ValueError("train_annotations: give train_annotations, train_images, val_annotations and "
                              "val_images together, or none of them (embedded faces)")
-        if all(given):
-            from data.faces import read_wider_face
-
-            # A malformed annotation fails here (naming file and line), before any work.
-            read_wider_face(self.train_annotations, self.train_images)
-            read_wider_face(self.val_annotations, self.val_images)
         return self
 
 
@@ -653,12 +518,7 @@ class LatencyParams(Section):
     @field_validator("table_file")
     @classmethod
     def _table(cls, v: str | None) -> str | None:
-        v = _existing_file(v, "a latency table file, or null to measure one here")
-        if v is not None:
-            from latency.table import LatencyTable
-
-            LatencyTable.read(v)  # a malformed line fails here, naming the file and line
-        return v
+        return _resolved(v)
 
 
 class SanasSearchParams(Section):
@@ -683,18 +543,9 @@ class FaceTrainParams(Section):
 class SanasParams(RunParams):
     """sanas/full."""
 
-    STAGES: ClassVar[tuple[str, ...]] = ("data", "latency_table", "search", "train", "export")
-
     data: FaceData = FaceData()
     image_size: int = Field(128, ge=32, le=1024, description="square input size of BlazeFace")
     constraint: SanasConstraint = SanasConstraint()
     latency: LatencyParams = LatencyParams()
     search: SanasSearchParams = SanasSearchParams()
     train: FaceTrainParams = FaceTrainParams()
-
-    @model_validator(mode="after")
-    def _feasible(self):
-        from params.feasibility import check_sanas
-
-        check_sanas(self.constraint, self.latency.table_file, self.image_size)
-        return self

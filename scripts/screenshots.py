@@ -19,8 +19,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from spnas import browser
-from spnas.stack import StackConfig
+from spnas.config import StackConfig
+
+# The Chromium helpers are the tests' (tests/browser.py); this script is their one other user.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import browser  # noqa: E402
 
 # Loopback only: never route through a proxy from the environment.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -6,30 +6,27 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.errors import InputError
+from core.errors import InputError, StackError
 
-MAIN_DEPLOYMENT = "spnas/full"
-
-# deployment -> (params model import path, default params file)
-PIPELINES: dict[str, tuple[str, str]] = {
-    "lcnet/full": ("params.models:LcnetParams", "params/lcnet.yaml"),
-    "spnas/full": ("params.models:SpnasParams", "params/spnas.yaml"),
-    "prune-ea/full": ("params.models:PruneEaParams", "params/prune_ea.yaml"),
-    "spos/full": ("params.models:SposParams", "params/spos.yaml"),
-    "sanas/full": ("params.models:SanasParams", "params/sanas.yaml"),
-}
+if TYPE_CHECKING:
+    from params.registry import PipelineSpec
 
 
-def _params_model(deployment: str) -> tuple[type, str]:
-    if deployment not in PIPELINES:
-        raise InputError("deployment", f"unknown deployment {deployment!r}; known: {', '.join(PIPELINES)}")
+def _pipeline(deployment: str) -> PipelineSpec:
+    """The registry entry of `deployment` (InputError naming the known ones)."""
+    from params.registry import by_deployment
+
+    return by_deployment(deployment)
+
+
+def _preflight(spec: PipelineSpec, p: Any) -> None:
+    """What the flow checks right after loading its params (files, weights, tables, device),
+    checked here too, so a bad file fails in a second, not on the worker."""
     import importlib
 
-    target, default_file = PIPELINES[deployment]
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name), default_file
+    importlib.import_module(f"tasks.{spec.package}.preflight").preflight(p)
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -57,9 +54,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from spnas import stack
-
-    from spnas import postgres
+    from spnas import postgres, stack
 
     cfg = stack.StackConfig()
     report: dict[str, Any] = {"database": postgres.describe(cfg), **stack.status(cfg)}
@@ -87,8 +82,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_check_params(args: argparse.Namespace) -> int:
     from params.loader import load_params
 
-    model, default_file = _params_model(args.deployment)
-    p = load_params(model, args.params_file or default_file, _overrides(args.set))
+    spec = _pipeline(args.deployment)
+    p = load_params(spec.model, args.params_file or spec.params_file, _overrides(args.set))
+    _preflight(spec, p)
     print(json.dumps(p.model_dump(mode="json"), indent=2))
     return 0
 
@@ -131,21 +127,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tasks.orchestration.pipeline import REFRESH_ALL, check_dask_address, check_refresh
 
     mode = _watch_mode(args)
-    model, default_file = _params_model(args.deployment)
-    params_file = args.params_file or default_file
+    spec = _pipeline(args.deployment)
+    params_file = args.params_file or spec.params_file
     overrides = _overrides(args.set)
-    p = load_params(model, params_file, overrides)
+    p = load_params(spec.model, params_file, overrides)
+    _preflight(spec, p)
     check_dask_address(p.dask_address)  # a scheduler that does not answer fails here, not on the worker
     refresh_from = REFRESH_ALL if args.refresh else args.refresh_from
     if args.refresh and args.refresh_from:
         raise InputError("--refresh-from", "give --refresh (every stage) or --refresh-from STAGE, not both")
-    check_refresh(refresh_from, model.STAGES)
+    check_refresh(refresh_from, spec.stages)
     cfg = stack.StackConfig()
     parameters = {"params_file": params_file, "overrides": overrides, "refresh_from": refresh_from}
     # The watcher's Prefect client is pinned to this stack's API whatever prefect was imported with;
     # the environment is the stack's while it runs (and restored: tests call main() in-process).
     with stack_environ(cfg):
-        return _start(cfg, args.deployment, parameters, model.STAGES, _output_root(p), mode)
+        return _start(cfg, args.deployment, parameters, spec.stages, _output_root(p), mode)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -155,10 +152,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from spnas.watch import stack_environ
 
     mode = _watch_mode(args)
-    model, default_file = _params_model(args.deployment)
-    params_file = args.params_file or default_file
+    spec = _pipeline(args.deployment)
+    params_file = args.params_file or spec.params_file
     overrides = _overrides(args.set)
-    p = load_params(model, params_file, overrides)  # a typo fails before the stack starts
+    p = load_params(spec.model, params_file, overrides)  # a typo fails before the stack starts
+    _preflight(spec, p)
     cfg = stack.StackConfig(db=args.db)
     info = stack.up(cfg)
     print(info.describe(), flush=True)
@@ -166,7 +164,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if code != 0:
         return code
     with stack_environ(cfg):
-        code = _start(cfg, args.deployment, {"params_file": params_file, "overrides": overrides}, model.STAGES,
+        code = _start(cfg, args.deployment, {"params_file": params_file, "overrides": overrides}, spec.stages,
                       _output_root(p), mode)
     print()
     print(info.describe())
@@ -218,7 +216,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         cfg = stack.StackConfig()
         if not stack.status(cfg)[stack.MLFLOW]["healthy"]:
-            raise stack.StackError(f"the stack's MLflow server ({cfg.mlflow_url}) is not running: start it with "
+            raise StackError(f"the stack's MLflow server ({cfg.mlflow_url}) is not running: start it with "
                                    "`spnas up`, or set MLFLOW_TRACKING_URI to the tracking store to read")
         # The URI and, when the stack serves with credentials, MLflow's basic-auth login.
         os.environ.update({k: v for k, v in stack.stack_env(cfg).items() if k.startswith("MLFLOW_TRACKING_")})
@@ -229,6 +227,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from params.registry import MAIN, deployments
+
     parser = argparse.ArgumentParser(prog="spnas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="watch with Prefect's own event stream instead of the per-stage view")
 
     p = sub.add_parser("run", help="run a deployment and watch it (one line per stage, then the summary)")
-    p.add_argument("deployment", help=f"one of {', '.join(PIPELINES)}")
+    p.add_argument("deployment", help=f"one of {', '.join(deployments())}")
     add_params_args(p)
     add_watch_args(p)
     p.add_argument("--refresh", action="store_true", help="recompute every stage (ignore cached results)")
@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("demo", help="up + deploy + run the main job end to end")
-    p.add_argument("--deployment", default=MAIN_DEPLOYMENT)
+    p.add_argument("--deployment", default=MAIN.deployment)
     p.add_argument("--db", choices=("sqlite", "postgres"), default=None, help=db_help)
     add_params_args(p)
     add_watch_args(p)
@@ -312,14 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
-    except InputError as exc:
+    except (InputError, StackError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        if type(exc).__name__ == "StackError":
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

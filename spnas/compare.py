@@ -21,6 +21,7 @@ search driver) or, failing that, from the flow run's output folder on this machi
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import tempfile
@@ -30,8 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spnas.cli import PIPELINES
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
 from core.errors import InputError
+from params.registry import PIPELINES, FrontSpec
+from strategies import pareto
 from tracking import tracker
 
 COMPARE_TAG = "spnas.compare.run_ids"
@@ -40,38 +47,13 @@ ID_TAG = "prefect.flow_run_id"
 PNG = "pareto_fronts.png"
 CSV = "compare.csv"
 MISSING = "—"
-# Experiment (= flow) name -> deployment, e.g. "prune-ea" -> "prune-ea/full".
-DEPLOYMENTS = {d.split("/")[0]: d for d in PIPELINES}
-
-
-@dataclass(frozen=True)
-class FrontSpec:
-    """Where a flow's candidates are and which two objectives make its front (x lower is
-    better, y higher is better). `stage_run` None: one point per run from its summary."""
-
-    title: str
-    x: str
-    y: str
-    stage_run: str | None = None   # name of the search stage's MLflow child run
-    table: str | None = None       # candidates table: artifact path in that run = path in the run folder
-
-
-FRONTS: dict[str, tuple[FrontSpec, ...]] = {
-    "spnas": (FrontSpec("serial search (backbones)", "params", "mAP", "serial_search", "serial/output.csv"),
-              FrontSpec("parallel search (necks)", "macs", "mAP", "parallel_search", "parallel/output.csv")),
-    "prune-ea": (FrontSpec("NSGA-III pruning search", "macs", "acc", "prune_search", "prune_search/result.csv"),),
-    "spos": (FrontSpec("evolution on the supernet", "macs", "acc", "search", "search/output.csv"),),
-    "sanas": (FrontSpec("simulated annealing", "macs", "AP50", "search", "search/output.csv"),),
-    "lcnet": (FrontSpec("no search: one trained network per run", "macs", "test_top1"),),
-}
+# Front objectives in strategies.pareto's terms: x (cost) minimized, y (score) maximized.
+MAXIMIZE = (False, True)
 
 
 def front_specs(flow: str, runs: Sequence[RunInfo]) -> tuple[FrontSpec, ...]:
-    specs = FRONTS[flow]
-    if flow == "sanas" and runs and all(r.params.get("constraint.ctype") == "latency" for r in runs):
-        # Searched under a latency window: latency (predicted by the table) is the cost axis.
-        return (FrontSpec("simulated annealing", "predicted_ms", "AP50", "search", "search/output.csv"),)
-    return specs
+    """The registry's fronts of `flow`, with the axes these runs were searched on."""
+    return tuple(spec.for_runs([r.params for r in runs]) for spec in PIPELINES[flow].fronts)
 
 
 @dataclass
@@ -90,7 +72,7 @@ class RunInfo:
 
     @property
     def deployment(self) -> str:
-        return DEPLOYMENTS[self.flow]
+        return PIPELINES[self.flow].deployment
 
 
 @dataclass
@@ -124,7 +106,7 @@ class Comparison:
 
 
 def _flows() -> list[str]:
-    return list(DEPLOYMENTS)
+    return list(PIPELINES)
 
 
 def resolve(ref: str, notes: list[str]) -> RunInfo:
@@ -152,7 +134,7 @@ def resolve(ref: str, notes: list[str]) -> RunInfo:
                                 f"{', '.join(flows)} of {tracker.tracking_uri()} (experiments there: "
                                 f"{', '.join(ids) or 'none of them'})")
     flow = tracker.experiment_name(run.info.experiment_id)
-    if flow not in DEPLOYMENTS:
+    if flow not in PIPELINES:
         raise InputError("RUN", f"{ref!r} is an MLflow run of experiment {flow!r}, not of one of our flows "
                                 f"({', '.join(flows)})")
     if COMPARE_TAG in run.data.tags:
@@ -219,7 +201,7 @@ def _truthy(value: Any) -> bool:
 
 def load_points(run: RunInfo, spec: FrontSpec, tmp: Path) -> list[dict[str, Any]] | None:
     """The run's evaluated candidates as {"x", "y", "chosen"}; None if its table is nowhere."""
-    if spec.stage_run is None:
+    if spec.stage is None:
         x, y = _number(run.summary.get(spec.x)), _number(run.summary.get(spec.y))
         return [{"x": x, "y": y, "chosen": True}] if x is not None and y is not None else None
     path = None
@@ -247,23 +229,13 @@ def load_points(run: RunInfo, spec: FrontSpec, tmp: Path) -> list[dict[str, Any]
 # ---------------------------------------------------------------- Pareto figures
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Non-dominated points (x lower is better, y higher is better), by increasing x."""
-    front: list[tuple[float, float]] = []
-    for x, y in sorted(set(points), key=lambda p: (p[0], -p[1])):
-        if not front or y > front[-1][1]:
-            front.append((x, y))
-    return front
-
-
-def hypervolume(front: Sequence[tuple[float, float]], ref: tuple[float, float]) -> float:
-    """Area the front dominates up to the reference point (worse than every point in x and y)."""
-    area = 0.0
-    pts = [p for p in pareto_front(front) if p[0] < ref[0] and p[1] > ref[1]]
-    for i, (x, y) in enumerate(pts):
-        x_next = pts[i + 1][0] if i + 1 < len(pts) else ref[0]
-        area += (x_next - x) * (y - ref[1])
-    return area
+def front_points(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The distinct non-dominated points (x lower is better, y higher is better), by increasing x:
+    the steps of a front's line."""
+    unique = sorted(set(points))
+    if not unique:
+        return []
+    return [unique[i] for i in pareto.pareto_front(unique, MAXIMIZE)]
 
 
 def log_scale(xs: Sequence[float]) -> bool:
@@ -290,8 +262,8 @@ def front_figures(points: dict[str, list[dict[str, Any]] | None], spec: FrontSpe
     # Reference point 5 % beyond the worst x and y of all runs, so no front end counts zero.
     ref = (max(xs) + 0.05 * dx, min(ys) - 0.05 * dy)
     box = (ref[0] - min(xs)) * (max(ys) - ref[1])
-    fronts = {lab: pareto_front([(p["x"], p["y"]) for p in pts]) if pts else [] for lab, pts in points.items()}
-    combined = set(pareto_front([p for f in fronts.values() for p in f]))
+    fronts = {lab: front_points([(p["x"], p["y"]) for p in pts]) if pts else [] for lab, pts in points.items()}
+    combined = set(front_points([p for f in fronts.values() for p in f]))
     # A point two runs share (a reused candidate) counts for both.
     total = len(combined)
     for lab in labels:
@@ -304,7 +276,8 @@ def front_figures(points: dict[str, list[dict[str, Any]] | None], spec: FrontSpe
         out["front size"].append(len(front))
         out[f"best {spec.y}"].append(max(p["y"] for p in pts))
         out[f"smallest {spec.x} on front"].append(front[0][0])
-        out["hypervolume share"].append(round(hypervolume([(tx(x), y) for x, y in front], ref) / box, 4))
+        area = pareto.hypervolume([(tx(x), y) for x, y in front], MAXIMIZE, ref)
+        out["hypervolume share"].append(round(area / box, 4))
         out["points on combined front"].append(f"{sum(p in combined for p in front)} of {total}")
     return out
 
@@ -331,36 +304,41 @@ def figure_rows(runs: Sequence[RunInfo]) -> list[dict[str, Any]]:
     return [{"section": "final", "name": k, "values": [r.summary.get(k) for r in runs]} for k in keys]
 
 
-def _cell(value: Any, width: int) -> str:
+def _cell(value: Any) -> str:
     if value is None:
-        text = MISSING
-    elif isinstance(value, bool):
-        text = str(value)
-    elif isinstance(value, int):
-        text = f"{value:,}"
-    elif isinstance(value, float):
-        text = f"{int(value):,}" if value.is_integer() and abs(value) >= 1000 else f"{value:.4g}"
-    elif isinstance(value, (list, dict)):
-        text = json.dumps(value)
-    else:
-        text = str(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
+        return MISSING
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{int(value):,}" if value.is_integer() and abs(value) >= 1000 else f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def comparison_table(rows: Sequence[dict[str, Any]], labels: Sequence[str], width: int = 28) -> Table:
+    """Rows grouped by section (a "[section]" row before each), one right-aligned column per run
+    (values longer than `width` end in "…")."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    table.add_column("run", no_wrap=True)
+    for label in labels:
+        table.add_column(label, justify="right", no_wrap=True, overflow="ellipsis", max_width=max(width, len(label)))
+    section = None
+    for row in rows:
+        if row["section"] != section:
+            section = row["section"]
+            table.add_row(Text(f"[{section}]", style="bold"), *[""] * len(labels))
+        table.add_row("  " + row["name"], *[_cell(v) for v in row["values"]])
+    return table
 
 
 def format_table(rows: Sequence[dict[str, Any]], labels: Sequence[str], width: int = 28) -> str:
-    """Rows grouped by section, one column per run, values aligned (long ones cut at `width`)."""
-    cells = [[_cell(v, width) for v in row["values"]] for row in rows]
-    name_w = min(max([len(r["name"]) + 2 for r in rows] + [len("run")]), 48)
-    col_w = [max([len(lab)] + [len(c[i]) for c in cells]) for i, lab in enumerate(labels)]
-    line = lambda name, vals: "  ".join([name[:name_w].ljust(name_w)] + [v.rjust(w) for v, w in zip(vals, col_w)])
-    out = [line("run", list(labels)), "  ".join(["-" * name_w] + ["-" * w for w in col_w])]
-    section = None
-    for row, vals in zip(rows, cells):
-        if row["section"] != section:
-            section = row["section"]
-            out.append(f"[{section}]")
-        out.append(line("  " + row["name"], vals))
-    return "\n".join(out)
+    """`comparison_table` as plain text (no colours: the report is also written to pipes and logs)."""
+    console = Console(file=io.StringIO(), width=100_000, color_system=None, highlight=False)
+    console.print(comparison_table(rows, labels, width))
+    return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines())
 
 
 def write_csv(rows: Sequence[dict[str, Any]], labels: Sequence[str], path: Path) -> Path:
@@ -395,12 +373,12 @@ def plot_fronts(deployment: str, specs: Sequence[FrontSpec], points: Sequence[di
             if not pts:
                 ax.plot([], [], color=color, label=f"{label} (no candidates table)")
                 continue
-            front = pareto_front([(p["x"], p["y"]) for p in pts])
+            front = front_points([(p["x"], p["y"]) for p in pts])
             ax.scatter([p["x"] for p in pts], [p["y"] for p in pts], color=color, alpha=0.25, s=14)
             ax.step([x for x, _ in front], [y for _, y in front], where="post", color=color, marker="o",
                     label=label)
             chosen = [p for p in pts if p["chosen"]]
-            if chosen and spec.stage_run is not None:
+            if chosen and spec.stage is not None:
                 ax.scatter([p["x"] for p in chosen], [p["y"] for p in chosen], color=color, marker="*", s=160,
                            edgecolors="black", linewidths=0.6, zorder=3)
         if log_scale(every):
@@ -410,7 +388,7 @@ def plot_fronts(deployment: str, specs: Sequence[FrontSpec], points: Sequence[di
         ax.set_title(spec.title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    star = " (star: the candidate the run chose)" if any(s.stage_run for s in specs) else ""
+    star = " (star: the candidate the run chose)" if any(s.stage for s in specs) else ""
     fig.suptitle(f"{deployment}: Pareto fronts{star}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -459,5 +437,4 @@ def compare(refs: Sequence[str], out_dir: str | Path | None = None, log: bool = 
     return Comparison(runs[0].deployment, runs, rows, identical, png, csv_path, run_id, notes)
 
 
-__all__ = ["Comparison", "FRONTS", "FrontSpec", "compare", "format_table", "front_figures", "hypervolume",
-           "pareto_front", "resolve_all"]
+__all__ = ["Comparison", "compare", "format_table", "front_figures", "front_points", "resolve_all"]

@@ -13,7 +13,7 @@
 
 The choice is remembered in `<state>/database.json`, so `up` again, `down` and `status` agree
 without repeating it; switching while the stack runs is refused (run `spnas down` first).
-stack.py calls in here for everything about the database.
+spnas/stack.py calls in here for everything about the database.
 """
 from __future__ import annotations
 
@@ -27,86 +27,23 @@ import signal
 import sqlite3
 import subprocess
 import time
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spnas import stack
-from core.errors import InputError
-from core.procs import pid_alive
+from core import procs
+from core.errors import InputError, StackError
+from spnas import supervise
+from spnas.config import CHOICES, MLFLOW, POSTGRES, PREFECT, SERVICES, SQLITE, StackConfig, process_env
+# Server and parse_database_url are read with the other settings; used from here too.
+from spnas.settings import PORT_VAR, URL_VAR, Server, parse_database_url
+from spnas.supervise import ServiceInfo
 
-SQLITE = "sqlite"
-POSTGRES = "postgres"
-CHOICES = (SQLITE, POSTGRES)
 SERVICE = "postgres"  # pidfile/log name of the local server
-URL_VAR = "SPNAS_DATABASE_URL"
-PORT_VAR = "SPNAS_POSTGRES_PORT"
 DATABASES = ("prefect", "mlflow")
 LOCAL_HOST = "127.0.0.1"  # the local server never listens beyond loopback
 LOCAL_USER = "spnas"
 SERVER_USER = "postgres"  # who runs initdb/postgres when we are root (both refuse root)
-
-
-@dataclass(frozen=True)
-class Server:
-    """Where a PostgreSQL server is and who we log in as."""
-
-    user: str
-    password: str
-    host: str
-    port: int
-
-    def url(self, driver: str, database: str) -> str:
-        quote = lambda s: urllib.parse.quote(s, safe="")  # noqa: E731
-        auth = quote(self.user) + (f":{quote(self.password)}" if self.password else "")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"postgresql+{driver}://{auth}@{host}:{self.port}/{database}"
-
-    @property
-    def address(self) -> str:
-        """user@host:port: what is shown and remembered (never the password)."""
-        return f"{self.user}@{self.host}:{self.port}"
-
-
-def parse_database_url(raw: str) -> Server:
-    """SPNAS_DATABASE_URL (postgresql://user:password@host:port) -> Server, or one InputError."""
-    def bad(why: str) -> InputError:
-        return InputError(URL_VAR, f"{why}; expected postgresql://USER:PASSWORD@HOST:PORT "
-                                   f"(the server only: spnas uses its databases prefect and mlflow)")
-
-    try:
-        parts = urllib.parse.urlsplit(raw.strip())
-        port = parts.port or 5432
-    except ValueError as exc:  # e.g. a port that is not a number
-        raise bad(f"cannot be parsed ({exc})") from None
-    if parts.scheme not in {"postgresql", "postgres"}:
-        raise bad(f"must start with postgresql://, got {parts.scheme + '://' if parts.scheme else raw!r}")
-    if not parts.hostname:
-        raise bad("has no host")
-    if not parts.username:
-        raise bad("has no user name")
-    if parts.path not in {"", "/"} or parts.query or parts.fragment:
-        raise bad(f"must not name a database or options (got {parts.path + ('?' + parts.query if parts.query else '')!r})")
-    return Server(urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""),
-                  parts.hostname, port)
-
-
-def check_config(cfg: "stack.StackConfig") -> None:
-    """StackConfig's database fields and environment, checked when the config is made."""
-    if cfg.db is not None and cfg.db not in CHOICES:
-        raise InputError("--db", f"must be one of {', '.join(CHOICES)}, got {cfg.db!r}")
-    raw = os.environ.get(URL_VAR, "").strip()
-    if raw:
-        parse_database_url(raw)
-        if cfg.db == SQLITE:
-            raise InputError(URL_VAR, "is set, which puts the stack on PostgreSQL; unset it to use "
-                                      "--db sqlite")
-    if cfg.postgres_port in (cfg.prefect_port, cfg.mlflow_port):
-        raise InputError(PORT_VAR, f"must differ from the Prefect and MLflow ports "
-                                   f"({cfg.prefect_port}, {cfg.mlflow_port}), got {cfg.postgres_port}")
-    if cfg.worker_limit < 1:
-        raise InputError("SPNAS_WORKER_LIMIT", f"must be a whole number >= 1, got {cfg.worker_limit}")
 
 
 # --------------------------------------------------------------------------- the choice
@@ -126,11 +63,11 @@ class Database:
                 "address": self.address}
 
 
-def _record_file(cfg: "stack.StackConfig") -> Path:
+def _record_file(cfg: StackConfig) -> Path:
     return cfg.state / "database.json"
 
 
-def saved(cfg: "stack.StackConfig") -> dict[str, Any] | None:
+def saved(cfg: StackConfig) -> dict[str, Any] | None:
     try:
         data = json.loads(_record_file(cfg).read_text())
     except (OSError, ValueError):
@@ -138,7 +75,7 @@ def saved(cfg: "stack.StackConfig") -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("db") in CHOICES else None
 
 
-def _local_server(cfg: "stack.StackConfig") -> Server:
+def _local_server(cfg: StackConfig) -> Server:
     try:
         password = _password_file(cfg).read_text().strip()
     except OSError:
@@ -146,17 +83,15 @@ def _local_server(cfg: "stack.StackConfig") -> Server:
     return Server(LOCAL_USER, password, LOCAL_HOST, cfg.postgres_port)
 
 
-def resolve(cfg: "stack.StackConfig") -> Database:
+def resolve(cfg: StackConfig) -> Database:
     """What the stack uses: --db, else SPNAS_DATABASE_URL (postgres), else what this state
     folder last ran with, else sqlite. `postgres` with SPNAS_DATABASE_URL set is that server."""
-    raw = os.environ.get(URL_VAR, "").strip()
     old = saved(cfg) or {}
-    kind = cfg.db or (POSTGRES if raw else None) or old.get("db") or SQLITE
+    kind = cfg.db or (POSTGRES if cfg.database else None) or old.get("db") or SQLITE
     if kind == SQLITE:
         return Database(SQLITE, False, None)
-    if raw:
-        server = parse_database_url(raw)
-        return Database(POSTGRES, False, server, server.address)
+    if cfg.database is not None:
+        return Database(POSTGRES, False, cfg.database, cfg.database.address)
     if cfg.db is None and old.get("server") == "external":
         # Remembered, but the URL (with its password) is only ever in the environment.
         return Database(POSTGRES, False, None, str(old.get("address", "")))
@@ -164,7 +99,7 @@ def resolve(cfg: "stack.StackConfig") -> Database:
     return Database(POSTGRES, True, server, server.address)
 
 
-def describe(cfg: "stack.StackConfig") -> str:
+def describe(cfg: StackConfig) -> str:
     db = resolve(cfg)
     if db.kind == SQLITE:
         return f"SQLite, WAL ({cfg.prefect_home / 'prefect.db'}, {cfg.state / 'mlflow.db'})"
@@ -172,7 +107,7 @@ def describe(cfg: "stack.StackConfig") -> str:
     return f"PostgreSQL {db.address} ({where}; databases {', '.join(DATABASES)})"
 
 
-def mlflow_store_args(cfg: "stack.StackConfig") -> list[str]:
+def mlflow_store_args(cfg: StackConfig) -> list[str]:
     """MLflow server arguments for its store. PostgreSQL's URI goes through the environment
     instead (service_env), which keeps the password off the process list."""
     if resolve(cfg).kind == SQLITE:
@@ -181,18 +116,18 @@ def mlflow_store_args(cfg: "stack.StackConfig") -> list[str]:
     return []
 
 
-def service_env(cfg: "stack.StackConfig", service: str) -> dict[str, str]:
+def service_env(cfg: StackConfig, service: str) -> dict[str, str]:
     """Extra environment of a server about to start (and SQLite WAL for MLflow's file)."""
     db = resolve(cfg)
     if db.kind == SQLITE:
-        if service == stack.MLFLOW:
+        if service == MLFLOW:
             enable_wal(cfg.state / "mlflow.db")
         return {}  # Prefect: its default SQLite file under PREFECT_HOME
     if db.server is None:
         raise _url_needed(db)
-    if service == stack.PREFECT:
+    if service == PREFECT:
         return {"PREFECT_API_DATABASE_CONNECTION_URL": db.server.url("asyncpg", "prefect")}
-    if service == stack.MLFLOW:
+    if service == MLFLOW:
         return {"MLFLOW_BACKEND_STORE_URI": db.server.url("psycopg", "mlflow")}
     return {}
 
@@ -216,19 +151,19 @@ def _url_needed(db: Database) -> InputError:
 # --------------------------------------------------------------------------- local server
 
 
-def _pg_dir(cfg: "stack.StackConfig") -> Path:
+def _pg_dir(cfg: StackConfig) -> Path:
     return cfg.state / "postgres"
 
 
-def _data_dir(cfg: "stack.StackConfig") -> Path:
+def _data_dir(cfg: StackConfig) -> Path:
     return _pg_dir(cfg) / "data"
 
 
-def _socket_dir(cfg: "stack.StackConfig") -> Path:
+def _socket_dir(cfg: StackConfig) -> Path:
     return _pg_dir(cfg) / "socket"
 
 
-def _password_file(cfg: "stack.StackConfig") -> Path:
+def _password_file(cfg: StackConfig) -> Path:
     return _pg_dir(cfg) / "password"
 
 
@@ -244,7 +179,7 @@ def bin_dir() -> Path:
     on_path = shutil.which("initdb")
     if on_path and (Path(on_path).parent / "postgres").exists():
         return Path(on_path).parent
-    raise stack.StackError(
+    raise StackError(
         "PostgreSQL's server programs (initdb, postgres) are not installed: looked in "
         "/usr/lib/postgresql/*/bin and on PATH. Install Debian's `postgresql` package "
         f"(scripts/system_deps.sh does), or point {URL_VAR} at an existing server.")
@@ -257,7 +192,7 @@ def _run_as() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(SERVER_USER)
     except KeyError:
-        raise stack.StackError(
+        raise StackError(
             f"Running as root, but PostgreSQL refuses to run as root and there is no "
             f"{SERVER_USER!r} system user to run it as; install Debian's `postgresql` package "
             "(it creates that user) or run spnas as a normal user.") from None
@@ -276,19 +211,19 @@ def _own_dir(path: Path, account: pwd.struct_passwd | None) -> None:
     path.chmod(0o700)  # PostgreSQL insists on 0700 for its data folder
 
 
-def _check_reachable(cfg: "stack.StackConfig", account: pwd.struct_passwd | None) -> None:
+def _check_reachable(cfg: StackConfig, account: pwd.struct_passwd | None) -> None:
     """As root the server runs as `postgres`, which must be able to walk into the state folder."""
     if account is None:
         return
     probe = subprocess.run(["test", "-w", str(_data_dir(cfg))], **_user_kwargs(account))
     if probe.returncode != 0:
-        raise stack.StackError(
+        raise StackError(
             f"PostgreSQL runs as the {SERVER_USER!r} user (it refuses root), which cannot reach "
             f"{_data_dir(cfg)}: a parent folder is closed to other users. Make the parents "
             "searchable (chmod o+x) or use a state folder elsewhere (SPNAS_HOME).")
 
 
-def _initdb(cfg: "stack.StackConfig", account: pwd.struct_passwd | None) -> None:
+def _initdb(cfg: StackConfig, account: pwd.struct_passwd | None) -> None:
     data = _data_dir(cfg)
     if (data / "PG_VERSION").exists():
         return
@@ -312,48 +247,48 @@ def _initdb(cfg: "stack.StackConfig", account: pwd.struct_passwd | None) -> None
     finally:
         pwfile.unlink(missing_ok=True)
     if done.returncode != 0:
-        raise stack.StackError(f"initdb failed for {data} (exit {done.returncode}):\n"
+        raise StackError(f"initdb failed for {data} (exit {done.returncode}):\n"
                                f"{(done.stderr or done.stdout).strip()[-2000:]}")
 
 
-def _argv(cfg: "stack.StackConfig") -> list[str]:
+def _argv(cfg: StackConfig) -> list[str]:
     return [str(bin_dir() / "postgres"), "-D", str(_data_dir(cfg)),
             "-c", f"listen_addresses={LOCAL_HOST}", "-c", f"port={cfg.postgres_port}",
             "-c", f"unix_socket_directories={_socket_dir(cfg)}"]
 
 
-def local_pid(cfg: "stack.StackConfig") -> int | None:
+def local_pid(cfg: StackConfig) -> int | None:
     """The postmaster's pid if our pidfile names a live server of this state folder.
 
     Only the postmaster keeps its environment readable (its children overwrite theirs with
     their process titles), so ownership is checked on it; the children die with it."""
-    pid = stack._read_pid(cfg, SERVICE)
+    pid = supervise.read_pid(cfg, SERVICE)
     if pid is None:
         return None
-    if pid_alive(pid) and stack._is_ours(pid, cfg):
+    if supervise.live_pid(pid, cfg):
         return pid
     cfg.pid_file(SERVICE).unlink(missing_ok=True)
     return None
 
 
-def local_healthy(cfg: "stack.StackConfig") -> bool:
+def local_healthy(cfg: StackConfig) -> bool:
     try:
         done = subprocess.run([str(bin_dir() / "pg_isready"), "-q", "-h", LOCAL_HOST,
                                "-p", str(cfg.postgres_port), "-t", "2"], timeout=10)
-    except (stack.StackError, subprocess.TimeoutExpired):
+    except (StackError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
 
 
-def _start_local(cfg: "stack.StackConfig") -> stack.ServiceInfo:
+def _start_local(cfg: StackConfig) -> ServiceInfo:
     pid = local_pid(cfg)
-    if pid is not None and stack._await(cfg, lambda: local_healthy(cfg), pid):
-        return stack.ServiceInfo(SERVICE, pid, f"postgresql://{_local_server(cfg).address}",
-                                 cfg.log_file(SERVICE), True, 0.0)
+    if pid is not None and supervise.await_healthy(cfg, lambda: local_healthy(cfg), pid):
+        return ServiceInfo(SERVICE, pid, f"postgresql://{_local_server(cfg).address}",
+                           cfg.log_file(SERVICE), True, 0.0)
     if pid is not None:  # ours but never answering: replace it
         stop_local(cfg)
-    if stack._port_in_use(LOCAL_HOST, cfg.postgres_port):
-        raise stack.StackError(
+    if supervise.port_in_use(LOCAL_HOST, cfg.postgres_port):
+        raise StackError(
             f"Port {cfg.postgres_port} on {LOCAL_HOST} is already in use by a process this stack "
             f"did not start; stop it or set {PORT_VAR} to a free port.")
     t0 = time.monotonic()  # initdb included: the first start's real cost
@@ -363,58 +298,39 @@ def _start_local(cfg: "stack.StackConfig") -> stack.ServiceInfo:
     _own_dir(_socket_dir(cfg), account)
     _check_reachable(cfg, account)
     _initdb(cfg, account)
-    cfg.logs_dir.mkdir(parents=True, exist_ok=True)
-    cfg.pids_dir.mkdir(parents=True, exist_ok=True)
-    argv = _argv(cfg)
-    with open(cfg.log_file(SERVICE), "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} spnas starting: {' '.join(argv)}\n"
-                  .encode())
-        log.flush()
-        # Our environment (SPNAS_HOME) marks it as ours; own session like every service.
-        proc = subprocess.Popen(argv, cwd=_pg_dir(cfg), env=stack.process_env(cfg),
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, **_user_kwargs(account))
-    stack._CHILDREN[proc.pid] = proc
-    cfg.pid_file(SERVICE).write_text(f"{proc.pid}\n")
-    stack._wait_started(cfg, SERVICE, proc, lambda: local_healthy(cfg))
-    return stack.ServiceInfo(SERVICE, proc.pid, f"postgresql://{_local_server(cfg).address}",
-                             cfg.log_file(SERVICE), False, time.monotonic() - t0)
+    # Our environment (SPNAS_HOME) marks it as ours; own session like every service.
+    proc = supervise.spawn(cfg, SERVICE, _argv(cfg), process_env(cfg), _pg_dir(cfg),
+                           **_user_kwargs(account))
+    supervise.wait_started(cfg, SERVICE, proc, lambda: local_healthy(cfg))
+    return ServiceInfo(SERVICE, proc.pid, f"postgresql://{_local_server(cfg).address}",
+                       cfg.log_file(SERVICE), False, time.monotonic() - t0)
 
 
-def stop_local(cfg: "stack.StackConfig") -> int | None:
+def stop_local(cfg: StackConfig) -> int | None:
     """Fast shutdown of our server (SIGINT: clients are disconnected, data is checkpointed),
     then SIGQUIT, then SIGKILL of its process group. Returns the pid stopped, or None."""
     pid = local_pid(cfg)
     if pid is None:
         return None
 
-    def wait(seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            stack._reap(pid)
-            if not pid_alive(pid):
-                return True
-            time.sleep(0.1)
-        return False
-
-    for sig, seconds in ((signal.SIGINT, cfg.stop_timeout), (signal.SIGQUIT, 5.0)):
-        stack._signal_all([pid], sig)
-        if wait(seconds):
-            break
-    else:
-        # The group id is still held by its members, so everything in it was started by us.
-        with_group = [p for p in stack._all_pids() if (s := stack._proc_stat(p)) and s[2] == pid]
-        stack._signal_all(with_group, signal.SIGKILL)
-        wait(5.0)
-    stack._reap(pid, wait=1.0)
+    postmaster = procs.find(pid)
+    if postmaster is not None:
+        for sig, seconds in ((signal.SIGINT, cfg.stop_timeout), (signal.SIGQUIT, 5.0)):
+            procs.send([postmaster], sig)
+            if not procs.wait_gone([postmaster], seconds):
+                break
+        else:
+            # The group id is still held by its members, so everything in it was started by us.
+            procs.send(procs.group(pid), signal.SIGKILL)
+            procs.wait_gone([postmaster], 5.0)
+    supervise.reap(pid, wait=1.0)
     cfg.pid_file(SERVICE).unlink(missing_ok=True)
     return pid
 
 
 def group_members(pid: int) -> list[int]:
     """Live processes in the process group a postmaster led (its children)."""
-    return [p for p in stack._all_pids()
-            if (s := stack._proc_stat(p)) and s[2] == pid and s[0] not in "ZX"]
+    return [p.pid for p in procs.group(pid)]
 
 
 # --------------------------------------------------------------------------- databases
@@ -436,38 +352,37 @@ def ensure_databases(server: Server, label: str) -> None:
                 try:
                     con.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
                 except psycopg.errors.InsufficientPrivilege:
-                    raise stack.StackError(
+                    raise StackError(
                         f"Database {name!r} does not exist on {label} and {server.user!r} may not "
                         f"create it; create databases {' and '.join(DATABASES)} owned by "
                         f"{server.user!r} there.") from None
     except psycopg.OperationalError as exc:
-        raise stack.StackError(f"Cannot connect to PostgreSQL at {label}: "
+        raise StackError(f"Cannot connect to PostgreSQL at {label}: "
                                f"{str(exc).strip().splitlines()[-1]}") from None
 
 
 # --------------------------------------------------------------------------- up / down
 
 
-def _stack_running(cfg: "stack.StackConfig") -> bool:
-    for svc in (*stack.SERVICES, SERVICE):
-        pid = stack._read_pid(cfg, svc)
-        if pid is not None and pid_alive(pid) and stack._is_ours(pid, cfg):
+def _stack_running(cfg: StackConfig) -> bool:
+    for svc in (*SERVICES, SERVICE):
+        if supervise.live_pid(supervise.read_pid(cfg, svc), cfg):
             return True
     return False
 
 
-def check_switch(cfg: "stack.StackConfig") -> None:
+def check_switch(cfg: StackConfig) -> None:
     """Refuse to move a running stack to another database: its servers hold the old one.
     A state folder without a record ran on SQLite (stacks from before the choice existed)."""
     old = saved(cfg) or {"db": SQLITE}
     new = resolve(cfg).record()
     if old != new and _stack_running(cfg):
-        raise stack.StackError(
+        raise StackError(
             f"The stack of {cfg.state} is running on {_label(old)}; run `spnas down` first to "
             f"switch it to {_label(new)}.")
 
 
-def up(cfg: "stack.StackConfig") -> stack.ServiceInfo | None:
+def up(cfg: StackConfig) -> ServiceInfo | None:
     """Make the chosen database ready before the servers start; remember the choice.
 
     Returns the local PostgreSQL server's info, None when there is no local server."""
@@ -497,15 +412,15 @@ def _label(record: dict[str, Any]) -> str:
     return f"PostgreSQL {record.get('address', '')} ({where})"
 
 
-def status(cfg: "stack.StackConfig") -> dict[str, Any] | None:
+def status(cfg: StackConfig) -> dict[str, Any] | None:
     """The local server's status entry (like the other services'), None when there is none."""
-    pid = stack._read_pid(cfg, SERVICE)
+    pid = supervise.read_pid(cfg, SERVICE)
     if pid is None and not resolve(cfg).local:
         return None
-    alive = pid is not None and pid_alive(pid) and stack._is_ours(pid, cfg)
+    alive = supervise.live_pid(pid, cfg)
     return {"pid": pid, "alive": alive, "healthy": alive and local_healthy(cfg),
             "url": f"postgresql://{_local_server(cfg).address}", "log": str(cfg.log_file(SERVICE))}
 
 
-def uses_local(cfg: "stack.StackConfig") -> bool:
+def uses_local(cfg: StackConfig) -> bool:
     return resolve(cfg).local

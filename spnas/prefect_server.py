@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from spnas import postgres, stack
+from spnas import postgres
+from spnas.config import StackConfig
+from spnas.supervise import bin_path
 
 
-def prefect_command(cfg: "stack.StackConfig") -> list[str]:
+def prefect_command(cfg: StackConfig) -> list[str]:
     """How the Prefect server is started: the plain CLI on PostgreSQL; on SQLite through this
     module, which fixes one transaction of Prefect's first (see _immediate_heartbeats)."""
     if postgres.resolve(cfg).kind == postgres.SQLITE:
-        return [stack._bin("python"), "-m", "spnas.prefect_server"]
-    return [stack._bin("prefect")]
+        return [bin_path("python"), "-m", "spnas.prefect_server"]
+    return [bin_path("prefect")]
 
 
 def _immediate_heartbeats() -> None:

@@ -3,11 +3,13 @@ progress artifact says: "candidates k/n, best …" for a search), then the run's
 
 The flow run is created from its deployment through the Prefect API and then only read: every
 ~1.5 s the flow run, its task runs (one or more per stage; a search stage is a subflow, seen in
-the parent as a tracking task run), its subflow runs and their progress artifacts. Stage names
-come from the params model's STAGES; task runs are named "<stage>-<suffix>" by Prefect or by
-our own `task_run_name`s, subflows "<stage>-search-<n>" (or "<name>-search-<n>" for a stage
-called "search"). On a terminal the view is a live table; elsewhere (CI, pipes) a plain line is
-printed whenever a stage changes. Ctrl-C stops watching only: the run goes on on the worker.
+the parent as a tracking task run), its subflow runs and their progress artifacts. The stages
+and their order come from the pipeline registry (params/registry.py); every task run and subflow
+run of a stage carries its `stage:<name>` tag (tasks/orchestration/pipeline.py sets it), so runs
+are mapped by tag, never by name, and a search's counts are read from its progress artifact's
+metadata, never from its text. On a terminal the view is a live table; elsewhere (CI, pipes) a
+plain line is printed whenever a stage changes. Ctrl-C stops watching only: the run goes on on
+the worker.
 
 Prefect is imported inside functions only, so the CLI can put the stack's environment in place
 first (`stack_environ`).
@@ -95,21 +97,13 @@ def _client(cfg: Any) -> Iterator[Any]:
 # ------------------------------------------------------------------ state → stage view
 
 
-def stage_of(run_name: str, stages: Sequence[str]) -> str | None:
-    """The stage a task run or subflow run of the main flow belongs to, from its name."""
-    matches = [s for s in stages if run_name == s or run_name.startswith(f"{s}-")]
-    if matches:
-        return max(matches, key=len)  # train_base-0 is train_base, not train
-    base = run_name.rsplit("-", 1)[0]  # drop Prefect's dynamic key: prune-search-0 -> prune-search
-    if base.replace("-", "_") in stages:
-        return base.replace("-", "_")
-    if base.endswith("-search"):
-        head = base[: -len("-search")].replace("-", "_")
-        if head in stages:  # serial-search -> serial
-            return head
-        if "search" in stages:  # spos-search, sanas-search -> search
-            return "search"
-    return None
+def stage_of(run: Any, stages: Sequence[str]) -> str | None:
+    """The stage a task run or subflow run of the main flow belongs to: its `stage:<name>` tag
+    (None without one, or for a stage this pipeline does not have)."""
+    from params.registry import stage_from_tags
+
+    stage = stage_from_tags(getattr(run, "tags", None))
+    return stage if stage in stages else None
 
 
 def status_of(state: Any) -> str:
@@ -203,28 +197,30 @@ def build_stages(stages: Sequence[str], task_runs: Iterable[Any], subflow_runs: 
 
     `task_runs`: the flow run's own task runs (subflows appear among them as tracking task
     runs); `subflow_runs`: its child flow runs (their states are the truth for those tracking
-    task runs); `artifacts`: progress artifacts of the flow run and its subflows. A task run
-    whose name is no stage (e.g. fully_train's `compare`) belongs to the stage before it."""
+    task runs); `artifacts`: progress artifacts of the flow run and its subflows. Runs are
+    mapped by their `stage:<name>` tag; one without it is no stage's."""
     from tracking.tracker import Progress
 
-    subflow_of = {s.parent_task_run_id: s for s in subflow_runs if getattr(s, "parent_task_run_id", None)}
+    subflows = list(subflow_runs)
+    subflow_of = {s.parent_task_run_id: s for s in subflows if getattr(s, "parent_task_run_id", None)}
     by_stage: dict[str, list[Any]] = {s: [] for s in stages}
     stage_of_run: dict[Any, str] = {}
-    current: str | None = None
     for run in sorted(task_runs, key=_when):
-        stage = stage_of(run.name, stages) if run.name else None
-        if stage is None:
-            stage = current
+        # A subflow's tracking task run and the subflow run both carry the tag; the subflow has
+        # the live state (and its artifacts carry its flow run id, a task's the task run id).
+        sub = subflow_of.get(run.id)
+        stage = stage_of(run, stages) or (stage_of(sub, stages) if sub is not None else None)
         if stage is None:
             continue
-        current = stage
         stage_of_run[run.id] = stage
-        # A subflow is named by its tracking task run, but its own run has the live state (and
-        # its artifacts carry its flow run id, a task's carry the task run id).
-        sub = subflow_of.get(run.id)
         if sub is not None:
             stage_of_run[sub.id] = stage
         by_stage[stage].append(sub if sub is not None else run)
+    for sub in subflows:  # a subflow whose tracking task run this read did not return yet
+        stage = stage_of(sub, stages)
+        if stage is not None and sub.id not in stage_of_run:
+            stage_of_run[sub.id] = stage
+            by_stage[stage].append(sub)
 
     latest: dict[str, dict[str, Any]] = {s: {} for s in stages}  # stage -> key -> newest artifact
     for art in artifacts:
@@ -253,9 +249,9 @@ def build_stages(stages: Sequence[str], task_runs: Iterable[Any], subflow_runs: 
         if arts:
             view.detail = (arts[-1].description or "").strip()
             for art in reversed(arts):  # the newest artifact that counts candidates
-                parsed = Progress.parse(art.description)
-                if parsed:
-                    view.done, view.total, view.best = parsed["done"], parsed["total"], parsed.get("best")
+                figures = Progress.fields(getattr(art, "metadata_", None))
+                if figures:
+                    view.done, view.total, view.best = figures["done"], figures["total"], figures.get("best")
                     break
         if view.status in (DONE, CACHED):
             view.fraction = 1.0

@@ -39,3 +39,55 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# --- one real stack for the tests that only need one running ------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def running_stack(tmp_path_factory: pytest.TempPathFactory):
+    """Prefect server + process worker + MLflow server, every deployment registered, shared by
+    the deployment/browser, watch and kill-resume tests (starting it is most of their time).
+    Tests that check the stack itself (up/reuse/down, auth, PostgreSQL, worker limits) start their own."""
+    from spnas import stack
+    from spnas.stack import StackConfig
+
+    tmp = tmp_path_factory.mktemp("stack")
+    cfg = StackConfig(state=tmp / "state", prefect_port=free_port(), mlflow_port=free_port())
+    try:
+        stack.up(cfg)
+        assert stack.deploy_all(cfg) == 0
+        yield cfg
+    finally:
+        stack.down(cfg)
+    assert not any(s["alive"] for s in stack.status(cfg).values())
+
+
+LCNET_WATCH_SETS = ("train.epochs=1", "train.batch_size=64", "model.scale=0.25", "model.input_size=16",
+                    "predict.count=2", "predict.repeats=1")
+
+
+@pytest.fixture(scope="session")
+def lcnet_watched_run(running_stack, tmp_path_factory: pytest.TempPathFactory):
+    """One small lcnet/full run started as a user does — `spnas run lcnet/full --set …` with stdout
+    piped — on the shared stack: the watch test reads its terminal output, the deployment and
+    browser tests the run it left in both servers. Returns (cfg, output root, completed process)."""
+    import subprocess
+    import sys
+
+    from spnas import stack
+
+    out = tmp_path_factory.mktemp("lcnet-out")
+    sets = [*LCNET_WATCH_SETS, f"output_root={out}"]
+    argv = [sys.executable, "-m", "spnas.cli", "run", "lcnet/full"] + [a for s in sets for a in ("--set", s)]
+    proc = subprocess.run(argv, env=stack.process_env(running_stack), capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parent.parent)
+    print(proc.stdout)
+    return running_stack, out, proc

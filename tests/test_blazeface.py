@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from latency.flops import count_macs_params
+from latency.table import FIELDS as OP_FIELDS
+from latency.table import key_of as op_key
 from nas_models.blazeface import (
     INIT_TOKENS,
-    OP_FIELDS,
     build_from_tokens,
     describe,
     filters_of,
     init_tokens,
-    op_key,
     ops_of_model,
     ops_of_tokens,
     range_table,
@@ -236,3 +236,32 @@ def test_ops_for_the_latency_table_at_another_size_and_batch():
     assert keys.count("conv,0,0,2,12,320,320,12,12,3,1,1,1") >= 2
     assert all(op["k"] == 3 or op["k"] == 1 for op in ops if op["op"] == "conv")
     assert ops[-1]["c_in"] == 80 * 80 * 2 + 40 * 40 * 6
+
+
+def test_part_by_part_ops_are_the_network_s_ops():
+    # latency.measure.space_ops enumerates the space part by part (stem_ops, block_ops,
+    # head_ops, softmax_op); put together for one network they must be ops_of_model's list.
+    import random
+
+    from nas_models.blazeface import (FEATURE_STRIDES, block_ops, filters_of, head_ops, range_table,
+                                      softmax_op, stem_ops)
+
+    rng = random.Random(3)
+    for size, n in ((128, 1), (64, 2)):
+        tokens = [rng.randrange(r) for r in range_table()]
+        f = filters_of(tokens)
+        use_5x5 = f["use_5x5kernel"]
+        parts = stem_ops(f["blaze_filters"][0][0], size, n)
+        h = size // 2
+        specs = [(c_dw, c_out, None, *s) for c_dw, c_out, *s in f["blaze_filters"]]
+        specs += [(c_dw, mid, c_out, *s) for c_dw, mid, c_out, *s in f["double_blaze_filters"]]
+        for c_dw, c_out, double_out, *s in specs:
+            stride = s[0] if s else 1
+            parts += block_ops(c_dw, c_out, double_out, stride, use_5x5, h, n)
+            h = -(-h // stride)
+        heads = [head_ops(f["double_blaze_filters"][i][2], level, size, n) for level, i in ((0, 1), (1, 3))]
+        assert len(heads) == len(FEATURE_STRIDES)
+        # torchvision's SSDHead runs every box conv, then every class conv
+        parts += [heads[0][0], heads[1][0], heads[0][1], heads[1][1], softmax_op(size, n)]
+        whole = ops_of_tokens(tokens, image_size=size, batch_size=n)
+        assert [op_key(op) for op in parts] == [op_key(op) for op in whole]

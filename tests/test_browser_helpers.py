@@ -1,4 +1,4 @@
-"""spnas.browser without a stack: page URLs, reading a dumped DOM, and (slow: needs Chromium)
+"""tests/browser.py without a stack: page URLs, reading a dumped DOM, and (slow: needs Chromium)
 dump_dom seeing what a page's JavaScript rendered."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from spnas import browser
-from spnas.stack import StackConfig
+import browser
+from spnas.config import StackConfig
 
 CFG = StackConfig(state=Path("/nonexistent-spnas-state"), prefect_port=4311, mlflow_port=5311)
 

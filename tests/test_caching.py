@@ -149,3 +149,33 @@ def test_closure_follows_relative_and_from_package_imports(tmp_path: Path) -> No
 def test_unhashable_inputs_are_refused() -> None:
     with pytest.raises(TypeError, match="cache key"):
         _key(data={"model": object()})
+
+
+def _ast_imports(path: Path, root: Path) -> set[str]:
+    """The same question answered with `ast` (fine in a test's main thread) to hold the token reader to."""
+    import ast
+
+    here = import_graph.module_name(path, root) or ""
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_bytes())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".") if package else []
+                base = ".".join(parts[: max(0, len(parts) - node.level + 1)] + ([base] if base else []))
+            if base:
+                names.add(base)
+                names.update(f"{base}.{a.name}" for a in node.names if a.name != "*")
+    return names
+
+
+def test_token_reader_agrees_with_ast_on_every_project_file() -> None:
+    root = caching.REPO_ROOT
+    files = [p for room in PROJECT_ROOMS + ("spnas", "tests", "benchmarks", "scripts") for p in (root / room).rglob("*.py")]
+    assert len(files) > 150
+    differing = [str(p.relative_to(root)) for p in files
+                 if import_graph.imported_names(p, root) != _ast_imports(p, root)]
+    assert differing == []

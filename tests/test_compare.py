@@ -17,7 +17,8 @@ import pytest
 
 from params.models import LcnetParams, PruneEaParams, Runtime, SposParams
 from spnas import cli
-from spnas.compare import compare, hypervolume, pareto_front
+from spnas.compare import MAXIMIZE, compare, front_points
+from strategies.pareto import hypervolume
 from core.errors import InputError
 from tasks.orchestration.files import write_json
 from tasks.orchestration.pipeline import Pipeline, finish
@@ -80,11 +81,23 @@ def _by_name(comparison, section_prefix: str) -> dict[str, list[Any]]:
 
 
 def test_pareto_front_and_hypervolume() -> None:
+    """compare's fronts and hypervolumes are strategies.pareto's (pymoo), x minimized, y maximized."""
     pts = [(1, 0.5), (2, 0.7), (3, 0.6), (4, 0.9), (2, 0.7), (5, 0.9)]
-    assert pareto_front(pts) == [(1, 0.5), (2, 0.7), (4, 0.9)]
+    assert front_points(pts) == [(1, 0.5), (2, 0.7), (4, 0.9)]
+    assert front_points([]) == []
     # Strips: [1,2) at height 0.5-0.4, [2,4) at 0.3, [4,5) at 0.5.
-    assert hypervolume(pts, (5, 0.4)) == pytest.approx(1 * 0.1 + 2 * 0.3 + 1 * 0.5)
-    assert hypervolume([(6, 0.9)], (5, 0.4)) == 0.0
+    assert hypervolume(pts, MAXIMIZE, (5, 0.4)) == pytest.approx(1 * 0.1 + 2 * 0.3 + 1 * 0.5)
+    assert hypervolume([(6, 0.9)], MAXIMIZE, (5, 0.4)) == 0.0
+
+
+def test_compare_reads_the_registry_not_the_cli() -> None:
+    """The roof's modules do not lean on each other: the pipeline list comes from params/registry.py."""
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parent.parent / "spnas" / "compare.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "params.registry" in imported and not any(m and m.startswith("spnas.cli") for m in imported)
 
 
 def test_compare_two_prune_ea_runs(tmp_path: Path) -> None:

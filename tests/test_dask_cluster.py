@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from params.models import LcnetParams, PruneEaParams, SanasParams, SposParams, SpnasParams
+from params.registry import PRUNE_EA
 from core.errors import InputError
 from tasks.orchestration.pipeline import check_dask_address, pipeline
 from tasks.orchestration.search import candidate_task, dask_worker_address
@@ -38,7 +39,7 @@ def test_the_flow_refuses_a_dead_scheduler_before_any_stage(tmp_path: Path) -> N
     address = f"tcp://127.0.0.1:{_closed_port()}"
     p = PruneEaParams(dask_address=address, output_root=str(tmp_path / "out"))
     with pytest.raises(InputError) as err:
-        with pipeline("prune-ea", p, p.STAGES):
+        with pipeline(PRUNE_EA.name, p, PRUNE_EA.stages):
             pytest.fail("a stage would run")
     assert err.value.field == "dask_address"
     assert str(err.value).startswith(f"dask_address: no Dask scheduler answers at {address}: ")

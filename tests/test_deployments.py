@@ -2,32 +2,27 @@
 `prefect deploy --all` from prefect.yaml, a deployment run picked up by the worker, results in
 the MLflow server, both UIs showing that run in a real (headless) browser, stack down.
 
-One stack and one run serve every test here (module fixture): starting them is most of the time."""
+The session's shared stack and lcnet run (tests/conftest.py) serve every test here: starting them
+is most of the time."""
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from spnas import browser, stack
+import browser
+from params.registry import LCNET, stage_from_tags
 from spnas.stack import StackConfig
 
 pytestmark = pytest.mark.slow
 
-LCNET_STAGES = {"data", "split", "train", "evaluate", "export", "predict"}
+LCNET_STAGES = set(LCNET.stages)
 # Loopback only: never route through a proxy from the environment.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -38,20 +33,10 @@ class Deployed:
 
 
 @pytest.fixture(scope="module")
-def lcnet_deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
-    tmp = tmp_path_factory.mktemp("deployments")
-    cfg = StackConfig(state=tmp / "state", prefect_port=_free_port(), mlflow_port=_free_port())
-    out = tmp / "out"
-    try:
-        stack.up(cfg)
-        assert stack.deploy_all(cfg) == 0
-        overrides = {"train": {"epochs": 1}, "model": {"scale": 0.25}, "predict": {"count": 2, "repeats": 1},
-                     "output_root": str(out)}
-        code = stack.run_deployment(cfg, "lcnet/full", {"params_file": "params/lcnet.yaml", "overrides": overrides})
-        yield Deployed(cfg, out, code)
-    finally:
-        stack.down(cfg)
-    assert not any(s["alive"] for s in stack.status(cfg).values())
+def lcnet_deployed(lcnet_watched_run) -> Deployed:
+    """The session's shared lcnet/full run, started through the CLI on the shared stack."""
+    cfg, out, proc = lcnet_watched_run
+    return Deployed(cfg, out, proc.returncode)
 
 
 def _run_dir(d: Deployed) -> Path:
@@ -118,7 +103,7 @@ def test_both_uis_render_the_run(lcnet_deployed: Deployed) -> None:
     assert len(flow_runs) == 1
     fr_id = flow_runs[0]["id"]
     task_runs = _prefect(cfg, "/task_runs/filter", {"flow_runs": {"id": {"any_": [fr_id]}}})
-    assert {t["name"].rsplit("-", 1)[0] for t in task_runs} == LCNET_STAGES
+    assert {stage_from_tags(t["tags"]) for t in task_runs} == LCNET_STAGES  # every stage ran, tagged with it
     artifacts = _prefect(cfg, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [fr_id]}}})
     keys = sorted({a["key"] for a in artifacts if a["key"]})
     assert {"lcnet-summary", "lcnet-mlflow"} <= set(keys)

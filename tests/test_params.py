@@ -1,22 +1,45 @@
-"""Parameter files, overrides, sections and the one place defaults live."""
+"""Parameter files, overrides, sections and the one place defaults live; the models check
+shapes, each pipeline's preflight checks what the values point at."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from params.loader import load_params, merge_overrides, parse_override
-from params.models import LcnetParams, PruneEaParams, SanasParams, SposParams, SpnasParams
 from core.errors import InputError
+from core.paths import REPO_ROOT
+from params.loader import load_params, merge_overrides, parse_override
+from params.models import LcnetParams, PruneEaParams, RunParams, SanasParams, SposParams, SpnasParams
+from params.registry import PIPELINES, PipelineSpec
+from tasks.lcnet.preflight import preflight as lcnet_preflight
+from tasks.orchestration.import_graph import imported_names
+from tasks.prune_ea.preflight import preflight as prune_ea_preflight
+from tasks.sanas.preflight import preflight as sanas_preflight
+from tasks.spnas.preflight import preflight as spnas_preflight
+from tasks.spos.preflight import preflight as spos_preflight
+
+PREFLIGHTS: dict[type[RunParams], Callable[[Any], None]] = {
+    LcnetParams: lcnet_preflight, SpnasParams: spnas_preflight, PruneEaParams: prune_ea_preflight,
+    SposParams: spos_preflight, SanasParams: sanas_preflight}
+DEMO_FILES = {spec.model: spec.params_file for spec in PIPELINES.values()}
 
 
-@pytest.mark.parametrize("model, path", [(LcnetParams, "params/lcnet.yaml"), (SpnasParams, "params/spnas.yaml"),
-                                         (PruneEaParams, "params/prune_ea.yaml"), (SposParams, "params/spos.yaml"),
-                                         (SanasParams, "params/sanas.yaml")])
-def test_demo_files_change_nothing_so_defaults_live_in_the_models(model, path) -> None:
+def _load_and_check(model: type[RunParams], overrides: dict[str, Any]) -> RunParams:
+    """What a flow does first: load the params (shapes), then run its preflight (the world)."""
+    p = load_params(model, DEMO_FILES[model], overrides)
+    PREFLIGHTS[model](p)
+    return p
+
+
+@pytest.mark.parametrize("spec", PIPELINES.values(), ids=list(PIPELINES))
+def test_demo_files_change_nothing_so_defaults_live_in_the_models(spec: PipelineSpec) -> None:
+    model, path = spec.model, spec.params_file
     assert yaml.safe_load(Path(path).read_text()) == {}
     assert load_params(model, path) == model()
+    PREFLIGHTS[model](model())  # the defaults pass the world checks too
 
 
 def test_seed_file_sets_the_seed_search() -> None:
@@ -62,7 +85,7 @@ def test_paths_become_absolute(tmp_path: Path, monkeypatch) -> None:
 ])
 def test_lcnet_errors_name_the_field(overrides, field) -> None:
     with pytest.raises(InputError) as err:
-        load_params(LcnetParams, "params/lcnet.yaml", overrides)
+        _load_and_check(LcnetParams, overrides)
     assert err.value.field == field
 
 
@@ -78,8 +101,36 @@ def test_lcnet_errors_name_the_field(overrides, field) -> None:
 ])
 def test_spnas_errors_name_the_field(overrides, field) -> None:
     with pytest.raises(InputError) as err:
-        load_params(SpnasParams, "params/spnas.yaml", overrides)
+        _load_and_check(SpnasParams, overrides)
     assert err.value.field == field
+
+
+@pytest.mark.parametrize("model, overrides, field", [
+    (LcnetParams, {"data.dataset_dir": "/no/such/folder"}, "data.dataset_dir"),
+    (LcnetParams, {"device": "tpu"}, "device"),
+    (SpnasParams, {"model.backbone_code": "11-31"}, "model.backbone_code"),
+    (SpnasParams, {"model.backbone_code": "1-1-1-1-1-1-x"}, "model.backbone_code"),  # not "too many stages"
+    (SpnasParams, {"serial.max_stages": 3}, "serial.max_stages"),
+    (PruneEaParams, {"data.dataset_dir": "/no/such/folder"}, "data.dataset_dir"),
+    (SposParams, {"model.preset": "huge"}, "model.preset"),
+    (SposParams, {"search.macs_limit": 1000}, "search.macs_limit"),
+    (SanasParams, {"constraint.max": 1000}, "constraint.max"),
+    (SanasParams, {"latency.table_file": "params/sanas.yaml"}, "latency.table_file"),
+])
+def test_models_check_shapes_and_the_preflight_checks_the_world(model, overrides, field) -> None:
+    p = load_params(model, DEMO_FILES[model], overrides)  # the shape is fine...
+    with pytest.raises(InputError) as err:
+        PREFLIGHTS[model](p)  # ...what it points at is not
+    assert err.value.field == field and "\n" not in str(err.value)
+
+
+def test_params_imports_no_networks_data_tables_or_stages() -> None:
+    """params/ sits below what it configures: a validator that needs a network, a data file or a
+    table belongs in a pipeline's preflight (tasks/<pipeline>/preflight.py)."""
+    offenders = sorted(f"{path.name}: {name}" for path in (REPO_ROOT / "params").glob("*.py")
+                       for name in imported_names(path, REPO_ROOT)
+                       if name.split(".")[0] in ("nas_models", "data", "latency", "engine", "strategies", "tasks"))
+    assert offenders == []
 
 
 def test_missing_params_file() -> None:

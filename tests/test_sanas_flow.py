@@ -1,6 +1,7 @@
 """Real, small end-to-end runs of sanas/full in both modes: the found tokens satisfy the
 constraint, the structure printout is logged and kept, the latency table and the predictor's
-held-out accuracy exist, and the export compares measured with predicted latency."""
+held-out accuracy exist, and the export compares measured with predicted latency. And the
+latency_table stage's cache key does not move with the constraint (its table is reused)."""
 from __future__ import annotations
 
 import json
@@ -8,15 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from params.loader import load_params
+from params.models import SanasParams
+from tasks.orchestration.caching import stage_key
 from tasks.orchestration.tables import read_table
-
-pytestmark = pytest.mark.slow
 
 TINY = {"data": {"num_train_images": 24, "num_val_images": 12},
         "search": {"search_steps": 3, "candidate_steps": 2}, "train": {"steps": 3, "batch_size": 4},
         "latency": {"fit_architectures": 12, "holdout_architectures": 100}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ctype", ["flops", "latency"])
 def test_sanas_end_to_end(ctype, prefect_api, tmp_path: Path) -> None:
     from flows.sanas import sanas
@@ -26,7 +29,9 @@ def test_sanas_end_to_end(ctype, prefect_api, tmp_path: Path) -> None:
                     overrides={**TINY, "constraint": {"ctype": ctype}, "output_root": str(tmp_path)})
     run = Path(summary["run_dir"])
     report = json.loads((run / "latency_table/latency_report.json").read_text())
-    limit = report["constraint"]["max"]
+    window = json.loads((run / "search/constraint.json").read_text())
+    assert window["ctype"] == ctype and summary["constraint_max"] == window["max"]
+    limit = window["max"]
     table = read_table(run / "search/output.csv")
     assert 1 <= len(table) <= 3 and set(table["status"]) == {"ok"}
     key = "macs" if ctype == "flops" else "predicted_ms"
@@ -44,3 +49,18 @@ def test_sanas_end_to_end(ctype, prefect_api, tmp_path: Path) -> None:
     assert (comparison["measured_ms"] > 0).all() and (comparison["onnx_max_abs_diff"] < 1e-3).all()
     for f in ("model.onnx", "model.pt2", "model.yml", "anchors.npy"):
         assert (run / "export/found/inference_model" / f).is_file()
+
+
+def test_latency_table_stage_key_ignores_the_constraint() -> None:
+    from tasks.sanas.latency_table import latency_table_task
+
+    def key(constraint: dict) -> str:
+        p = load_params(SanasParams, "params/sanas.yaml", {"constraint": constraint})
+        return stage_key(latency_table_task.fn, {"latency": p.latency, "image_size": p.image_size, "seed": p.seed})
+
+    base = key({"ctype": "flops"})
+    assert key({"ctype": "latency"}) == base
+    assert key({"ctype": "flops", "min": 1_000_000, "max": 40_000_000}) == base
+    assert key({"ctype": "latency", "min": 0.01, "max": 5.0}) == base
+    # and the stage takes no constraint at all, so a new one cannot reach it through the flow
+    assert "constraint" not in latency_table_task.fn.__code__.co_varnames

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from spnas import stack
 from core.errors import InputError
+from core.procs import pid_alive
+from spnas import stack, supervise
 from spnas.stack import StackConfig, StackError
 
 
@@ -146,14 +147,14 @@ def test_up_reuse_log_conflict_down(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             assert not list(other.pids_dir.glob("*.pid"))
 
         for pid in pids.values():
-            owned += stack._owned_tree(pid, cfg)
+            owned += supervise.owned_tree(pid, cfg)
         # mlflow's server runs uvicorn as a child: the group holds more than the leaders.
         assert len(owned) > len(pids)
     finally:
         stopped = stack.down(cfg)
     assert stopped == pids
     assert not list(cfg.pids_dir.glob("*.pid"))
-    left = [pid for pid in owned if stack._alive(pid)]
+    left = [pid for pid in owned if pid_alive(pid)]
     assert not left, f"processes left after down: {left}"
     assert not any(r["alive"] for r in stack.status(cfg).values())
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from spnas import auth, cli, stack
+from spnas import auth, cli, server_auth, stack
 from core.errors import InputError
 from spnas.stack import StackConfig, StackError
 
@@ -73,8 +73,8 @@ def test_loopback_needs_no_credentials(clean_env: Path, host: str, connect: str,
     assert not set(auth.CLIENT_VARS) & set(env)
     assert "--app-name" not in stack._argv(cfg, stack.MLFLOW)
     server_env: dict[str, str] = {}
-    auth.apply_server_env(cfg, stack.PREFECT, server_env)
-    auth.apply_server_env(cfg, stack.MLFLOW, server_env)
+    server_auth.apply_server_env(cfg, stack.PREFECT, server_env)
+    server_auth.apply_server_env(cfg, stack.MLFLOW, server_env)
     assert server_env == {}
 
 
@@ -155,11 +155,11 @@ def test_env_with_credentials(clean_env: Path, monkeypatch: pytest.MonkeyPatch) 
     argv = stack._argv(cfg, stack.MLFLOW)
     assert argv[-2:] == ["--app-name", "basic-auth"] and PASSWORD not in " ".join(argv)
     prefect_env: dict[str, str] = {}
-    auth.apply_server_env(cfg, stack.PREFECT, prefect_env)
+    server_auth.apply_server_env(cfg, stack.PREFECT, prefect_env)
     assert prefect_env == {"PREFECT_SERVER_API_AUTH_STRING": AUTH}
 
     mlflow_env = stack.process_env(cfg)
-    auth.apply_server_env(cfg, stack.MLFLOW, mlflow_env)
+    server_auth.apply_server_env(cfg, stack.MLFLOW, mlflow_env)
     assert "MLFLOW_AUTH_ADMIN_PASSWORD" not in mlflow_env  # the ini's admin wins
     ini = Path(mlflow_env["MLFLOW_AUTH_CONFIG_PATH"])
     assert stat.S_IMODE(ini.stat().st_mode) == 0o600

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from core.procs import cmdline, pid_alive
 from spnas import postgres, stack
 from spnas.stack import StackConfig, StackError
 
@@ -63,7 +64,7 @@ def test_lcnet_runs_on_the_postgres_stack(state_root: Path, monkeypatch: pytest.
         assert (cfg.state / "postgres/password").stat().st_mode & 0o077 == 0
         password = (cfg.state / "postgres/password").read_text().strip()
         for svc in info.services.values():
-            assert password not in " ".join(stack._cmdline(svc.pid) or [])
+            assert password not in " ".join(cmdline(svc.pid) or [])
 
         # `up` again without --db: the state folder remembers PostgreSQL and reuses everything;
         # asking for SQLite while it runs is refused.
@@ -103,7 +104,7 @@ def test_lcnet_runs_on_the_postgres_stack(state_root: Path, monkeypatch: pytest.
     ready = subprocess.run([str(postgres.bin_dir() / "pg_isready"), "-h", "127.0.0.1",
                             "-p", str(cfg.postgres_port)], capture_output=True)
     assert ready.returncode != 0
-    assert not stack._alive(pg_pid) and not postgres.group_members(pg_pid)
+    assert not pid_alive(pg_pid) and not postgres.group_members(pg_pid)
     assert not any(s["alive"] for s in stack.status(cfg).values())
     assert not (cfg.state / "postgres/data/postmaster.pid").exists()
     if os.geteuid() == 0:  # the data folder belongs to the account that ran the server

@@ -36,6 +36,17 @@ def test_artifact_keys_are_prefect_safe() -> None:
     assert tracker.artifact_key("___") == "artifact"
 
 
+def test_progress_is_silent_outside_a_prefect_run() -> None:
+    """Stage functions called plainly (tests, benchmarks) publish nothing and need no API; the
+    figures a search reports are data (metadata), the description only shows them."""
+    progress = tracker.Progress("serial-search-progress", "serial search")
+    progress.update(0.5, done=4, total=8, best="mAP 0.3 (#2)")
+    progress.update(1.0, "finished")
+    meta = tracker.Progress.metadata(4, 8, "mAP 0.3 (#2)")
+    assert tracker.Progress.fields(meta) == {"done": 4, "total": 8, "best": "mAP 0.3 (#2)"}
+    assert tracker.Progress.describe(4, 8, "mAP 0.3 (#2)") == "4/8 candidates, best mAP 0.3 (#2)"
+
+
 def _make_children(parent: str, n: int) -> set[str]:
     """n child runs of `parent`, created straight through the client (no params/metrics: fast)."""
     c = tracker.client()

@@ -1,13 +1,13 @@
-"""`spnas run`'s per-stage view (spnas/watch.py): stage mapping, progress parsing and the summary
-from API objects shaped like the ones a real lcnet/full run returned (names, ids, descriptions
-copied from one), and one real run through a stack watched by `spnas run` with stdout piped."""
+"""`spnas run`'s per-stage view (spnas/watch.py): stage mapping by `stage:<name>` tags, progress
+figures read from artifact metadata, and the summary, from API objects shaped like the ones a real
+lcnet/full run returned (names, ids, descriptions copied from one); Pipeline's tags on a real
+Prefect API; and one real run through a stack watched by `spnas run` with stdout piped."""
 from __future__ import annotations
 
 import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +20,8 @@ import pytest
 from prefect.client.schemas.objects import Artifact, FlowRun, State, StateType, TaskRun
 from rich.console import Console
 
-from params.models import LcnetParams, PruneEaParams, SanasParams, SpnasParams, SposParams
+from params.models import Runtime
+from params.registry import LCNET, PRUNE_EA, SANAS, SPNAS, SPOS, stage_tag
 from spnas import watch
 from spnas.cli import main
 from tracking.tracker import Progress
@@ -34,17 +35,19 @@ def _state(kind: str, name: str | None = None, message: str | None = None) -> St
 
 
 def _task(name: str, kind: str, start: float | None = None, seconds: float = 0.0, state_name: str | None = None,
-          flow_run_id: UUID = FLOW_ID, id: str | None = None) -> TaskRun:
+          flow_run_id: UUID = FLOW_ID, id: str | None = None, stage: str | None = None) -> TaskRun:
+    """A task run; `stage` None: the stage is the name up to its last dash ("train-73a": train)."""
+    stage = name.rsplit("-", 1)[0] if stage is None else stage
     return TaskRun(id=UUID(id) if id else uuid4(), name=name, task_key=f"{name}-key", dynamic_key="0",
-                   flow_run_id=flow_run_id, state=_state(kind, state_name),
+                   flow_run_id=flow_run_id, state=_state(kind, state_name), tags=[stage_tag(stage)] if stage else [],
                    start_time=None if start is None else T0 + timedelta(seconds=start),
                    expected_start_time=None if start is None else T0 + timedelta(seconds=start),
                    total_run_time=timedelta(seconds=seconds))
 
 
 def _progress(key: str, percent: float, description: str, task_run: Any = None, flow_run_id: UUID = FLOW_ID,
-              at: float = 0.0) -> Artifact:
-    return Artifact(key=key, type="progress", data=percent, description=description,
+              at: float = 0.0, metadata: dict[str, str] | None = None) -> Artifact:
+    return Artifact(key=key, type="progress", data=percent, description=description, metadata_=metadata,
                     task_run_id=getattr(task_run, "id", None), flow_run_id=flow_run_id,
                     created=T0, updated=T0 + timedelta(seconds=at))
 
@@ -60,25 +63,29 @@ def _lcnet_at_70s() -> tuple[list[TaskRun], list[Artifact]]:
 # ------------------------------------------------------------------ stage mapping
 
 
-@pytest.mark.parametrize("name, stages, stage", [
-    ("data-347", LcnetParams.STAGES, "data"),
-    ("train-73a", LcnetParams.STAGES, "train"),
-    ("serial-search-0", SpnasParams.STAGES, "serial"),
-    ("parallel-search-0", SpnasParams.STAGES, "parallel"),
-    ("fine_tune-1a2", SpnasParams.STAGES, "fine_tune"),
-    ("fully_train-baseline", SpnasParams.STAGES, "fully_train"),
-    ("compare-0", SpnasParams.STAGES, None),            # no stage name: belongs to the stage before it
-    ("train_base-0", PruneEaParams.STAGES, "train_base"),
-    ("prune-search-0", PruneEaParams.STAGES, "prune_search"),
-    ("retrain-3", PruneEaParams.STAGES, "retrain"),
-    ("spos-search-0", SposParams.STAGES, "search"),
-    ("rank_check-9f0", SposParams.STAGES, "rank_check"),
-    ("sanas-search-0", SanasParams.STAGES, "search"),
-    ("latency_table-0", SanasParams.STAGES, "latency_table"),
-    ("train-found", SanasParams.STAGES, "train"),
+@pytest.mark.parametrize("name, tags, stages, stage", [
+    ("data-347", ["stage:data"], LCNET.stages, "data"),
+    ("train-73a", ["stage:train"], LCNET.stages, "train"),
+    ("serial-search-0", ["stage:serial"], SPNAS.stages, "serial"),
+    ("parallel-search-0", ["stage:parallel"], SPNAS.stages, "parallel"),
+    ("fine_tune-1a2", ["stage:fine_tune"], SPNAS.stages, "fine_tune"),
+    ("fully_train-baseline", ["stage:fully_train"], SPNAS.stages, "fully_train"),
+    ("compare-0", ["stage:fully_train"], SPNAS.stages, "fully_train"),  # the tag, not the name, decides
+    ("compare-0", [], SPNAS.stages, None),                                # untagged: no stage's run
+    ("train_base-0", ["other", "stage:train_base"], PRUNE_EA.stages, "train_base"),
+    ("prune-search-0", ["stage:prune_search"], PRUNE_EA.stages, "prune_search"),
+    ("retrain-3", ["stage:retrain"], PRUNE_EA.stages, "retrain"),
+    ("spos-search-0", ["stage:search"], SPOS.stages, "search"),
+    ("rank_check-9f0", ["stage:rank_check"], SPOS.stages, "rank_check"),
+    ("sanas-search-0", ["stage:search"], SANAS.stages, "search"),
+    ("latency_table-0", ["stage:latency_table"], SANAS.stages, "latency_table"),
+    ("train-found", ["stage:train"], SANAS.stages, "train"),
+    ("train-found", ["stage:serial"], SANAS.stages, None),               # a stage this pipeline lacks
 ])
-def test_run_names_map_to_their_stage(name: str, stages: tuple[str, ...], stage: str | None) -> None:
-    assert watch.stage_of(name, stages) == stage
+def test_runs_map_to_the_stage_their_tag_names(name: str, tags: list[str], stages: tuple[str, ...],
+                                               stage: str | None) -> None:
+    run = _task(name, "RUNNING", stage="").model_copy(update={"tags": tags})
+    assert watch.stage_of(run, stages) == stage
 
 
 @pytest.mark.parametrize("kind, name, status", [
@@ -100,9 +107,9 @@ def test_a_stage_with_several_runs_is_as_far_as_its_least_finished() -> None:
 
 def test_lcnet_mid_run_view() -> None:
     runs, arts = _lcnet_at_70s()
-    views = {v.name: v for v in watch.build_stages(LcnetParams.STAGES, runs, [], arts, _state("RUNNING"))}
-    assert list(views) == list(LcnetParams.STAGES)
-    assert [views[s].status for s in LcnetParams.STAGES] == ["done", "done", "running", "waiting", "waiting",
+    views = {v.name: v for v in watch.build_stages(LCNET.stages, runs, [], arts, _state("RUNNING"))}
+    assert list(views) == list(LCNET.stages)
+    assert [views[s].status for s in LCNET.stages] == ["done", "done", "running", "waiting", "waiting",
                                                                "waiting"]
     assert views["data"].fraction == 1.0 and views["data"].seconds == pytest.approx(4.74)
     assert views["train"].fraction == 0.5 and views["train"].text() == "epoch 1/2: val top-1 0.1014"
@@ -113,17 +120,18 @@ def test_search_subflow_shows_candidates_and_best_from_its_progress() -> None:
     """spnas/full in its serial search: data cached, the search subflow running (its tracking task
     run in the parent is still Pending; the subflow's own state wins), its progress artifact
     created in the subflow (no task run id)."""
-    stages = SpnasParams.STAGES
-    tracking = _task("serial-search-0", "PENDING", 30)
+    stages = SPNAS.stages
+    tracking = _task("serial-search-0", "PENDING", 30, stage="serial")
     sub = FlowRun(id=uuid4(), name="clever-fox", flow_id=uuid4(), parent_task_run_id=tracking.id,
-                  state=_state("RUNNING"))
-    candidate = _task("serial-3-111-2111", "RUNNING", 40, flow_run_id=sub.id)  # a subflow's task: not listed here
+                  state=_state("RUNNING"), tags=[stage_tag("serial")])
+    candidate = _task("serial-3-111-2111", "RUNNING", 40, flow_run_id=sub.id, stage="serial")  # a subflow's task: not listed here
     runs = [_task("data-0a1", "COMPLETED", 0, state_name="Cached"), _task("split-b2c", "COMPLETED", 1, 2.0),
             _task("fine_tune-c3d", "COMPLETED", 3, 20.0, state_name="Cached"), tracking]
     best = Progress.best_of([{"id": 1, "mAP": 0.31, "status": "ok"}, {"id": 5, "mAP": 0.412, "status": "ok"},
                              {"id": 6, "mAP": None, "status": "failed"}], "mAP")
     arts = [_progress("serial-search-progress", 0, "serial search: candidates evaluated", flow_run_id=sub.id, at=31),
-            _progress("serial-search-progress", 37.5, Progress.describe(3, 8, best), flow_run_id=sub.id, at=90)]
+            _progress("serial-search-progress", 37.5, Progress.describe(3, 8, best), flow_run_id=sub.id, at=90,
+                      metadata=Progress.metadata(3, 8, best))]
     arts[0].id = arts[1].id = uuid4()
     arts[0].key = "old-version"  # an earlier artifact with another key: the newest description wins
     views = {v.name: v for v in watch.build_stages(stages, runs, [sub], arts, _state("RUNNING"))}
@@ -138,10 +146,10 @@ def test_search_subflow_shows_candidates_and_best_from_its_progress() -> None:
 
 
 def test_fully_train_two_runs_then_compare_and_a_failed_flow() -> None:
-    stages = SpnasParams.STAGES
+    stages = SPNAS.stages
     final = _task("fully_train-final", "COMPLETED", 100, 60.0)
     base = _task("fully_train-baseline", "COMPLETED", 160, 50.0)
-    compare = _task("compare-0", "FAILED", 210, 1.0)
+    compare = _task("compare-0", "FAILED", 210, 1.0, stage="fully_train")  # run by pipe.run("fully_train", ...)
     earlier = [_task(f"{s}-0", "COMPLETED", i, 1.0) for i, s in enumerate(stages[:6])]
     arts = [_progress("fully-train-final-progress", 100, "done", final, at=160),
             _progress("fully-train-baseline-progress", 100, "done", base, at=210)]
@@ -153,16 +161,21 @@ def test_fully_train_two_runs_then_compare_and_a_failed_flow() -> None:
     assert views["export"].status == "skipped"  # the flow ended before it
 
 
-# ------------------------------------------------------------------ progress text
+# ------------------------------------------------------------------ progress figures
 
 
-def test_progress_description_round_trip() -> None:
-    text = Progress.describe(3, 8, "mAP 0.412 (#5)")
-    assert text == "3/8 candidates, best mAP 0.412 (#5)"
-    assert Progress.parse(text) == {"done": 3, "total": 8, "best": "mAP 0.412 (#5)"}
-    assert Progress.parse(Progress.describe(0, 8)) == {"done": 0, "total": 8}
-    assert Progress.parse("epoch 1/2: val top-1 0.1014") == {}
-    assert Progress.parse(None) == {}
+def test_progress_figures_round_trip_as_data() -> None:
+    """The UI reads the description; the watcher reads the same figures from the metadata."""
+    assert Progress.describe(3, 8, "mAP 0.412 (#5)") == "3/8 candidates, best mAP 0.412 (#5)"
+    metadata = Progress.metadata(3, 8, "mAP 0.412 (#5)")
+    assert all(isinstance(k, str) and isinstance(v, str) and len(v) <= 500 for k, v in metadata.items())
+    assert Progress.fields(metadata) == {"done": 3, "total": 8, "best": "mAP 0.412 (#5)"}
+    assert Progress.fields(Progress.metadata(0, 8)) == {"done": 0, "total": 8}
+    assert Progress.fields({"other": "epoch 1/2: val top-1 0.1014"}) == {}
+    assert Progress.fields({Progress.METADATA_KEY: "not json"}) == {}
+    assert Progress.fields({Progress.METADATA_KEY: '{"done": true, "total": 8}'}) == {}
+    assert Progress.fields(None) == {}
+    assert len(Progress.fields(Progress.metadata(1, 2, "x" * 1000))["best"]) < 500  # Prefect's limit per value
 
 
 def test_best_of_skips_failed_and_non_finite() -> None:
@@ -179,7 +192,7 @@ def test_plain_printer_prints_changes_only() -> None:
     out = io.StringIO()
     printer = watch.PlainPrinter(out)
     runs, arts = _lcnet_at_70s()
-    views = watch.build_stages(LcnetParams.STAGES, runs, [], arts, _state("RUNNING"))
+    views = watch.build_stages(LCNET.stages, runs, [], arts, _state("RUNNING"))
     printer.show("Running", views, 70)
     printer.show("Running", views, 71.5)  # nothing changed: nothing printed
     lines = out.getvalue().splitlines()
@@ -191,12 +204,12 @@ def test_plain_printer_prints_changes_only() -> None:
 
 def test_live_table_renders_every_stage() -> None:
     runs, arts = _lcnet_at_70s()
-    views = watch.build_stages(LcnetParams.STAGES, runs, [], arts, _state("RUNNING"))
+    views = watch.build_stages(LCNET.stages, runs, [], arts, _state("RUNNING"))
     console = Console(record=True, width=140, force_terminal=True)
     console.print(watch.live_table("ninja-squirrel", "Running", views, 70))
     text = console.export_text()
     assert "ninja-squirrel" in text and "Running" in text
-    for stage in LcnetParams.STAGES:
+    for stage in LCNET.stages:
         assert re.search(rf"^{stage}\s", text, re.M), stage
     assert "epoch 1/2: val top-1 0.1014" in text and " 50%" in text
 
@@ -246,55 +259,89 @@ class _Recorded:
 
 def test_watch_to_the_end_prints_stages_summary_and_final_state(tmp_path: Path) -> None:
     runs, arts = _lcnet_at_70s()
-    done = [_task(f"{s}-0", "COMPLETED", i, 1.0) for i, s in enumerate(LcnetParams.STAGES)]
+    done = [_task(f"{s}-0", "COMPLETED", i, 1.0) for i, s in enumerate(LCNET.stages)]
     table = Artifact(key="lcnet-summary", type="table", flow_run_id=FLOW_ID,
                      data=json.dumps([{"metric": k, "value": v} for k, v in SUMMARY.items()]))
     flow_run = FlowRun(id=FLOW_ID, name="ninja-squirrel", flow_id=uuid4(), state=_state("SCHEDULED"))
     client = _Recorded(flow_run, [(_state("SCHEDULED"), [], []), (_state("RUNNING"), runs, arts),
                                   (_state("COMPLETED"), done, arts + [table])])
     out = io.StringIO()
-    code = watch.watch_flow_run(client, flow_run, LcnetParams.STAGES, output_root=tmp_path,
+    code = watch.watch_flow_run(client, flow_run, LCNET.stages, output_root=tmp_path,
                                 console=Console(file=out, width=120), interval=0, live=False)
     text = out.getvalue()
     assert code == 0
-    for stage in LcnetParams.STAGES:
+    for stage in LCNET.stages:
         assert re.search(rf"\] {stage}\s+done\b", text), stage
     assert "flow run: Scheduled" in text and "flow run: Completed" in text
     assert "predict_latency_ms" in text and text.rstrip().endswith("final state: Completed")
 
     failed = _Recorded(flow_run, [(_state("FAILED", message="Flow run encountered an exception"), runs, arts)])
     out = io.StringIO()
-    assert watch.watch_flow_run(failed, flow_run, LcnetParams.STAGES, output_root=None,
+    assert watch.watch_flow_run(failed, flow_run, LCNET.stages, output_root=None,
                                 console=Console(file=out, width=120), interval=0, live=False) == 1
     assert "final state: Failed (Flow run encountered an exception)" in out.getvalue()
 
 
-def test_poll_reads_stages_subflows_and_progress_from_a_real_api(prefect_api) -> None:
-    """A tiny flow shaped like ours (a "data" task, a "serial-search" subflow, Progress in both)
-    on a real Prefect API: the watcher's reads map the subflow to its stage and parse its progress."""
+def test_poll_reads_stages_subflows_and_progress_from_a_real_api(prefect_api, tmp_path: Path, monkeypatch) -> None:
+    """A tiny flow shaped like ours on a real Prefect API, its stages run through Pipeline.run /
+    search / map: a "data" task, a "serial" search subflow and two mapped "retrain" tasks, with
+    Progress in the task and the subflow. Every run of a stage carries its `stage:<name>` tag
+    (the subflow's tracking task run in the parent and the subflow run both), and the watcher's
+    reads map them to their stages by it and read the search's figures from artifact metadata."""
     from prefect import flow, task
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+    )
 
-    @task(name="data")
-    def data_task() -> None:
+    from tasks.orchestration.pipeline import Pipeline
+
+    @task(name="load")  # named unlike its stage: only the tag maps it
+    def data_task(work_dir: str, parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
         progress = Progress("data-progress", "data")
         progress.update(0.5, "epoch 1/2")
+        return {}
 
     @flow(name="serial-search")
-    def serial_search() -> None:
+    def serial_search(work_dir: str, parent_run_id: str, runtime: Runtime, refresh: bool) -> None:
         progress = Progress("serial-search-progress", "serial search: candidates evaluated")
         progress.update(0.375, done=3, total=8, best="mAP 0.412 (#5)")
 
+    @task(name="fit")
+    def retrain_task(candidate: dict[str, Any], work_dir: str, parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+        return {"id": candidate["id"]}
+
+    stages = ("data", "serial", "retrain", "export")
+    # Work folders by stage and candidate: this test is about tags, not stage cache keys.
+    monkeypatch.setattr(Pipeline, "work_dir", lambda self, stage, fn, inputs:
+                        tmp_path / "work" / stage / str(inputs.get("candidate", {}).get("id", "")))
+
     @flow(name="watch-shape")
     def shaped() -> None:
-        data_task()
-        serial_search()
+        pipe = Pipeline("watch-shape", "shape", tmp_path / "run", "no-mlflow-run", "0", Runtime(), stages)
+        pipe.run("data", data_task)
+        pipe.search("serial", serial_search)
+        pipe.map("retrain", retrain_task, [{"id": 0}, {"id": 1}])
 
     state = shaped(return_state=True)
+    flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
-        flow_run, views = watch.poll(client, state.state_details.flow_run_id, ("data", "serial", "export"))
+        flow_run, views = watch.poll(client, flow_run_id, stages)
+        task_runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+            flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id])))
+        subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
     assert flow_run.state.is_completed()
-    assert [(v.name, v.status) for v in views] == [("data", "done"), ("serial", "done"), ("export", "skipped")]
+    assert sorted((r.name.split("-")[0], r.tags) for r in task_runs) == [
+        ("fit", ["stage:retrain"]), ("fit", ["stage:retrain"]), ("load", ["stage:data"]),
+        ("serial", ["stage:serial"])]
+    tracking = next(r for r in task_runs if r.name.startswith("serial-search"))
+    assert [(s.parent_task_run_id, s.tags) for s in subflows] == [(tracking.id, ["stage:serial"])]
+    assert [(v.name, v.status) for v in views] == [("data", "done"), ("serial", "done"), ("retrain", "done"),
+                                                   ("export", "skipped")]
     assert views[0].detail == "epoch 1/2" and views[0].fraction == 1.0
     assert (views[1].done, views[1].total, views[1].best) == (3, 8, "mAP 0.412 (#5)")
     assert views[1].text().startswith("candidates 3/8, best mAP 0.412 (#5)")
@@ -320,7 +367,7 @@ class _Flaky(_Recorded):
 def test_ctrl_c_stops_watching_only_and_a_busy_api_is_retried() -> None:
     flow_run = FlowRun(id=FLOW_ID, name="ninja-squirrel", flow_id=uuid4(), state=_state("RUNNING"))
     out = io.StringIO()
-    code = watch.watch_flow_run(_Interrupted(flow_run, [(_state("RUNNING"), [], [])]), flow_run, LcnetParams.STAGES,
+    code = watch.watch_flow_run(_Interrupted(flow_run, [(_state("RUNNING"), [], [])]), flow_run, LCNET.stages,
                                 output_root=None, console=Console(file=out, width=80), interval=0, live=False,
                                 cancel_hint=f"Cancel it with: prefect flow-run cancel {FLOW_ID}")
     assert code == 130
@@ -328,8 +375,8 @@ def test_ctrl_c_stops_watching_only_and_a_busy_api_is_retried() -> None:
         in out.getvalue()
 
     out = io.StringIO()
-    flaky = _Flaky(flow_run, [(_state("COMPLETED"), [_task(f"{s}-0", "COMPLETED", 0) for s in LcnetParams.STAGES], [])])
-    assert watch.watch_flow_run(flaky, flow_run, LcnetParams.STAGES, output_root=None,
+    flaky = _Flaky(flow_run, [(_state("COMPLETED"), [_task(f"{s}-0", "COMPLETED", 0) for s in LCNET.stages], [])])
+    assert watch.watch_flow_run(flaky, flow_run, LCNET.stages, output_root=None,
                                 console=Console(file=out, width=80), interval=0, live=False) == 0
     text = out.getvalue()
     assert "Prefect API did not answer (ConnectionError: server busy); retrying" in text
@@ -366,39 +413,16 @@ def test_no_watch_and_raw_watch_exclude_each_other(capsys) -> None:
 # ------------------------------------------------------------------ a real run
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_spnas_run_watches_a_real_lcnet_run(tmp_path: Path) -> None:
+def test_spnas_run_watches_a_real_lcnet_run(lcnet_watched_run) -> None:
     """`spnas run lcnet/full` with stdout piped (as in CI): plain lines, every stage reaching
-    done, the summary table, exit code 0."""
-    from spnas import stack
-    from spnas.stack import StackConfig
-
-    cfg = StackConfig(state=tmp_path / "state", prefect_port=_free_port(), mlflow_port=_free_port())
-    out = tmp_path / "out"
-    try:
-        started = time.monotonic()
-        stack.up(cfg)
-        assert stack.deploy_all(cfg) == 0
-        print(f"stack up and deployed in {time.monotonic() - started:.0f} s")
-        sets = ["train.epochs=1", "train.batch_size=64", "model.scale=0.25", "model.input_size=16",
-                "predict.count=2", "predict.repeats=1", f"output_root={out}"]
-        argv = [sys.executable, "-m", "spnas.cli", "run", "lcnet/full"] + [a for s in sets for a in ("--set", s)]
-        proc = subprocess.run(argv, env=stack.process_env(cfg), capture_output=True, text=True, timeout=600,
-                              cwd=Path(__file__).resolve().parent.parent)
-        print(proc.stdout)
-    finally:
-        stack.down(cfg)
+    done, the summary table, exit code 0 (the session's shared run, tests/conftest.py)."""
+    cfg, out, proc = lcnet_watched_run
     text = proc.stdout
     assert proc.returncode == 0, text + proc.stderr
     name = re.search(rf"flow run (\S+) of lcnet/full: {cfg.prefect_ui_url}/runs/flow-run/[0-9a-f-]+", text)
     assert name, text
-    for stage in LcnetParams.STAGES:
+    for stage in LCNET.stages:
         assert re.search(rf"^\[[ 0-9:s]+\] {stage}\s+done\s+100%", text, re.M), (stage, text)
     summary = json.loads((out / name.group(1) / "summary.json").read_text())
     assert {"val_top1", "test_top1", "macs", "params", "onnx_max_abs_diff", "predict_latency_ms",

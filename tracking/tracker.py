@@ -10,6 +10,7 @@ called plainly (tests, benchmarks).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import re
@@ -427,11 +428,12 @@ class Progress:
     """A Prefect progress artifact (0–100 %) that is silent outside a Prefect run.
 
     A search stage passes `done`/`total` (and the best candidate so far): the description then
-    reads "3/8 candidates, best mAP 0.412 (#5)" in the Prefect UI, and `parse` reads the same
-    figures back for `spnas run`'s terminal view (spnas/watch.py)."""
+    reads "3/8 candidates, best mAP 0.412 (#5)" in the Prefect UI, and the same figures travel as
+    data in the artifact's metadata (`metadata`), which `spnas run`'s terminal view reads back with
+    `fields` (spnas/watch.py) — the UI text is never parsed."""
 
-    _COUNT = re.compile(r"\b(\d+)/(\d+) candidates\b")
-    _BEST = re.compile(r"\bbest (.+)$")
+    METADATA_KEY = "spnas.progress"  # Prefect metadata holds str -> str: one JSON object under this key
+    _BEST_LIMIT = 200  # Prefect caps each metadata value at 500 characters
 
     def __init__(self, key: str, description: str = "") -> None:
         self._id: UUID | None = None
@@ -444,27 +446,49 @@ class Progress:
                total: int | None = None, best: str | None = None) -> None:
         if self._id is None:
             return
-        from prefect.artifacts import update_progress_artifact
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import ArtifactUpdate
 
+        # prefect.artifacts.update_progress_artifact cannot set metadata: the same PATCH, with it.
+        update: dict[str, Any] = {"data": max(0.0, min(100.0, 100.0 * fraction))}
         if done is not None and total is not None:
             description = self.describe(done, total, best)
-        update_progress_artifact(self._id, max(0.0, min(100.0, 100.0 * fraction)), description)
+            update["metadata_"] = self.metadata(done, total, best)
+        if description:
+            update["description"] = description
+        with get_client(sync_client=True) as prefect_client:
+            prefect_client.update_artifact(self._id, ArtifactUpdate(**update))
 
     @staticmethod
     def describe(done: int, total: int, best: str | None = None) -> str:
+        """What the Prefect UI shows."""
         text = f"{done}/{total} candidates"
         return f"{text}, best {best}" if best else text
 
     @classmethod
-    def parse(cls, description: str | None) -> dict[str, Any]:
-        """`done`, `total` and `best` from a description `describe` wrote (absent keys: not there)."""
+    def metadata(cls, done: int, total: int, best: str | None = None) -> dict[str, str]:
+        """The artifact metadata carrying the figures as data."""
+        figures: dict[str, Any] = {"done": int(done), "total": int(total)}
+        if best:
+            figures["best"] = best[:cls._BEST_LIMIT]
+        return {cls.METADATA_KEY: json.dumps(figures)}
+
+    @classmethod
+    def fields(cls, metadata: Mapping[str, str] | None) -> dict[str, Any]:
+        """`done`, `total` and `best` from an artifact's metadata (absent keys: not there)."""
+        raw = (metadata or {}).get(cls.METADATA_KEY)
+        try:
+            figures = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        if not isinstance(figures, dict):
+            return {}
         found: dict[str, Any] = {}
-        count = cls._COUNT.search(description or "")
-        if count:
-            found["done"], found["total"] = int(count.group(1)), int(count.group(2))
-            best = cls._BEST.search(description or "", count.end())
-            if best:
-                found["best"] = best.group(1).strip()
+        done, total = figures.get("done"), figures.get("total")
+        if _is_count(done) and _is_count(total):
+            found["done"], found["total"] = done, total
+            if isinstance(figures.get("best"), str) and figures["best"]:
+                found["best"] = figures["best"]
         return found
 
     @staticmethod
@@ -476,3 +500,7 @@ class Progress:
             return None
         top = max(scored, key=lambda r: float(r[metric]))
         return f"{metric} {float(top[metric]):.4g} (#{top.get('id', '?')})"
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

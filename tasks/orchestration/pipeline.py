@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, unmapped
+from prefect import get_run_logger, tags, unmapped
 from prefect.runtime import flow_run
 
 from params.models import RunParams, Runtime, runtime_of
+from params.registry import stage_tag
 from core.errors import InputError
 from core.paths import default_output_root, state_dir
 from tasks.orchestration.caching import stage_key
@@ -84,16 +85,17 @@ class Pipeline:
         work = self.work_dir(stage, task.fn, inputs)
         refresh = self._prepare(stage, work)
         call = dict(inputs, work_dir=str(work), parent_run_id=self.parent_run_id, runtime=self.runtime)
-        state = task.with_options(refresh_cache=refresh)(**call, return_state=True)
-        result = state.result()
-        if state.name == "Cached":
-            missing = missing_files(result)
-            if missing:
-                logger.warning("cached %s lists missing files (%s); recomputing", stage, missing[0])
-                result = task.with_options(refresh_cache=True)(**call)
-            else:
-                logger.info("%s: reused the result of an earlier run with the same inputs and code", stage)
-                tracker.record_reused_stage(self.parent_run_id, stage, result, str(work))
+        with tags(stage_tag(stage)):  # the watcher maps runs to stages by this tag, not by run names
+            state = task.with_options(refresh_cache=refresh)(**call, return_state=True)
+            result = state.result()
+            if state.name == "Cached":
+                missing = missing_files(result)
+                if missing:
+                    logger.warning("cached %s lists missing files (%s); recomputing", stage, missing[0])
+                    result = task.with_options(refresh_cache=True)(**call)
+                else:
+                    logger.info("%s: reused the result of an earlier run with the same inputs and code", stage)
+                    tracker.record_reused_stage(self.parent_run_id, stage, result, str(work))
         self._publish(stage, work)
         return result
 
@@ -102,8 +104,9 @@ class Pipeline:
         the baseline of fully_train); a failed candidate gives None."""
         works = [self.work_dir(stage, task.fn, {"candidate": c, **common}) for c in candidates]
         refresh = any([self._prepare(stage, w) for w in works])
-        results = map_candidates(task, candidates, work_dirs=[str(w) for w in works], refresh=refresh,
-                                 parent_run_id=self.parent_run_id, runtime=self.runtime, **common)
+        with tags(stage_tag(stage)):
+            results = map_candidates(task, candidates, work_dirs=[str(w) for w in works], refresh=refresh,
+                                     parent_run_id=self.parent_run_id, runtime=self.runtime, **common)
         for work in works:
             self._publish(stage, work)
         return results
@@ -121,9 +124,11 @@ class Pipeline:
         task_runner, runtime = self.candidate_runner()
         work = self.work_dir(stage, subflow.fn, inputs)
         refresh = self._prepare(stage, work)
-        result = subflow.with_options(task_runner=task_runner)(
-            **inputs, work_dir=str(work), parent_run_id=self.parent_run_id, runtime=runtime,
-            refresh=refresh)
+        # Both the subflow's tracking task run in this flow and the subflow run get the tag.
+        with tags(stage_tag(stage)):
+            result = subflow.with_options(task_runner=task_runner)(
+                **inputs, work_dir=str(work), parent_run_id=self.parent_run_id, runtime=runtime,
+                refresh=refresh)
         self._publish(stage, work)
         return result
 

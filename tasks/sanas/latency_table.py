@@ -6,8 +6,9 @@ Runtime, pinned threads; cached per space/backend/threads/machine, so a second r
 random architectures are measured end to end, a correction is fitted on some and its accuracy
 reported on >= 100 others (share within ±10 %, RMSE). A given table (PaddleSlim format, e.g.
 measured on a phone) is used as is: its predictions are the plain op sum, unless a predictor
-file fitted for it lies beside it. The constraint's "start" bound is resolved here (the initial
-tokens' own MACs or predicted latency), and a latency window no architecture meets is refused."""
+file fitted for it lies beside it. Nothing here depends on the constraint (the flow resolves the
+window from this stage's output, tasks.sanas.shared.constraint_window), so switching between
+FLOPs and latency or moving the window reuses the measured table and predictor."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,22 +18,19 @@ from prefect import get_run_logger, task
 
 from latency.predictor import LatencyPredictor, fit_predictor, predictor_path
 from latency.table import LatencyTable
-from nas_models.blazeface import INIT_TOKENS, RANGE_TABLE
-from params.feasibility import check_range
-from params.models import LatencyParams, Runtime, SanasConstraint
-from core.errors import InputError
+from nas_models.blazeface import INIT_TOKENS
+from params.models import LatencyParams, Runtime
 from core.paths import state_dir
 from tasks.orchestration.caching import STAGE_CACHE
 from tasks.orchestration.files import write_json
-from tasks.sanas.shared import constraint_value, cost
+from tasks.sanas.shared import cost
 from tracking import tracker
 
 TABLE_FILE = "latency_table.txt"
 PREDICTOR_FILE = "latency_table.predictor.json"
 
 
-def build(latency: LatencyParams, constraint: SanasConstraint, image_size: int, seed: int,
-          out_dir: Path) -> dict[str, Any]:
+def build(latency: LatencyParams, image_size: int, seed: int, out_dir: Path) -> dict[str, Any]:
     if latency.table_file:
         table = LatencyTable.read(latency.table_file)
         beside = predictor_path(Path(latency.table_file))
@@ -56,28 +54,16 @@ def build(latency: LatencyParams, constraint: SanasConstraint, image_size: int, 
         files.append(out["predictor_file"])
     initial = list(INIT_TOKENS)
     out["initial"] = {"tokens": initial, **cost(initial, out, image_size)}
-    start = constraint_value(initial, constraint.ctype, out, image_size)
-    high = start if constraint.max == "start" else constraint.max
-    if constraint.ctype == "latency":
-        extremes = ([0] * len(RANGE_TABLE), [r - 1 for r in RANGE_TABLE])
-        feasible = tuple(constraint_value(t, "latency", out, image_size) for t in extremes)
-        try:
-            check_range("latency", constraint.min, high, feasible, "ms")  # type: ignore[arg-type]
-        except ValueError as exc:
-            field, message = str(exc).split(": ", 1)
-            raise InputError(field, message) from None
-    out["constraint"] = {"ctype": constraint.ctype, "min": constraint.min, "max": high,
-                         "unit": "MACs" if constraint.ctype == "flops" else "ms"}
     files.append(str(write_json(out_dir / "latency_report.json", {k: v for k, v in out.items() if k != "files"})))
     return {**out, "files": files}
 
 
 @task(name="latency_table", persist_result=True, cache_policy=STAGE_CACHE)
-def latency_table_task(latency: LatencyParams, constraint: SanasConstraint, image_size: int, seed: int, work_dir: str,
-                       parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+def latency_table_task(latency: LatencyParams, image_size: int, seed: int, work_dir: str, parent_run_id: str,
+                       runtime: Runtime) -> dict[str, Any]:
     logger = get_run_logger()
     with tracker.child_run(parent_run_id, "latency_table", {**latency.model_dump(), "image_size": image_size}) as run_id:
-        out = build(latency, constraint, image_size, seed, Path(work_dir))
+        out = build(latency, image_size, seed, Path(work_dir))
         acc = out["accuracy"] or {}
         tracker.log_metrics(run_id, {"table_ops": out["ops"], **{f"predictor_{k}": acc[k] for k in
                                                                   ("within_10pct", "rmse_ms") if k in acc}})
@@ -96,7 +82,5 @@ def latency_table_task(latency: LatencyParams, constraint: SanasConstraint, imag
     else:
         logger.info("latency table: %d ops, %s; no predictor accuracy (no measurements on this machine)",
                     out["ops"], out["origin"])
-    c = out["constraint"]
-    logger.info("constraint: %s in [%s, %s] %s (initial tokens: %s MACs, %.4f ms predicted)", c["ctype"], c["min"],
-                c["max"], c["unit"], out["initial"]["macs"], out["initial"]["predicted_ms"])
+    logger.info("initial tokens: %s MACs, %.4f ms predicted", out["initial"]["macs"], out["initial"]["predicted_ms"])
     return out

@@ -4,8 +4,9 @@ tokens (strategies/sa.py), one candidate at a time through the shared search dri
 without training and counted; each evaluated candidate is trained briefly from scratch and its
 reward is AP@0.5 on the held-out images (pycocotools).
 
-Files: output.csv (+ .parquet: id, tokens, macs, params, predicted_ms, AP50, temperature,
-accepted), desc_/model_/performance_<id>, best_structure.txt (the seed's printout)."""
+Files: constraint.json (the window searched), output.csv (+ .parquet: id, tokens, macs, params,
+predicted_ms, AP50, temperature, accepted), desc_/model_/performance_<id>, best_structure.txt (the
+seed's printout)."""
 from __future__ import annotations
 
 import time
@@ -19,7 +20,7 @@ from core.seeds import derive_seed
 from nas_models.blazeface import INIT_TOKENS, RANGE_TABLE, describe
 from params.models import FaceTrainParams, Runtime, SanasSearchParams
 from strategies.sa import SASearch
-from tasks.orchestration.files import save_handoff
+from tasks.orchestration.files import save_handoff, write_json
 from tasks.sanas.shared import constraint_value, cost, train_tokens
 from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
 from tasks.orchestration.tables import write_table
@@ -85,11 +86,14 @@ def trace_file(strategy: SASearch, rows: list[dict[str, Any]], work: Path) -> li
 
 
 @flow(name="sanas-search")
-def sanas_search(data: dict[str, Any], latency: dict[str, Any], search: SanasSearchParams, train: FaceTrainParams,
-                 image_size: int, seed: int, work_dir: str, parent_run_id: str, runtime: Runtime,
-                 refresh: bool = False) -> dict[str, Any]:
+def sanas_search(data: dict[str, Any], latency: dict[str, Any], constraint: dict[str, Any], search: SanasSearchParams,
+                 train: FaceTrainParams, image_size: int, seed: int, work_dir: str, parent_run_id: str,
+                 runtime: Runtime, refresh: bool = False) -> dict[str, Any]:
+    """`constraint`: the window from tasks.sanas.shared.constraint_window."""
     logger = get_run_logger()
-    c = latency["constraint"]
+    c = constraint
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    window_file = write_json(Path(work_dir) / "constraint.json", c)
     strategy = SASearch(list(RANGE_TABLE), list(INIT_TOKENS), seed, init_temperature=search.init_temperature,
                         reduce_rate=search.reduce_rate, search_steps=search.search_steps,
                         constraint_of=lambda t: constraint_value(t, c["ctype"], latency, image_size),
@@ -109,7 +113,7 @@ def sanas_search(data: dict[str, Any], latency: dict[str, Any], search: SanasSea
         structure = describe(strategy.best_tokens)
         path = Path(work_dir) / "best_structure.txt"
         path.write_text(structure + "\n")
-        outcome.files.append(str(path))
+        outcome.files += [str(path), str(window_file)]
         tracker.log_files(run_id, outcome.files, STAGE)
         tracker.log_metrics(run_id, {"evaluated": len(rows), "skipped_outside_constraint": strategy.skipped,
                                      "accepted": strategy.accepted_count, "best_AP50": strategy.best_reward})

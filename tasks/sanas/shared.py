@@ -1,22 +1,23 @@
 """What the sanas/full stages share (no stage imports another stage): the cost of a token list
-(MACs, params, predicted latency), the constraint value SANAS compares with its window, and
-training + scoring a BlazeFace of given tokens. Plain functions: no Prefect, no MLflow."""
+(MACs, params, predicted latency), the constraint value SANAS compares with its window, the
+window itself, and training + scoring a BlazeFace of given tokens. Plain functions: no Prefect,
+no MLflow."""
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from params.models import FaceTrainParams, Runtime
-
 from data.coco import load_coco
 from engine.detector_fit import DetectorOptim, fit_steps, score, train_loader
 from engine.runtime import configure_torch, resolve_device
+from core.errors import InputError
 from latency.measure import tokens_cost
 from latency.predictor import LatencyPredictor
 from latency.table import LatencyTable
-from nas_models.blazeface import build_from_tokens, ops_of_model
-from params.models import FaceTrainParams, Runtime
+from nas_models.blazeface import INIT_TOKENS, RANGE_TABLE, build_from_tokens, ops_of_model
+from params.feasibility import check_range
+from params.models import FaceTrainParams, Runtime, SanasConstraint
 
 
 @lru_cache(maxsize=4)
@@ -42,6 +43,33 @@ def constraint_value(tokens: list[int], ctype: str, latency: dict[str, Any], ima
     if ctype == "flops":
         return float(tokens_cost(tokens, image_size)["macs"])
     return predicted_ms(tokens, latency, image_size)
+
+
+def constraint_window(constraint: SanasConstraint, latency: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """SANAS's window {"ctype", "min", "max", "unit"}: "start" resolved to the initial tokens' own
+    MACs or predicted latency. A latency window no architecture of the space meets is one
+    InputError naming constraint.min / max (FLOPs windows are checked with the params).
+
+    Kept out of the latency_table stage so that changing the constraint reuses the measured
+    table and predictor; it costs a few predictions."""
+    high = constraint.max
+    if high == "start":
+        high = constraint_value(list(INIT_TOKENS), constraint.ctype, latency, image_size)
+    if constraint.ctype == "latency":
+        # Widths (tokens 0-7) only add work, but the kernel token does not: two 3x3 depthwise
+        # convs + BN can run slower than one 5x5 (fewer MACs, more ops). So both kernel choices
+        # at the narrowest and at the widest end.
+        *widths, kernels = RANGE_TABLE
+        cost_of = [[constraint_value([*ends, k], "latency", latency, image_size) for k in range(kernels)]
+                   for ends in ([0] * len(widths), [r - 1 for r in widths])]
+        feasible = (min(cost_of[0]), max(cost_of[1]))
+        try:
+            check_range("latency", constraint.min, high, feasible, "ms")  # type: ignore[arg-type]
+        except ValueError as exc:
+            field, message = str(exc).split(": ", 1)
+            raise InputError(field, message) from None
+    return {"ctype": constraint.ctype, "min": constraint.min, "max": high,
+            "unit": "MACs" if constraint.ctype == "flops" else "ms"}
 
 
 def optim_of(train: FaceTrainParams) -> DetectorOptim:

@@ -1,5 +1,7 @@
 """Headless Chromium against the stack's two UIs: rendered DOM for the tests, PNGs for people.
 
+A test helper (`import browser` from tests/); scripts/screenshots.py imports it from here too.
+
 Both UIs are single-page apps: the HTML the server sends is an empty shell, so what a user
 sees exists only after the page's JavaScript has fetched the data. Chromium's --dump-dom
 prints the DOM after a virtual-time budget, i.e. after that rendering.
@@ -26,7 +28,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable
 
-from spnas.stack import StackConfig
+from spnas.config import StackConfig
 
 INSTALL_HINT = "run `bash scripts/system_deps.sh` (it installs Debian's `chromium`)"
 

@@ -1,0 +1,24 @@
+"""The preflight check of the CIFAR-format data prune-ea/full and spos/full share."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from data.cifar import read_cifar_batches
+from params.models import CifarData
+from tasks.orchestration.preflight import at, existing_dir
+
+
+def check_cifar_data(data: CifarData) -> None:
+    """`data.dataset_dir`: a readable cifar-10-batches-py folder (itself or inside), or a folder
+    of class sub-folders; a broken batch file fails here, not mid-run."""
+    existing_dir(data.dataset_dir, "data.dataset_dir",
+                 "a cifar-10-batches-py folder or a folder of class sub-folders, or null")
+    if data.dataset_dir is None:
+        return
+    given = Path(data.dataset_dir)
+    folder = given / "cifar-10-batches-py" if (given / "cifar-10-batches-py").is_dir() else given
+    with at("data.dataset_dir", data.dataset_dir):
+        if (folder / "batches.meta").exists() or any(folder.glob("data_batch_*")):
+            read_cifar_batches(folder, "data.dataset_dir")
+        elif not any(p.is_dir() for p in folder.iterdir()):
+            raise ValueError("holds neither CIFAR batch files nor class sub-folders")
