@@ -192,3 +192,21 @@ def test_random_tables_round_trip(tmp_path: Path, case: tuple[list[dict[str, Any
                 assert got == 0 and math.copysign(1, got) == math.copysign(1, want)  # keeps -0.0
             else:
                 assert got == want
+
+
+def test_a_stage_result_is_trusted_only_while_its_files_exist(tmp_path) -> None:
+    from dataclasses import dataclass
+
+    from tasks.orchestration.handoff import StageResult, missing_files
+
+    @dataclass(frozen=True)
+    class Trained(StageResult):
+        model_path: str
+
+    weights = tmp_path / "model_0.pth"
+    weights.write_bytes(b"w")
+    result = Trained(str(weights), files=(str(weights),), performance={"acc": 0.5})
+    assert missing_files(result) == [] and missing_files({"files": [str(weights)]}) == []
+    weights.unlink()
+    assert missing_files(result) == [str(weights)] and missing_files({"files": [str(weights)]}) == [str(weights)]
+    assert missing_files(None) == [] and missing_files([1, 2]) == []

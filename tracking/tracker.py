@@ -308,10 +308,11 @@ def end_open_runs(flow_run_id: str, status: str = "KILLED", page_size: int | Non
     return ended
 
 
-def record_reused_stage(parent_run_id: str, stage: str, result: Mapping[str, Any], work_dir: str) -> str:
+def record_reused_stage(parent_run_id: str, stage: str, result: Any, work_dir: str) -> str:
     """A child run for a stage whose result came from the cache: the run tree of every flow run
-    shows every stage, with the reused figures and where the files are, without re-logging them."""
-    performance = result.get("performance") if isinstance(result, Mapping) else None
+    shows every stage, with the reused figures and where the files are, without re-logging them.
+    `result`: the stage's result (its `performance` figures, attribute or key, are logged)."""
+    performance = result.get("performance") if isinstance(result, Mapping) else getattr(result, "performance", None)
     with child_run(parent_run_id, stage, tags={"spnas.reused": "true", "spnas.work_dir": work_dir}) as run_id:
         if isinstance(performance, Mapping):
             log_metrics(run_id, performance)

@@ -1,12 +1,11 @@
 """What every stage task shares: small atomic file writers for Vega's handoff layout
-(desc_<id>.json / model_<id>.pth / performance_<id>.json), cache-hit file checks, and linking
+(desc_<id>.json / model_<id>.pth / performance_<id>.json) and linking
 a stage's work folder into a run folder."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +42,6 @@ def save_handoff(out_dir: Path, tag: str, desc: dict[str, Any], model: torch.nn.
     model_path = save_state_dict(model, out_dir / f"model_{tag}.pth")
     return [str(write_json(out_dir / f"desc_{tag}.json", desc)), str(model_path),
             str(write_json(out_dir / f"performance_{tag}.json", performance))]
-
-
-def missing_files(result: Any) -> list[str]:
-    """Paths listed under result["files"] that no longer exist (a cache hit must not be trusted then)."""
-    if not isinstance(result, Mapping):
-        return []
-    return [p for p in result.get("files", []) if not Path(p).exists()]
 
 
 def _private(name: str) -> bool:

@@ -26,7 +26,8 @@ from params.registry import stage_tag
 from core.errors import InputError
 from core.paths import default_output_root, state_dir
 from tasks.orchestration.caching import stage_key
-from tasks.orchestration.files import link_tree, missing_files, write_json
+from tasks.orchestration.files import link_tree, write_json
+from tasks.orchestration.handoff import missing_files
 from tracking import tracker
 
 REFRESH_ALL = "all"
