@@ -29,7 +29,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the project is imported after SPNAS_HOME is set (main)
+    from tasks.spnas.fine_tune import FineTuned
+    from tasks.spnas.split import Split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
@@ -49,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def evaluate_on_worker(candidate: dict[str, Any], data: dict[str, Any], optimizer: Any, steps: int, seed: int,
+def evaluate_on_worker(candidate: dict[str, Any], data: Split, optimizer: Any, steps: int, seed: int,
                        out_dir: str) -> dict[str, Any]:
     """Runs inside a Dask worker: one candidate, and who ran it when (absolute clock, for the timeline)."""
     from distributed import get_worker
@@ -65,7 +69,7 @@ def evaluate_on_worker(candidate: dict[str, Any], data: dict[str, Any], optimize
             "seconds": time.time() - started, "mAP": out["performance"]["mAP"]}
 
 
-def prepare(args: argparse.Namespace, home: Path) -> tuple[Any, dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+def prepare(args: argparse.Namespace, home: Path) -> tuple[Any, Split, FineTuned, list[dict[str, Any]]]:
     """The split, the fine-tuned start and the candidate batch (built once, in this process)."""
     from params.models import Runtime, SpnasParams
     from strategies.serial import mutate
@@ -91,12 +95,12 @@ def prepare(args: argparse.Namespace, home: Path) -> tuple[Any, dict[str, Any], 
             continue
         seen.add(code)
         batch.append({"id": len(batch) + 1, "code": code, "parent_id": 0, "mutations": "+".join(kinds),
-                      "desc": desc_for(p.model, data["num_classes"], code), "parent_model": start["model_path"],
+                      "desc": desc_for(p.model, data.num_classes, code), "parent_model": start.model_path,
                       "freeze": False})
     return p.optimizer, data, start, batch
 
 
-def run_cluster(k: int, batch: list[dict[str, Any]], data: dict[str, Any], optimizer: Any, args: argparse.Namespace,
+def run_cluster(k: int, batch: list[dict[str, Any]], data: Split, optimizer: Any, args: argparse.Namespace,
                 out_dir: Path) -> tuple[float, list[dict[str, Any]], float]:
     """(wall seconds for the batch, per-candidate records, warm-up seconds) on a fresh k-worker cluster."""
     from distributed import Client, LocalCluster, wait
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     optimizer, data, start, batch = prepare(args, home)
     print(f"prepared in {time.perf_counter() - t0:.0f} s: {len(batch)} candidates of start "
-          f"{start['code']} (mAP {start['performance']['mAP']:.3f}); {args.steps} steps, "
+          f"{start.code} (mAP {start.performance['mAP']:.3f}); {args.steps} steps, "
           f"{args.eval_images} scoring images each", flush=True)
     walls: dict[int, list[float]] = {k: [] for k in sizes}
     for r in range(args.repeats):

@@ -291,7 +291,7 @@ def lcnet_sides(args: argparse.Namespace, sets: dict[str, Any], home: Path) -> d
         with clock("data"):
             sources = classification_sources(p.data)
         with clock("split"):
-            split = split_dataset(sources["dataset_dir"], p.data, p.seed, dirs["split"])
+            split = split_dataset(sources.dataset_dir, p.data, p.seed, dirs["split"])
         with clock("train"):
             trained = train_classifier(split, p.model, p.train, p.seed, runtime, dirs["train"])
         with clock("evaluate"):
@@ -300,7 +300,7 @@ def lcnet_sides(args: argparse.Namespace, sets: dict[str, Any], home: Path) -> d
             exported = export_stage(split, trained, p.model, p.seed, runtime, dirs["export"])
         with clock("predict"):
             predict_stage(split, exported, p.predict, runtime, dirs["predict"])
-        return {"test_top1": evaluated["metrics"].get("test", {}).get("top1")}
+        return {"test_top1": evaluated.test_top1}
 
     def flow() -> dict[str, Any]:
         return lcnet(params_file=args.params_file or LCNET.params_file, overrides=overrides, refresh_from="all")

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from flows.sp_nas import summarize
+from flows.sp_nas import summarize, to_fully_train
 from params.models import Runtime, SpnasParams, runtime_of
 from tasks.orchestration.files import write_json
 from tasks.orchestration.search import STATE_FILE, SearchOutcome, SearchSpec, _rows, choose, drive, finalize, save_state
@@ -29,9 +29,10 @@ from tasks.spnas import serial as ser
 from tasks.spnas.data import detection_sources
 from tasks.spnas.export import export_stage
 from tasks.spnas.fine_tune import fine_tune_detector
-from tasks.spnas.fully_train import comparison_rows, train_full
-from tasks.spnas.reignite import reignite_backbone
-from tasks.spnas.split import split_detection
+from tasks.spnas.fine_tune import FineTuned
+from tasks.spnas.fully_train import Compared, comparison_rows, train_full
+from tasks.spnas.reignite import Reignited, reignite_backbone
+from tasks.spnas.split import Split, split_detection
 from tasks.spnas.train_candidate import train_candidate
 
 
@@ -77,8 +78,8 @@ def finish_search(strategy: Any, spec: SearchSpec, outcome: SearchOutcome, work:
     return best, finalize(strategy, spec, outcome, work, best.id, policy, set())
 
 
-def serial_plain(p: SpnasParams, data: dict[str, Any], start: dict[str, Any], runtime: Runtime,
-                 work: Path) -> dict[str, Any]:
+def serial_plain(p: SpnasParams, data: Split, start: FineTuned, runtime: Runtime,
+                 work: Path) -> ser.SerialSearched:
     """What the `serial_search` subflow computes."""
     cfg = p.serial
     search, spec, limits = ser.serial_setup(data, start, p.model, cfg, p.seed)
@@ -86,20 +87,22 @@ def serial_plain(p: SpnasParams, data: dict[str, Any], start: dict[str, Any], ru
     outcome = search_loop(search, spec, work, train)
     best, rows = finish_search(search, spec, outcome, work, limits, cfg.keep_weights)
     kinds = sorted({k for r in rows for k in str(r["mutations"]).split("+") if k})
-    return {"best": outcome.results[best.id], "rows": rows, "mutation_kinds": kinds, "limits": limits}
+    return ser.SerialSearched(best=outcome.results[best.id], rows=tuple(rows), mutation_kinds=tuple(kinds),
+                              limits=limits)
 
 
-def parallel_plain(p: SpnasParams, data: dict[str, Any], base: dict[str, Any], start: dict[str, Any],
-                   runtime: Runtime, work: Path) -> dict[str, Any]:
+def parallel_plain(p: SpnasParams, data: Split, base: Reignited, start: FineTuned,
+                   runtime: Runtime, work: Path) -> par.ParallelSearched:
     """What the `parallel_search` subflow computes."""
     cfg = p.parallel
-    search, spec, limits, _ = par.parallel_setup(data, base, start, p.model, cfg, p.seed)
+    search, spec, limits, cost = par.parallel_setup(data, base, start, p.model, cfg, p.seed)
     train = {"data": data, "optimizer": p.optimizer, "steps": cfg.candidate_steps, "seed": p.seed, "runtime": runtime}
     outcome = search_loop(search, spec, work, train)
     if not outcome.ok(0):
         raise RuntimeError("the reignited net (candidate 0) failed to train in the parallel stage")
     best, rows = finish_search(search, spec, outcome, work, limits, cfg.keep_weights)
-    return {"best": outcome.results[best.id], "rows": rows, "limits": limits}
+    return par.ParallelSearched(best=outcome.results[best.id], rows=tuple(rows), extra_macs_per_stage=tuple(cost),
+                                limits=limits)
 
 
 def run_spnas_plain(p: SpnasParams, run_dir: Path, clock: StageClock) -> dict[str, Any]:
@@ -118,7 +121,7 @@ def run_spnas_plain(p: SpnasParams, run_dir: Path, clock: StageClock) -> dict[st
     write_json(run_dir / "params.json", p.model_dump(mode="json"))
     with clock("data"):
         sources = detection_sources(p.data, p.model.image_size, p.seed)
-        write_json(folder("data") / "sources.json", sources)
+        write_json(folder("data") / "sources.json", sources.record())
     with clock("split"):
         data = split_detection(sources, p.data, p.seed, folder("split"))
     with clock("fine_tune"):
@@ -126,20 +129,18 @@ def run_spnas_plain(p: SpnasParams, run_dir: Path, clock: StageClock) -> dict[st
     with clock("serial"):
         serial = serial_plain(p, data, start, runtime, folder("serial"))
     with clock("reignite"):
-        reignited = reignite_backbone(data, serial["best"], p.model, p.optimizer, p.reignite, p.seed, runtime,
+        reignited = reignite_backbone(data, serial.best, p.model, p.optimizer, p.reignite, p.seed, runtime,
                                       folder("reignite"))
     with clock("parallel"):
         parallel = parallel_plain(p, data, reignited, start, runtime, folder("parallel"))
     with clock("fully_train"):
-        final = {**parallel["best"], "role": "final"}
-        baseline = {**start, "neck_code": None, "role": "baseline"}
         out = folder("fully_train")
         trained = [train_full(c, data, p.optimizer, p.fully_train, p.seed, runtime, out)
-                   for c in [final] + ([baseline] if p.fully_train.baseline else [])]
-        compared = {"rows": comparison_rows(trained, parallel["limits"])}
-        write_table(compared["rows"], out / "output.csv")
+                   for c in to_fully_train(parallel, start, p.fully_train.baseline)]
+        rows = comparison_rows(trained, parallel.limits)
+        compared = Compared(rows=tuple(rows), files=tuple(str(f) for f in write_table(rows, out / "output.csv")))
     with clock("export"):
         exported = export_stage(trained[0], data, p.export, p.seed, runtime, folder("export"))
-    summary = summarize(final, trained, compared, serial, parallel, exported)
+    summary = summarize(trained, compared, serial, parallel, exported)
     write_json(run_dir / "summary.json", summary)
     return summary

@@ -64,15 +64,15 @@ def main() -> None:
     t0 = time.perf_counter()
     base = train_base(data, args.depth, ClassifierTrain(epochs=args.base_epochs), args.seeds[0], runtime,
                       home / "base")
-    print(f"base ResNet-{args.depth}: test acc {base['performance']['acc']:.4f} "
-          f"({time.perf_counter() - t0:.0f} s, torch threads {torch.get_num_threads()}); {data['source']}")
+    print(f"base ResNet-{args.depth}: test acc {base.performance['acc']:.4f} "
+          f"({time.perf_counter() - t0:.0f} s, torch threads {torch.get_num_threads()}); {data.source}")
     full_state = load_base(base).state_dict()
     cfg = PruneSearchParams(num_generation=args.generations, num_individual=args.population,
                             random_models=args.random, finetune_steps=args.finetune_steps,
                             bn_recalibration_batches=args.bn_batches)
     n = encoding_length(args.depth)
     repair = lambda bits: [int(b) for b in repair_encoding(bits, args.depth, full_state)]  # noqa: E731
-    ref = (float(base["performance"]["macs"]), 0.0)
+    ref = (float(base.performance["macs"]), 0.0)
     hv = lambda pts: hypervolume(pts, (False, True), ref)  # noqa: E731
     print(f"per side: {args.random} random + {args.generations} x {args.population} evaluations; BN re-estimation "
           f"{args.bn_batches} batches, fine-tune {args.finetune_steps} steps; reference point (MACs "

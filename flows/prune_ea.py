@@ -10,13 +10,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from params.loader import load_params
 from params.models import PruneEaParams
 from params.registry import PRUNE_EA
-from tasks.prune_ea.export import export_task
+from tasks.prune_ea.export import Exported, export_task
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
 from tasks.prune_ea.preflight import preflight
-from tasks.prune_ea.data import data_task
-from tasks.prune_ea.prune_search import prune_search, spread
-from tasks.prune_ea.retrain import retrain_task
-from tasks.prune_ea.train_base import train_base_task
+from tasks.prune_ea.data import CifarSplit, data_task
+from tasks.prune_ea.prune_search import PruneSearched, prune_search, spread
+from tasks.prune_ea.retrain import RetrainedMember, retrain_task
+from tasks.prune_ea.train_base import TrainedBase, train_base_task
 
 
 # One training at a time with every core (2 cores: parallel trainings only fight).
@@ -28,25 +28,25 @@ def prune_ea(params_file: str = PRUNE_EA.params_file, overrides: dict[str, Any] 
     p = load_params(PruneEaParams, params_file, overrides)  # bad input fails here, before any work
     preflight(p)  # files, weights, tables and device, also before any work
     with pipeline(PRUNE_EA.name, p, PRUNE_EA.stages, refresh_from) as pipe:
-        data = pipe.run("data", data_task, data=p.data, seed=p.seed)
-        base = pipe.run("train_base", train_base_task, data=data, depth=p.depth, base=p.base, seed=p.seed)
+        data: CifarSplit = pipe.run("data", data_task, data=p.data, seed=p.seed)
+        base: TrainedBase = pipe.run("train_base", train_base_task, data=data, depth=p.depth, base=p.base,
+                                     seed=p.seed)
         # Candidates go where candidate_workers / dask_address say (Pipeline.search).
-        searched = pipe.search("prune_search", prune_search, data=data, base=base, depth=p.depth, search=p.search,
-                               batch_size=p.base.batch_size, seed=p.seed)
-        chosen = spread(searched["front"], p.retrain.count, len(data["labels"]))
-        retrained = pipe.map("retrain", retrain_task, chosen, data=data, depth=p.depth, retrain_cfg=p.retrain,
-                             seed=p.seed)
+        searched: PruneSearched = pipe.search("prune_search", prune_search, data=data, base=base, depth=p.depth,
+                                              search=p.search, batch_size=p.base.batch_size, seed=p.seed)
+        chosen = spread(searched.front, p.retrain.count, data.num_classes)
+        retrained: list[RetrainedMember | None] = pipe.map("retrain", retrain_task, chosen, data=data, depth=p.depth,
+                                                           retrain_cfg=p.retrain, seed=p.seed)
         if any(r is None for r in retrained):
             raise RuntimeError("retraining a front member failed; see the task's log")
-        models = [{"name": "baseline", **base}] + [{"name": f"member_{r['id']}", **r} for r in retrained]
-        exported = pipe.run("export", export_task, models=models, data=data, seed=p.seed,
-                            table_key="prune-ea-comparison",
-                            title="baseline vs retrained front members (test accuracy; r_c = MACs / baseline MACs)")
-        rows = exported["rows"]
-        summary = {"depth": p.depth, "candidates": len(searched["rows"]), "front_size": len(searched["front"]),
+        exported: Exported = pipe.run("export", export_task, models=[base, *retrained], data=data, seed=p.seed,
+                                      table_key="prune-ea-comparison",
+                                      title="baseline vs retrained front members (test accuracy; r_c = MACs / baseline MACs)")
+        rows = exported.rows
+        summary = {"depth": p.depth, "candidates": len(searched.rows), "front_size": len(searched.front),
                    "baseline_acc": rows[0]["acc"], "baseline_macs": rows[0]["macs"],
                    **{f"{r['model']}_{k}": r[k] for r in rows[1:] for k in ("acc", "macs", "r_c")}}
-        return finish(pipe, summary, table=rows)
+        return finish(pipe, summary, table=list(rows))
 
 
 if __name__ == "__main__":

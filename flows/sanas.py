@@ -13,14 +13,14 @@ from nas_models.blazeface import INIT_TOKENS
 from params.loader import load_params
 from params.models import SanasParams
 from params.registry import SANAS
-from tasks.sanas.export import export_faces_task
-from tasks.sanas.latency_table import latency_table_task
+from tasks.sanas.export import Exported, export_faces_task
+from tasks.sanas.latency_table import Latency, latency_table_task
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
 from tasks.sanas.preflight import preflight
-from tasks.sanas.data import face_data_task
-from tasks.sanas.search import sanas_search
+from tasks.sanas.data import Faces, face_data_task
+from tasks.sanas.search import Searched, sanas_search
 from tasks.sanas.shared import constraint_window
-from tasks.sanas.train import sanas_train_task
+from tasks.sanas.train import Trained, sanas_train_task
 
 
 # One training at a time with every core (2 cores: parallel trainings only fight).
@@ -32,30 +32,30 @@ def sanas(params_file: str = SANAS.params_file, overrides: dict[str, Any] | None
     p = load_params(SanasParams, params_file, overrides)  # bad input fails here, before any work
     preflight(p)  # files, weights, tables and device, also before any work
     with pipeline(SANAS.name, p, SANAS.stages, refresh_from) as pipe:
-        data = pipe.run("data", face_data_task, data=p.data, image_size=p.image_size, seed=p.seed)
-        latency = pipe.run("latency_table", latency_table_task, latency=p.latency, image_size=p.image_size,
-                           seed=p.seed)
+        data: Faces = pipe.run("data", face_data_task, data=p.data, image_size=p.image_size, seed=p.seed)
+        latency: Latency = pipe.run("latency_table", latency_table_task, latency=p.latency, image_size=p.image_size,
+                                    seed=p.seed)
         # The window is resolved outside the stage, so a new constraint reuses the measured table;
         # an infeasible latency window fails here, before the search.
         window = constraint_window(p.constraint, latency, p.image_size)
         # Candidates go where candidate_workers / dask_address say (Pipeline.search).
-        searched = pipe.search("search", sanas_search, data=data, latency=latency, constraint=window, search=p.search,
-                               train=p.train, image_size=p.image_size, seed=p.seed)
-        compared = [{"name": "found", "tokens": searched["best_tokens"]}, {"name": "initial", "tokens": list(INIT_TOKENS)}]
-        trained = pipe.map("train", sanas_train_task, compared, data=data, latency=latency, train=p.train,
-                           image_size=p.image_size, seed=p.seed)
+        searched: Searched = pipe.search("search", sanas_search, data=data, latency=latency, constraint=window,
+                                         search=p.search, train=p.train, image_size=p.image_size, seed=p.seed)
+        compared = [{"name": "found", "tokens": list(searched.best_tokens)},
+                    {"name": "initial", "tokens": list(INIT_TOKENS)}]
+        trained: list[Trained | None] = pipe.map("train", sanas_train_task, compared, data=data, latency=latency,
+                                                 train=p.train, image_size=p.image_size, seed=p.seed)
         if any(t is None for t in trained):
             raise RuntimeError("training a compared network failed; see the task's log")
-        exported = pipe.run("export", export_faces_task, models=trained, data=data, latency=latency,
-                            image_size=p.image_size, threads=p.latency.threads)
-        rows = {r["model"]: r for r in exported["rows"]}
-        acc = latency.get("accuracy") or {}
-        summary = {"ctype": p.constraint.ctype, "constraint_max": window["max"],
-                   "found_tokens": rows["found"]["tokens"], "skipped_outside_constraint": searched["skipped"],
-                   "predictor_within_10pct": acc.get("within_10pct"), "predictor_rmse_ms": acc.get("rmse_ms"),
+        exported: Exported = pipe.run("export", export_faces_task, models=trained, data=data, latency=latency,
+                                      image_size=p.image_size, threads=p.latency.threads)
+        rows = {r["model"]: r for r in exported.rows}  # table rows: "found" and "initial"
+        summary = {"ctype": window.ctype, "constraint_max": window.max,
+                   "found_tokens": rows["found"]["tokens"], "skipped_outside_constraint": searched.skipped,
+                   "predictor_within_10pct": latency.within_10pct, "predictor_rmse_ms": latency.rmse_ms,
                    **{f"{name}_{k}": r[k] for name, r in rows.items()
                       for k in ("AP50", "macs", "params", "predicted_ms", "measured_ms")}}
-        return finish(pipe, summary, table=exported["rows"])
+        return finish(pipe, summary, table=[dict(r) for r in exported.rows])
 
 
 if __name__ == "__main__":

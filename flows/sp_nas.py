@@ -10,16 +10,16 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from params.loader import load_params
 from params.models import SpnasParams
 from params.registry import SPNAS
-from tasks.spnas.export import export_detector_task
-from tasks.spnas.fine_tune import fine_tune_task
-from tasks.spnas.fully_train import compare_task, fully_train_task
-from tasks.spnas.parallel import parallel_search
+from tasks.spnas.export import Exported, export_detector_task
+from tasks.spnas.fine_tune import FineTuned, fine_tune_task
+from tasks.spnas.fully_train import Compared, Trained, compare_task, fully_train_task
+from tasks.spnas.parallel import ParallelSearched, parallel_search
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
 from tasks.spnas.preflight import preflight
-from tasks.spnas.data import detection_data_task
-from tasks.spnas.reignite import reignite_task
-from tasks.spnas.serial import serial_search
-from tasks.spnas.split import split_detection_task
+from tasks.spnas.data import Sources, detection_data_task
+from tasks.spnas.reignite import Reignited, reignite_task
+from tasks.spnas.serial import SerialSearched, serial_search
+from tasks.spnas.split import Split, split_detection_task
 
 
 
@@ -32,40 +32,53 @@ def spnas(params_file: str = SPNAS.params_file, overrides: dict[str, Any] | None
     p = load_params(SpnasParams, params_file, overrides)  # bad input fails here, before any work
     preflight(p)  # files, weights, tables and device, also before any work
     with pipeline(SPNAS.name, p, SPNAS.stages, refresh_from) as pipe:
-        sources = pipe.run("data", detection_data_task, data=p.data, image_size=p.model.image_size, seed=p.seed)
-        data = pipe.run("split", split_detection_task, sources=sources, data=p.data, seed=p.seed)
+        sources: Sources = pipe.run("data", detection_data_task, data=p.data, image_size=p.model.image_size,
+                                    seed=p.seed)
+        data: Split = pipe.run("split", split_detection_task, sources=sources, data=p.data, seed=p.seed)
         train = {"optimizer": p.optimizer, "seed": p.seed}
-        start = pipe.run("fine_tune", fine_tune_task, data=data, model=p.model, fine_tune=p.fine_tune, **train)
+        start: FineTuned = pipe.run("fine_tune", fine_tune_task, data=data, model=p.model, fine_tune=p.fine_tune,
+                                    **train)
         # Search candidates go where candidate_workers / dask_address say (Pipeline.search).
-        serial = pipe.search("serial", serial_search, data=data, start=start, model=p.model, serial=p.serial, **train)
-        reignited = pipe.run("reignite", reignite_task, data=data, chosen=serial["best"], model=p.model,
-                             reignite=p.reignite, **train)
-        parallel = pipe.search("parallel", parallel_search, data=data, base=reignited, start=start, model=p.model,
-                               parallel=p.parallel, **train)
-        final = {**parallel["best"], "role": "final"}
-        baseline = {**start, "neck_code": None, "role": "baseline"}
-        trained = pipe.map("fully_train", fully_train_task, [final] + ([baseline] if p.fully_train.baseline else []),
-                           data=data, fully_train=p.fully_train, **train)
+        serial: SerialSearched = pipe.search("serial", serial_search, data=data, start=start, model=p.model,
+                                             serial=p.serial, **train)
+        reignited: Reignited = pipe.run("reignite", reignite_task, data=data, chosen=serial.best, model=p.model,
+                                        reignite=p.reignite, **train)
+        parallel: ParallelSearched = pipe.search("parallel", parallel_search, data=data, base=reignited, start=start,
+                                                 model=p.model, parallel=p.parallel, **train)
+        candidates = to_fully_train(parallel, start, p.fully_train.baseline)
+        trained: list[Trained] = pipe.map("fully_train", fully_train_task, candidates, data=data,
+                                          fully_train=p.fully_train, **train)
         if any(t is None for t in trained):
             raise RuntimeError("fully_train failed; see the task's log")
-        compared = pipe.run("fully_train", compare_task, results=trained, limits=parallel["limits"])
-        exported = pipe.run("export", export_detector_task, final=trained[0], data=data, export=p.export, seed=p.seed)
-        return finish(pipe, summarize(final, trained, compared, serial, parallel, exported))
+        compared: Compared = pipe.run("fully_train", compare_task, results=trained, limits=parallel.limits)
+        exported: Exported = pipe.run("export", export_detector_task, final=trained[0], data=data, export=p.export,
+                                      seed=p.seed)
+        return finish(pipe, summarize(trained, compared, serial, parallel, exported))
 
 
-def summarize(final: dict[str, Any], trained: list[dict[str, Any]], compared: dict[str, Any], serial: dict[str, Any],
-              parallel: dict[str, Any], exported: dict[str, Any]) -> dict[str, Any]:
-    best = trained[0]["performance"]
-    summary = {"final_code": final["code"], "final_neck_code": str(final.get("neck_code")),
+def to_fully_train(parallel: ParallelSearched, start: FineTuned, baseline: bool) -> list[dict[str, Any]]:
+    """fully_train's mapped candidates: the parallel winner (its candidate result) and, with
+    `baseline`, the starting detector from its fine_tune weights."""
+    final = {**parallel.best, "role": "final"}
+    if not baseline:
+        return [final]
+    return [final, {"role": "baseline", "code": start.code, "neck_code": None, "desc": start.desc,
+                    "model_path": start.model_path}]
+
+
+def summarize(trained: list[Trained], compared: Compared, serial: SerialSearched, parallel: ParallelSearched,
+              exported: Exported) -> dict[str, Any]:
+    final, best = trained[0], trained[0].performance or {}
+    summary = {"final_code": final.code, "final_neck_code": final.neck_text,
                "final_mAP": best["mAP"], "final_mAP50": best["mAP50"], "final_params": best["params"],
-               "final_macs": best["macs"], "final_within_limit": compared["rows"][0]["within_limit"],
-               "serial_candidates": len(serial["rows"]), "mutation_kinds": ",".join(serial["mutation_kinds"]),
-               "parallel_candidates": len(parallel["rows"])}
+               "final_macs": best["macs"], "final_within_limit": compared.rows[0]["within_limit"],
+               "serial_candidates": len(serial.rows), "mutation_kinds": ",".join(serial.mutation_kinds),
+               "parallel_candidates": len(parallel.rows)}
     if len(trained) > 1:
-        base = trained[1]["performance"]
+        base = trained[1].performance or {}
         summary |= {"baseline_mAP": base["mAP"], "baseline_mAP50": base["mAP50"], "baseline_params": base["params"],
                     "baseline_macs": base["macs"]}
-    summary["onnx_max_box_diff"] = exported["report"].get("onnx_max_box_diff")
+    summary["onnx_max_box_diff"] = exported.report.get("onnx_max_box_diff")
     return summary
 
 

@@ -11,14 +11,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from params.loader import load_params
 from params.models import SposParams
 from params.registry import SPOS
-from tasks.spos.export import export_task
+from tasks.spos.export import Exported, export_task
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
 from tasks.spos.preflight import preflight
-from tasks.spos.data import data_task
-from tasks.spos.rank_check import rank_check_task
-from tasks.spos.retrain import retrain_candidates, spos_retrain_task
-from tasks.spos.search import spos_search
-from tasks.spos.supernet import train_supernet_task
+from tasks.spos.data import CifarSplit, data_task
+from tasks.spos.rank_check import RankChecked, rank_check_task
+from tasks.spos.retrain import RetrainedPath, retrain_candidates, spos_retrain_task
+from tasks.spos.search import SposSearched, spos_search
+from tasks.spos.supernet import TrainedSupernet, train_supernet_task
 
 
 # One training at a time with every core (2 cores: parallel trainings only fight).
@@ -31,32 +31,33 @@ def spos(params_file: str = SPOS.params_file, overrides: dict[str, Any] | None =
     preflight(p)  # files, weights, tables and device, also before any work
     convention = p.model.input_convention
     with pipeline(SPOS.name, p, SPOS.stages, refresh_from) as pipe:
-        data = pipe.run("data", data_task, data=p.data, seed=p.seed)
-        supernet = pipe.run("supernet", train_supernet_task, data=data, model=p.model, supernet=p.supernet,
-                            seed=p.seed)
+        data: CifarSplit = pipe.run("data", data_task, data=p.data, seed=p.seed)
+        supernet: TrainedSupernet = pipe.run("supernet", train_supernet_task, data=data, model=p.model,
+                                             supernet=p.supernet, seed=p.seed)
         # Candidates go where candidate_workers / dask_address say (Pipeline.search).
-        searched = pipe.search("search", spos_search, supernet=supernet, data=data, search=p.search,
-                               convention=convention, seed=p.seed)
-        ranked = pipe.run("rank_check", rank_check_task, supernet=supernet, data=data, rank=p.rank_check,
-                          recalib_batches=p.search.recalib_batches, eval_batch=p.search.batch_size,
-                          convention=convention, seed=p.seed)
-        chosen = retrain_candidates(supernet, searched["final"], p.seed, p.retrain.baselines)
-        retrained = pipe.map("retrain", spos_retrain_task, chosen, supernet=supernet, data=data,
-                             retrain_cfg=p.retrain, convention=convention, seed=p.seed)
+        searched: SposSearched = pipe.search("search", spos_search, supernet=supernet, data=data, search=p.search,
+                                             convention=convention, seed=p.seed)
+        ranked: RankChecked = pipe.run("rank_check", rank_check_task, supernet=supernet, data=data,
+                                       rank=p.rank_check, recalib_batches=p.search.recalib_batches,
+                                       eval_batch=p.search.batch_size, convention=convention, seed=p.seed)
+        chosen = retrain_candidates(supernet, searched.final, p.seed, p.retrain.baselines)
+        retrained: list[RetrainedPath | None] = pipe.map("retrain", spos_retrain_task, chosen, supernet=supernet,
+                                                         data=data, retrain_cfg=p.retrain, convention=convention,
+                                                         seed=p.seed)
         if any(r is None for r in retrained):
             raise RuntimeError("retraining a model failed; see the task's log")
-        exported = pipe.run("export", export_task, models=retrained, data=data, seed=p.seed,
-                            table_key="spos-comparison", convention=convention, predict_with="winner",
-                            title="searched path vs baselines trained from scratch with the same budget "
-                                  "(test accuracy; r_c = MACs / winner's MACs)")
-        rows = {r["model"]: r for r in exported["rows"]}
-        final = searched["final"]
-        summary = {"winner_choices": "".join(map(str, final["choices"])), "macs_limit": final["macs_limit"],
-                   "winner_supernet_acc": final["supernet_acc"],
-                   "kendall_tau_recalib": ranked["kendall_tau_recalib"],
-                   "kendall_tau_no_recalib": ranked["kendall_tau_no_recalib"],
+        exported: Exported = pipe.run("export", export_task, models=retrained, data=data, seed=p.seed,
+                                      table_key="spos-comparison", convention=convention, predict_with="winner",
+                                      title="searched path vs baselines trained from scratch with the same budget "
+                                            "(test accuracy; r_c = MACs / winner's MACs)")
+        rows = {r["model"]: r for r in exported.rows}
+        final = searched.final
+        summary = {"winner_choices": "".join(map(str, final.choices)), "macs_limit": final.macs_limit,
+                   "winner_supernet_acc": final.supernet_acc,
+                   "kendall_tau_recalib": ranked.kendall_tau_recalib,
+                   "kendall_tau_no_recalib": ranked.kendall_tau_no_recalib,
                    **{f"{name}_{k}": r[k] for name, r in rows.items() for k in ("acc", "macs", "params", "ort_ms_batch1")}}
-        return finish(pipe, summary, table=exported["rows"])
+        return finish(pipe, summary, table=list(exported.rows))
 
 
 if __name__ == "__main__":

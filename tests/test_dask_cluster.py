@@ -118,4 +118,4 @@ def test_serial_search_spreads_over_two_dask_workers(prefect_api, tmp_path: Path
     assert used == workers  # both workers evaluated candidates, and nothing ran outside them
     rows = read_table(tmp_path / "serial/output.csv")
     assert len(rows) == 5 and set(rows["status"]) == {"ok"} and set(rows["worker"]) == workers
-    assert out["best"]["code"] in set(rows["code"])
+    assert out.best["code"] in set(rows["code"])

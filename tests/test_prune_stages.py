@@ -33,7 +33,7 @@ def test_bn_recalibration_replaces_stale_statistics(tmp_path) -> None:
     from tasks.prune_ea.prune_search import calibration_batches
 
     data = cifar_sources(CifarData(), 0, tmp_path)
-    full = build_prune_resnet(20, num_classes=len(data["labels"]))
+    full = build_prune_resnet(20, num_classes=data.num_classes)
     bits = "10" * (encoding_length(20) // 2)
 
     def stale() -> torch.nn.Module:

@@ -29,7 +29,7 @@ def test_reignite_trains_the_backbone_and_maps_it_back(tmp_path: Path) -> None:
     (tmp_path / "split").mkdir()
     data = split_detection(detection_sources(p.data, p.model.image_size, p.seed), p.data, p.seed, tmp_path / "split")
     torch.manual_seed(0)
-    desc = desc_for(p.model, data["num_classes"], "1-2-2")
+    desc = desc_for(p.model, data.num_classes, "1-2-2")
     detector = load_detector(desc)
     before = backbone_state_dict(detector)
     chosen_dir = tmp_path / "chosen"
@@ -43,10 +43,10 @@ def test_reignite_trains_the_backbone_and_maps_it_back(tmp_path: Path) -> None:
     out = reignite_backbone(data, chosen, p.model, p.optimizer, cfg, p.seed, Runtime(num_threads=1), out_dir,
                             on_epoch=epochs.append)
 
-    after = backbone_state_dict(load_detector(desc, out["model_path"]))
+    after = backbone_state_dict(load_detector(desc, out.model_path))
     assert not torch.equal(before["stem.conv.weight"], after["stem.conv.weight"])  # the classifier trained it
     assert before.keys() == after.keys()
     assert len(epochs) == 1 and 0.0 <= epochs[0]["val_top1"] <= 1.0
-    assert out["rounds"][0]["round"] == 1 and out["performance"]["rounds"] == 1
+    assert out.rounds[0]["round"] == 1 and out.performance["rounds"] == 1
     for name in ("desc_0.json", "model_0.pth", "performance_0.json", "output.csv", "output.parquet"):
         assert (out_dir / name).is_file(), name

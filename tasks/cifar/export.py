@@ -5,32 +5,52 @@ then the comparison table for this run — prune-ea: baseline vs each front memb
 table, r_c = MACs / baseline MACs); spos: the winner vs its baselines (r_c = MACs / winner's)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 
 from params.models import Runtime
+from tasks.cifar.data import CifarSplit
 from tasks.orchestration.caching import STAGE_CACHE
-from tasks.cifar.training import export_compared
+from tasks.cifar.training import TrainedClassifier, export_compared
+from tasks.orchestration.handoff import StageResult
 from tracking import tracker
 
 
+@dataclass(frozen=True, kw_only=True)
+class Exported(StageResult):
+    """The comparison table (one row per model, the reference first; also comparison.csv) and
+    what the Predictor run said; `files`: each model's inference folder files, comparison.csv
+    (+ .parquet) and export_report.json."""
+
+    rows: tuple[dict[str, Any], ...]
+    time_info: str
+    predictor_model: str
+    predictor_sample_accuracy: float
+
+
 @task(name="export", persist_result=True, cache_policy=STAGE_CACHE)
-def export_classifiers_task(models: list[dict[str, Any]], data: dict[str, Any], seed: int, table_key: str,
+def export_classifiers_task(models: Sequence[TrainedClassifier], data: CifarSplit, seed: int, table_key: str,
                             title: str, work_dir: str, parent_run_id: str, runtime: Runtime,
-                            convention: str = "rgb", predict_with: str | None = None) -> dict[str, Any]:
-    """`models` [{"name", "desc", "model_path", "performance"}], the reference first; the
-    Predictor runs on `predict_with` (a name; default the last model)."""
+                            convention: str = "rgb", predict_with: str | None = None) -> Exported:
+    """`models`: the trained classifiers, the reference first (its MACs are r_c's denominator);
+    the Predictor runs on `predict_with` (a name; default the last model)."""
     logger = get_run_logger()
     with tracker.child_run(parent_run_id, "export", {"input_convention": convention}) as run_id:
-        out = export_compared(models, data, seed, runtime, Path(work_dir), convention, predict_with)
-        for row in out["rows"]:
+        compared = export_compared(models, data, seed, runtime, Path(work_dir), convention, predict_with)
+        out = Exported(rows=tuple(compared["rows"]), time_info=compared["time_info"],
+                       predictor_model=compared["predictor_model"],
+                       predictor_sample_accuracy=compared["predictor_sample_accuracy"],
+                       files=tuple(compared["files"]))
+        for row in out.rows:
             tracker.log_metrics(run_id, {f"{row['model']}_{k}": v for k, v in row.items() if k != "model"})
-        tracker.log_files(run_id, out["files"], "export")
-    tracker.publish_table(table_key, out["rows"], title)
-    logger.info("Predictor on %s:\n%s", out["predictor_model"], out["time_info"])
-    for r in out["rows"]:
+        tracker.log_files(run_id, out.files, "export")
+    tracker.publish_table(table_key, list(out.rows), title)
+    logger.info("Predictor on %s:\n%s", out.predictor_model, out.time_info)
+    for r in out.rows:
         logger.info("%-14s MACs %6.2fM (r_c %.2f)  params %.3fM  acc %.4f  ORT %.3f ms  ONNX |diff| %.1e", r["model"],
                     r["macs"] / 1e6, r["r_c"], r["params"] / 1e6, r["acc"], r["ort_ms_batch1"], r["onnx_max_abs_diff"])
     return out

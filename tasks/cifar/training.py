@@ -1,10 +1,12 @@
-"""What the stages on CIFAR-format data share (prune-ea and spos; no stage imports another stage):
-the data of the `data` stage with its train/val split, loaders in the model's input convention,
-training a classifier with the engine's classification loop, scoring it, and measuring it.
+"""What the stages on CIFAR-format data share (prune-ea and spos; a stage imports another stage's
+result class, never its code): the data of the `data` stage with its train/val split, loaders in
+the model's input convention, training a classifier with the engine's classification loop,
+scoring it, measuring it, and what a trained classifier hands to `export` (TrainedClassifier).
 Plain functions: no Prefect, no MLflow."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,9 @@ from engine.classification import TrainConfig, evaluate, fit
 from latency.flops import count_macs_params
 from params.models import ClassifierTrain
 from nas_models.registry import build_from_desc
+from tasks.cifar.data import CifarSplit
 from tasks.orchestration.files import read_json, write_json
+from tasks.orchestration.handoff import StageResult
 
 EVAL_BATCH = 256
 # Input conventions a network is trained (and exported) with: RGB normalised with the CIFAR
@@ -31,9 +35,20 @@ INPUT_CONVENTIONS: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] =
 }
 
 
-def load_data(data: dict[str, Any]) -> tuple[CifarSet, np.ndarray, np.ndarray]:
+@dataclass(frozen=True, kw_only=True)
+class TrainedClassifier(StageResult):
+    """What a stage that trains a classifier hands to `export`: the name it has in the comparison
+    table, its architecture (`desc`, for build_from_desc), its weights and figures."""
+
+    name: str
+    desc: Mapping[str, Any]
+    model_path: str
+    performance: Mapping[str, Any] = field()  # required here: macs, params, acc at least
+
+
+def load_data(data: CifarSplit) -> tuple[CifarSet, np.ndarray, np.ndarray]:
     """The CIFAR set of the `data` stage and its (train, val) index arrays."""
-    return _read(data["cifar_dir"], data["split_file"])
+    return _read(data.cifar_dir, data.split_file)
 
 
 @lru_cache(maxsize=2)
@@ -44,7 +59,7 @@ def _read(cifar_dir: str, split_file: str) -> tuple[CifarSet, np.ndarray, np.nda
     return cifar, np.asarray(split["train"], dtype=np.int64), np.asarray(split["val"], dtype=np.int64)
 
 
-def loaders(data: dict[str, Any], batch_size: int, seed: int, convention: str = "rgb"
+def loaders(data: CifarSplit, batch_size: int, seed: int, convention: str = "rgb"
             ) -> tuple[DataLoader, DataLoader, DataLoader]:
     """(augmented train part, val part, test batch), normalised per `convention`."""
     cifar, train_idx, val_idx = load_data(data)
@@ -74,7 +89,7 @@ def train_config(cfg: ClassifierTrain) -> TrainConfig:
                        weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs)
 
 
-def train_and_score(model: torch.nn.Module, data: dict[str, Any], cfg: ClassifierTrain, seed: int,
+def train_and_score(model: torch.nn.Module, data: CifarSplit, cfg: ClassifierTrain, seed: int,
                     device: torch.device, checkpoint: Path | None,
                     on_epoch: Callable[[dict[str, float]], None] | None = None,
                     convention: str = "rgb") -> dict[str, Any]:
@@ -86,7 +101,7 @@ def train_and_score(model: torch.nn.Module, data: dict[str, Any], cfg: Classifie
             "test_acc": evaluate(model, test, 1, device=device)["top1"]}
 
 
-def finetune_and_score(model: torch.nn.Module, data: dict[str, Any], steps: int, lr: float, batch_size: int,
+def finetune_and_score(model: torch.nn.Module, data: CifarSplit, steps: int, lr: float, batch_size: int,
                        seed: int, device: torch.device, convention: str = "rgb") -> float:
     """A short training at constant lr (a candidate's fine-tune on inherited weights, or a short
     equal budget from scratch), then val accuracy."""
@@ -107,21 +122,20 @@ def finetune_and_score(model: torch.nn.Module, data: dict[str, Any], steps: int,
 PREDICT_IMAGES = 8
 
 
-def load_entry(entry: dict[str, Any]) -> torch.nn.Module:
-    model = build_from_desc(entry["desc"])
-    model.load_state_dict(torch.load(entry["model_path"], map_location="cpu", weights_only=True))
+def load_entry(entry: TrainedClassifier) -> torch.nn.Module:
+    model = build_from_desc(dict(entry.desc))
+    model.load_state_dict(torch.load(entry.model_path, map_location="cpu", weights_only=True))
     return model.eval()
 
 
-def export_compared(models: list[dict[str, Any]], data: dict[str, Any], seed: int, runtime: Any,
+def export_compared(models: Sequence[TrainedClassifier], data: CifarSplit, seed: int, runtime: Any,
                     out_dir: Path, convention: str = "rgb", predict_with: str | None = None) -> dict[str, Any]:
     """Export each model as an inference folder (ONNX with softmax + torch.export program +
     model.yml in `convention`), parity-check it on real test images, time it with ONNX Runtime
     (batch 1), and tabulate them against the first: MACs, params, accuracy, r_c = MACs / first
     model's MACs, latency (comparison.csv). Runs the Predictor as a user would on `predict_with`
-    (a model name; default the last model).
-
-    models: [{"name", "desc", "model_path", "performance": {"macs", "params", "acc"}}]."""
+    (a model name; default the last model). Returns the rows, the Predictor's timing report and
+    sample accuracy, and the files written."""
     from deploy.classifier_export import export_classifier, parity
     from deploy.onnx_export import make_session
     from deploy.predictor import ClassifierPredictor
@@ -133,21 +147,21 @@ def export_compared(models: list[dict[str, Any]], data: dict[str, Any], seed: in
     _, _, test = loaders(data, 64, seed, convention)
     images, _ = next(iter(test))
     rows, files = [], []
-    base_macs = models[0]["performance"]["macs"]
+    base_macs = models[0].performance["macs"]
     for entry in models:
         model = load_entry(entry)
-        exported = export_classifier(model, entry["desc"], data["labels"], preprocess(convention),
-                                     out_dir / entry["name"] / "inference_model")
+        exported = export_classifier(model, dict(entry.desc), list(data.labels), preprocess(convention),
+                                     out_dir / entry.name / "inference_model")
         checks = parity(model, Path(exported["onnx"]), images[:16], threads)
         session = make_session(Path(exported["onnx"]), threads)
         one = images[:1].numpy()
         ort_ms = min_latency_ms(lambda: session.run(None, {"image": one}))
-        perf = entry["performance"]
-        rows.append({"model": entry["name"], "macs": perf["macs"], "params": perf["params"], "acc": perf["acc"],
+        perf = entry.performance
+        rows.append({"model": entry.name, "macs": perf["macs"], "params": perf["params"], "acc": perf["acc"],
                      "r_c": perf["macs"] / base_macs, "ort_ms_batch1": ort_ms, **checks})
         files += [exported[k] for k in ("onnx", "program", "model_yml")]
     cifar, _, _ = load_data(data)
-    predict_with = predict_with or models[-1]["name"]
+    predict_with = predict_with or models[-1].name
     predictor = ClassifierPredictor(str(out_dir / predict_with / "inference_model"), threads=threads)
     sample = [cifar.test_images[i] for i in range(PREDICT_IMAGES)]
     predictions = predictor.predict(sample, topk=1, warmup=2, repeats=3)

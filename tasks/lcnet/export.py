@@ -3,6 +3,8 @@ model.yml), checked against eager torch on real validation images; batch-1 laten
 torch vs ONNX Runtime, same threads."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +18,35 @@ from latency.timing import min_latency_ms
 from params.models import LcnetModel, Runtime
 from tasks.orchestration.caching import STAGE_CACHE
 from tasks.lcnet.classifiers import load_trained, loaders, preprocess_for
+from tasks.lcnet.split import Split
+from tasks.lcnet.train import Trained
 from tasks.orchestration.files import write_json
+from tasks.orchestration.handoff import StageResult
 from tracking import tracker
 
 
-def export_stage(split: dict[str, Any], trained: dict[str, Any], model: LcnetModel, seed: int, runtime: Runtime,
-                 out_dir: Path) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class Exported(StageResult):
+    """The inference-model folder the Predictor loads, and export_report.json's figures (parity
+    with eager torch, batch-1 latency of torch and ONNX Runtime)."""
+
+    model_dir: str
+    onnx: str
+    program: str  # model.pt2
+    model_yml: str
+    report: Mapping[str, Any]
+
+    @property
+    def onnx_max_abs_diff(self) -> float:
+        return self.report["onnx_max_abs_diff"]
+
+
+def export_stage(split: Split, trained: Trained, model: LcnetModel, seed: int, runtime: Runtime,
+                 out_dir: Path) -> Exported:
     threads = configure_torch(runtime.num_threads, seed)
-    net = load_trained(trained)  # export, parity and latency on CPU: what the Predictor runs
-    files = export_classifier(net, trained["desc"], split["labels"], preprocess_for(model), out_dir / "inference_model")
+    net = load_trained(trained.desc, trained.model_path)  # export, parity and latency on CPU: what the Predictor runs
+    files = export_classifier(net, dict(trained.desc), list(split.labels), preprocess_for(model),
+                              out_dir / "inference_model")
     _, val_loader, _ = loaders(split, model, 1, seed)
     images, _ = next(iter(val_loader))
     checks = parity(net, Path(files["onnx"]), images, threads)
@@ -38,18 +60,19 @@ def export_stage(split: dict[str, Any], trained: dict[str, Any], model: LcnetMod
               "ort_ms_batch1": ort_ms, "ort_speedup": torch_ms / ort_ms if ort_ms else None, "threads": threads}
     path = write_json(out_dir / "export_report.json", report)
     model_files = [files[k] for k in ("onnx", "program", "model_yml") if files.get(k)]
-    return {**files, "report": report, "files": [*model_files, str(path)]}
+    return Exported(model_dir=files["model_dir"], onnx=files["onnx"], program=files["program"],
+                    model_yml=files["model_yml"], report=report, files=(*model_files, str(path)))
 
 
 @task(name="export", persist_result=True, cache_policy=STAGE_CACHE)
-def export_classifier_task(split: dict[str, Any], trained: dict[str, Any], model: LcnetModel, seed: int,
-                           work_dir: str, parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+def export_classifier_task(split: Split, trained: Trained, model: LcnetModel, seed: int,
+                           work_dir: str, parent_run_id: str, runtime: Runtime) -> Exported:
     with tracker.child_run(parent_run_id, "export") as run_id:
         out = export_stage(split, trained, model, seed, runtime, Path(work_dir))
-        tracker.log_metrics(run_id, out["report"])
-        tracker.log_files(run_id, [out["model_dir"]], "inference_model")
-    r = out["report"]
+        tracker.log_metrics(run_id, out.report)
+        tracker.log_files(run_id, [out.model_dir], "inference_model")
+    r = out.report
     get_run_logger().info("exported to %s; ONNX vs torch max |diff| %.2e; batch-1 latency torch %.2f ms, "
-                          "ONNX Runtime %.2f ms", out["model_dir"], r["onnx_max_abs_diff"], r["torch_ms_batch1"],
+                          "ONNX Runtime %.2f ms", out.model_dir, r["onnx_max_abs_diff"], r["torch_ms_batch1"],
                           r["ort_ms_batch1"])
     return out

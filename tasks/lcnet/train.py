@@ -7,7 +7,8 @@ its last finished epoch in the next run with the same parameters.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,37 @@ from nas_models.registry import build_from_desc
 from params.models import LcnetModel, LcnetTrain, Runtime
 from tasks.orchestration.caching import STAGE_CACHE
 from tasks.lcnet.classifiers import loaders
+from tasks.lcnet.split import Split
 from tasks.orchestration.files import save_handoff
+from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.tables import write_table
 from tracking import tracker
 
 
-def train_classifier(split: dict[str, Any], model: LcnetModel, cfg: LcnetTrain, seed: int, runtime: Runtime,
-                     out_dir: Path, on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class Trained(StageResult):
+    """The trained PP-LCNet: its desc and weights (evaluate and export rebuild it from them);
+    `performance`: val top-1/top-k, MACs, params, seconds, epochs."""
+
+    desc: Mapping[str, Any]
+    model_path: str
+    history: tuple[Mapping[str, float], ...]  # one row of figures per epoch
+    inherited_tensors: int | None             # tensors loaded from pretrained_weights, None without
+
+    @property
+    def macs(self) -> int:
+        return (self.performance or {})["macs"]
+
+    @property
+    def params(self) -> int:
+        return (self.performance or {})["params"]
+
+
+def train_classifier(split: Split, model: LcnetModel, cfg: LcnetTrain, seed: int, runtime: Runtime,
+                     out_dir: Path, on_epoch: Callable[[dict[str, float]], None] | None = None) -> Trained:
     configure_torch(runtime.num_threads, seed)
     train_loader, val_loader, _ = loaders(split, model, cfg.batch_size, seed)
-    desc = {"type": "PPLCNet", "scale": model.scale, "num_classes": len(split["labels"]),
+    desc = {"type": "PPLCNet", "scale": model.scale, "num_classes": len(split.labels),
             "dropout": model.dropout, "input_size": model.input_size}
     net = build_from_desc(desc)
     inherited = None
@@ -50,13 +72,13 @@ def train_classifier(split: dict[str, Any], model: LcnetModel, cfg: LcnetTrain, 
                    "macs": macs, "params": n_params, "train_seconds": round(seconds, 2), "epochs": len(history)}
     files = save_handoff(out_dir, "0", desc, net, performance)
     files += [str(p) for p in write_table([{"worker_id": 0, "desc": "desc_0.json", **performance}], out_dir / "output.csv")]
-    return {"desc": desc, "model_path": files[1], "history": history, "performance": performance,
-            "inherited_tensors": None if inherited is None else inherited.matched, "files": files}
+    return Trained(desc=desc, model_path=files[1], history=tuple(history), performance=performance,
+                   inherited_tensors=None if inherited is None else inherited.matched, files=tuple(files))
 
 
 @task(name="train", persist_result=True, cache_policy=STAGE_CACHE)
-def train_classifier_task(split: dict[str, Any], model: LcnetModel, train: LcnetTrain, seed: int, work_dir: str,
-                          parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+def train_classifier_task(split: Split, model: LcnetModel, train: LcnetTrain, seed: int, work_dir: str,
+                          parent_run_id: str, runtime: Runtime) -> Trained:
     logger = get_run_logger()
     epochs = train.epochs
     with tracker.child_run(parent_run_id, "train", {**model.model_dump(), **train.model_dump()}) as run_id:
@@ -69,8 +91,8 @@ def train_classifier_task(split: dict[str, Any], model: LcnetModel, train: Lcnet
                         m["train_loss"], m["train_acc"], m["val_top1"], m["lr"])
 
         out = train_classifier(split, model, train, seed, runtime, Path(work_dir), on_epoch)
-        tracker.log_metrics(run_id, out["performance"])
-        tracker.log_files(run_id, out["files"], "train")
-        tracker.log_curve(run_id, out["history"], ["train_loss", "train_acc", "val_top1"], "train/curve.png",
+        tracker.log_metrics(run_id, out.performance)
+        tracker.log_files(run_id, out.files, "train")
+        tracker.log_curve(run_id, list(out.history), ["train_loss", "train_acc", "val_top1"], "train/curve.png",
                           f"PP-LCNet x{model.scale}")
     return out

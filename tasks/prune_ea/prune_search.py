@@ -10,6 +10,8 @@ after each generation); the first-vs-last front plot is in MLflow. The generatio
 shared search driver (tasks/orchestration/search.py), so a killed search resumes from its saved state."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +26,41 @@ from nas_models.prune_resnet import encoding_length, pruned_from_full, repair_en
 from nas_models.registry import build_from_desc
 from params.models import PruneSearchParams, Runtime
 from strategies.prune_ea import PruneEASearch
+from tasks.cifar.data import CifarSplit
 from tasks.cifar.training import finetune_and_score, loaders, measure
 from tasks.orchestration.files import save_handoff
+from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
 from tasks.orchestration.tables import write_table
+from tasks.prune_ea.train_base import TrainedBase
 from tracking import tracker
 
 STAGE = "prune_search"
 TABLE = "result.csv"
 
 
-def load_base(base: dict[str, Any]) -> torch.nn.Module:
-    model = build_from_desc(base["desc"])
-    model.load_state_dict(torch.load(base["model_path"], map_location="cpu", weights_only=True))
+@dataclass(frozen=True, kw_only=True)
+class PruneSearched(StageResult):
+    """The search's table rows (result.csv; `pareto` marks the final front) and the front's rows,
+    which `retrain` picks from; `files`: the saved state, result.csv, pareto_front.csv and the
+    per-generation fronts."""
+
+    rows: tuple[dict[str, Any], ...]
+    front: tuple[dict[str, Any], ...]
+
+
+def load_base(base: TrainedBase) -> torch.nn.Module:
+    model = build_from_desc(dict(base.desc))
+    model.load_state_dict(torch.load(base.model_path, map_location="cpu", weights_only=True))
     return model
 
 
-def calibration_batches(data: dict[str, Any], batch_size: int, seed: int) -> Any:
+def calibration_batches(data: CifarSplit, batch_size: int, seed: int) -> Any:
     """The training batches (seeded order) a candidate's BatchNorm statistics are re-estimated on."""
     return loaders(data, batch_size, seed)[0]
 
 
-def evaluate_candidate(candidate: dict[str, Any], base: dict[str, Any], data: dict[str, Any], cfg: PruneSearchParams,
+def evaluate_candidate(candidate: dict[str, Any], base: TrainedBase, data: CifarSplit, cfg: PruneSearchParams,
                        batch_size: int, seed: int, runtime: Runtime, out_dir: Path) -> dict[str, Any]:
     own_seed, device = derive_seed(seed, "prune_ea.prune_search", int(candidate["id"])), resolve_device(runtime.device)
     configure_torch(runtime.num_threads, own_seed)
@@ -67,7 +82,7 @@ def _run_name() -> str:
 
 
 @candidate_task(name="prune_candidate", task_run_name=_run_name)
-def prune_candidate_task(candidate: dict[str, Any], base: dict[str, Any], data: dict[str, Any],
+def prune_candidate_task(candidate: dict[str, Any], base: TrainedBase, data: CifarSplit,
                          search: PruneSearchParams, batch_size: int, seed: int, work_dir: str, parent_run_id: str,
                          runtime: Runtime) -> dict[str, Any]:
     """One pruning candidate; its MLflow run holds the encoding as an artifact (desc_<id>.json),
@@ -102,11 +117,11 @@ def front_files(strategy: PruneEASearch, rows: list[dict[str, Any]], work: Path)
     return [str(f) for f in files]
 
 
-def spread(front: list[dict[str, Any]], count: int, num_classes: int) -> list[dict[str, Any]]:
+def spread(front: Sequence[dict[str, Any]], count: int, num_classes: int) -> list[dict[str, Any]]:
     """`count` front members evenly spread along MACs (both ends included), leaving out the
     front's degenerate end: members no better than chance (acc <= 1.5 / classes) are not
     worth retraining."""
-    useful = [r for r in front if r["acc"] > 1.5 / num_classes] or front
+    useful = [r for r in front if r["acc"] > 1.5 / num_classes] or list(front)
     ordered = sorted(useful, key=lambda r: (r["macs"], -r["acc"]))
     if len(ordered) <= count:
         return ordered
@@ -115,8 +130,9 @@ def spread(front: list[dict[str, Any]], count: int, num_classes: int) -> list[di
 
 
 @flow(name="prune-search")
-def prune_search(data: dict[str, Any], base: dict[str, Any], depth: int, search: PruneSearchParams, batch_size: int,
-                 seed: int, work_dir: str, parent_run_id: str, runtime: Runtime, refresh: bool = False) -> dict[str, Any]:
+def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneSearchParams, batch_size: int,
+                 seed: int, work_dir: str, parent_run_id: str, runtime: Runtime, refresh: bool = False
+                 ) -> PruneSearched:
     logger = get_run_logger()
     full_state = load_base(base).state_dict()
     strategy = PruneEASearch(
@@ -146,4 +162,4 @@ def prune_search(data: dict[str, Any], base: dict[str, Any], depth: int, search:
                           "final Pareto front: MACs vs accuracy (val split, inherited weights + short fine-tune)")
     logger.info("prune search: %d candidates over %d generations, front of %d", len(rows), strategy.generation + 1,
                 len(front))
-    return {"rows": rows, "front": front, "files": outcome.files}
+    return PruneSearched(rows=tuple(rows), front=tuple(front), files=tuple(outcome.files))

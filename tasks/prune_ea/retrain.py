@@ -3,6 +3,7 @@ trained from scratch at their pruned size, scored on the test batch — the seed
 front" step. One task per member; checkpoints in the work folder."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,24 +13,35 @@ from prefect.runtime import task_run
 from engine.runtime import configure_torch, resolve_device
 from nas_models.prune_resnet import build_prune_resnet
 from params.models import PruneRetrainParams, Runtime
+from tasks.cifar.data import CifarSplit
 from tasks.orchestration.caching import STAGE_CACHE
-from tasks.cifar.training import measure, train_and_score
+from tasks.cifar.training import TrainedClassifier, measure, train_and_score
 from tasks.orchestration.files import save_handoff
 from tracking import tracker
 
 
-def retrain(candidate: dict[str, Any], data: dict[str, Any], depth: int, cfg: PruneRetrainParams, seed: int,
-            runtime: Runtime, out_dir: Path, on_epoch=None) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class RetrainedMember(TrainedClassifier):
+    """A front member trained from scratch at its pruned size (named member_<id> in the
+    comparison); `files`: desc_, model_ and performance_retrained_<id>."""
+
+    id: int            # the candidate's id in the search
+    encoding: str      # its channel bits
+
+
+def retrain(candidate: dict[str, Any], data: CifarSplit, depth: int, cfg: PruneRetrainParams, seed: int,
+            runtime: Runtime, out_dir: Path, on_epoch=None) -> RetrainedMember:
+    """`candidate`: a row of the search's front (id, encoding, acc)."""
     configure_torch(runtime.num_threads, seed)
-    model = build_prune_resnet(depth, candidate["encoding"], num_classes=len(data["labels"]))
+    model = build_prune_resnet(depth, candidate["encoding"], num_classes=data.num_classes)
     scores = train_and_score(model, data, cfg, seed, resolve_device(runtime.device),
                              out_dir / f"checkpoint_{candidate['id']}.pth", on_epoch)
     performance = {"acc": scores["test_acc"], "val_acc": scores["val_acc"], **measure(model), "epochs": cfg.epochs,
                    "search_acc": candidate["acc"]}
     desc = {"type": "PruneResNet", **model.arch}
     files = save_handoff(out_dir, f"retrained_{candidate['id']}", desc, model, performance)
-    return {"id": candidate["id"], "encoding": candidate["encoding"], "desc": desc, "model_path": files[1],
-            "performance": performance, "files": files}
+    return RetrainedMember(name=f"member_{candidate['id']}", id=candidate["id"], encoding=candidate["encoding"],
+                           desc=desc, model_path=files[1], performance=performance, files=tuple(files))
 
 
 def _run_name() -> str:
@@ -37,8 +49,8 @@ def _run_name() -> str:
 
 
 @task(name="retrain", task_run_name=_run_name, persist_result=True, cache_policy=STAGE_CACHE)
-def retrain_task(candidate: dict[str, Any], data: dict[str, Any], depth: int, retrain_cfg: PruneRetrainParams,
-                 seed: int, work_dir: str, parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+def retrain_task(candidate: dict[str, Any], data: CifarSplit, depth: int, retrain_cfg: PruneRetrainParams,
+                 seed: int, work_dir: str, parent_run_id: str, runtime: Runtime) -> RetrainedMember:
     logger = get_run_logger()
     with tracker.child_run(parent_run_id, f"retrain-{candidate['id']}", {"id": candidate["id"],
                                                                         **retrain_cfg.model_dump()}) as run_id:
@@ -46,9 +58,9 @@ def retrain_task(candidate: dict[str, Any], data: dict[str, Any], depth: int, re
             tracker.log_metrics(run_id, m, step=int(m["epoch"]))
 
         out = retrain(candidate, data, depth, retrain_cfg, seed, runtime, Path(work_dir), on_epoch)
-        tracker.log_metrics(run_id, out["performance"])
-        tracker.log_files(run_id, out["files"], "retrain")
-    perf = out["performance"]
+        tracker.log_metrics(run_id, out.performance)
+        tracker.log_files(run_id, out.files, "retrain")
+    perf = out.performance
     logger.info("retrained candidate %s from scratch: test acc %.4f  MACs %.2fM  params %.3fM", candidate["id"],
                 perf["acc"], perf["macs"] / 1e6, perf["params"] / 1e6)
     return out

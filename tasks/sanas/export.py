@@ -11,6 +11,8 @@ here. Both files are parity-checked against eager torch on held-out images."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,22 @@ from nas_models.registry import build_from_desc
 from params.models import Runtime
 from tasks.orchestration.caching import STAGE_CACHE
 from tasks.orchestration.files import write_json
+from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.tables import write_table
+from tasks.sanas.data import Faces
+from tasks.sanas.latency_table import Latency
+from tasks.sanas.train import Trained
 from tracking import tracker
 
 PARITY_IMAGES = 8
+
+
+@dataclass(frozen=True, kw_only=True)
+class Exported(StageResult):
+    """The comparison table (comparison.csv's rows, the found network first): tokens, AP50, AP,
+    macs, params, predicted_ms, measured_ms, prediction_error_pct and parity per network."""
+
+    rows: tuple[Mapping[str, Any], ...]
 
 
 def _anchors(model: torch.nn.Module, image_size: int) -> np.ndarray:
@@ -41,16 +55,16 @@ def _anchors(model: torch.nn.Module, image_size: int) -> np.ndarray:
         return model.anchor_generator(images, features)[0].numpy()
 
 
-def export_face_model(entry: dict[str, Any], image_size: int, images: torch.Tensor, out_dir: Path) -> dict[str, Any]:
-    model = build_from_desc(entry["desc"])
-    model.load_state_dict(torch.load(entry["model_path"], map_location="cpu", weights_only=True))
+def export_face_model(entry: Trained, image_size: int, images: torch.Tensor, out_dir: Path) -> dict[str, Any]:
+    model = build_from_desc(dict(entry.desc))
+    model.load_state_dict(torch.load(entry.model_path, map_location="cpu", weights_only=True))
     model.eval()
     core = ssd_core(model)
     program = export_program(core, images[:1])
     onnx_path = program_to_onnx(program, out_dir / "model.onnx", output_name=["bbox_regression", "scores"])
     program_path = save_program(program, out_dir / "model.pt2")
     np.save(out_dir / "anchors.npy", _anchors(model, image_size))
-    meta = {"model": entry["desc"], "task": "face detection (SSD core)", "labels": ["__background__", "face"],
+    meta = {"model": dict(entry.desc), "task": "face detection (SSD core)", "labels": ["__background__", "face"],
             "input": {"name": "image", "layout": "NCHW", "channel_order": "RGB", "size": image_size,
                       "range": [0.0, 1.0], "normalize": {"mean": [float(v) for v in model.transform.image_mean],
                                                          "std": [float(v) for v in model.transform.image_std]}},
@@ -70,20 +84,20 @@ def export_face_model(entry: dict[str, Any], image_size: int, images: torch.Tens
             "onnx_max_abs_diff": max_abs_diff_vs_torch(core, session, images), "pt2_max_abs_diff": pt2_diff}
 
 
-def export_faces(models: list[dict[str, Any]], data: dict[str, Any], latency: dict[str, Any], image_size: int,
-                 threads: int, out_dir: Path) -> dict[str, Any]:
-    """models: [{"name", "tokens", "desc", "model_path", "performance"}]; the found one first."""
-    val = CocoDetection(load_coco(Path(data["val_images"]), Path(data["val_json"])))
+def export_faces(models: Sequence[Trained], data: Faces, latency: Latency, image_size: int,
+                 threads: int, out_dir: Path) -> Exported:
+    """`models`: the train stage's results, the found one first."""
+    val = CocoDetection(load_coco(Path(data.val_images), Path(data.val_json)))
     raw = torch.stack([val[i][0] for i in range(min(PARITY_IMAGES, len(val)))])
-    probe = build_from_desc(models[0]["desc"]).eval()
+    probe = build_from_desc(dict(models[0].desc)).eval()
     with torch.no_grad():  # the detector's own resize + normalization, as the exported core expects
         images = probe.transform(list(raw))[0].tensors
     rows, files, cores = [], [], {}
     for entry in models:
-        exported = export_face_model(entry, image_size, images, out_dir / entry["name"] / "inference_model")
-        cores[entry["name"]] = (exported.pop("core"), images[:1])
-        perf = entry["performance"]
-        rows.append({"model": entry["name"], "tokens": "".join(map(str, entry["tokens"])), "AP50": perf["AP50"],
+        exported = export_face_model(entry, image_size, images, out_dir / entry.name / "inference_model")
+        cores[entry.name] = (exported.pop("core"), images[:1])
+        perf = entry.performance or {}
+        rows.append({"model": entry.name, "tokens": "".join(map(str, entry.tokens)), "AP50": perf["AP50"],
                      "AP": perf["AP"], "macs": perf["macs"], "params": perf["params"],
                      "predicted_ms": perf["predicted_ms"], "onnx_max_abs_diff": exported["onnx_max_abs_diff"],
                      "pt2_max_abs_diff": exported["pt2_max_abs_diff"]})
@@ -94,24 +108,24 @@ def export_faces(models: list[dict[str, Any]], data: dict[str, Any], latency: di
         row["prediction_error_pct"] = 100 * (row["predicted_ms"] - row["measured_ms"]) / row["measured_ms"]
     files += [str(p) for p in write_table(rows, out_dir / "comparison.csv")]
     files.append(str(write_json(out_dir / "export_report.json", {"rows": rows, "threads": threads,
-                                                                 "latency_table": latency["table_file"]})))
-    return {"rows": rows, "files": files}
+                                                                 "latency_table": latency.table_file})))
+    return Exported(rows=tuple(rows), files=tuple(files))
 
 
 @task(name="export", persist_result=True, cache_policy=STAGE_CACHE)
-def export_faces_task(models: list[dict[str, Any]], data: dict[str, Any], latency: dict[str, Any], image_size: int,
-                      threads: int, work_dir: str, parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+def export_faces_task(models: list[Trained], data: Faces, latency: Latency, image_size: int,
+                      threads: int, work_dir: str, parent_run_id: str, runtime: Runtime) -> Exported:
     logger = get_run_logger()
     with tracker.child_run(parent_run_id, "export") as run_id:
         out = export_faces(models, data, latency, image_size, threads, Path(work_dir))
-        for row in out["rows"]:
+        for row in out.rows:
             tracker.log_metrics(run_id, {f"{row['model']}_{k}": v for k, v in row.items()
                                          if k not in ("model", "tokens")})
-        tracker.log_files(run_id, out["files"], "export")
-    tracker.publish_table("sanas-comparison", out["rows"],
+        tracker.log_files(run_id, out.files, "export")
+    tracker.publish_table("sanas-comparison", list(out.rows),
                           "found vs initial-token BlazeFace, same training budget: AP@0.5 on held-out images, "
                           "MACs, params, predicted vs measured latency (ONNX Runtime, batch 1)")
-    for r in out["rows"]:
+    for r in out.rows:
         logger.info("%-8s tokens %s  AP@0.5 %.4f  MACs %.2fM  params %d  latency predicted %.3f ms / measured %.3f ms "
                     "(%+.1f %%)  ONNX |diff| %.1e", r["model"], r["tokens"], r["AP50"], r["macs"] / 1e6, r["params"],
                     r["predicted_ms"], r["measured_ms"], r["prediction_error_pct"], r["onnx_max_abs_diff"])

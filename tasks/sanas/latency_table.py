@@ -11,6 +11,8 @@ window from this stage's output, tasks.sanas.shared.constraint_window), so switc
 FLOPs and latency or moving the window reuses the measured table and predictor."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from params.models import LatencyParams, Runtime
 from core.paths import state_dir
 from tasks.orchestration.caching import STAGE_CACHE
 from tasks.orchestration.files import write_json
+from tasks.orchestration.handoff import StageResult
 from tasks.sanas.shared import cost
 from tracking import tracker
 
@@ -30,7 +33,33 @@ TABLE_FILE = "latency_table.txt"
 PREDICTOR_FILE = "latency_table.predictor.json"
 
 
-def build(latency: LatencyParams, image_size: int, seed: int, out_dir: Path) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class Latency(StageResult):
+    """The latency table (and its fitted predictor, where there is one) every cost is predicted
+    from, with the predictor's held-out accuracy; latency_report.json holds the same fields."""
+
+    table_file: str
+    predictor_file: str | None  # None: predictions are the plain op sum
+    origin: str                 # in words: measured here, or the user's table
+    ops: int                    # entries in the table
+    accuracy: Mapping[str, Any] | None  # within_10pct, rmse_ms, n_holdout, n_fit, ...; None unmeasured
+    initial: Mapping[str, Any] | None = None  # tokens, macs, params, predicted_ms of INIT_TOKENS
+
+    @property
+    def within_10pct(self) -> float | None:
+        return (self.accuracy or {}).get("within_10pct")
+
+    @property
+    def rmse_ms(self) -> float | None:
+        return (self.accuracy or {}).get("rmse_ms")
+
+    def report(self) -> dict[str, Any]:
+        """latency_report.json's content."""
+        return {"table_file": self.table_file, "predictor_file": self.predictor_file, "origin": self.origin,
+                "ops": self.ops, "accuracy": self.accuracy, "initial": self.initial}
+
+
+def build(latency: LatencyParams, image_size: int, seed: int, out_dir: Path) -> Latency:
     if latency.table_file:
         table = LatencyTable.read(latency.table_file)
         beside = predictor_path(Path(latency.table_file))
@@ -44,30 +73,31 @@ def build(latency: LatencyParams, image_size: int, seed: int, out_dir: Path) -> 
         table = predictor.table
         origin = f"measured on this machine (ONNX Runtime, {latency.threads} thread(s)), cached in {table.path}"
     table_file = table.save(out_dir / TABLE_FILE)
-    out: dict[str, Any] = {"table_file": str(table_file), "predictor_file": None, "origin": origin,
-                           "ops": len(table.entries), "accuracy": None}
     files = [str(table_file)]
+    predictor_file, accuracy = None, None
     if predictor is not None:
         predictor.table = table  # now saved in the work folder: the copy names its table beside it
-        out["predictor_file"] = str(predictor.save(out_dir / PREDICTOR_FILE))
-        out["accuracy"] = predictor.accuracy
-        files.append(out["predictor_file"])
+        predictor_file = str(predictor.save(out_dir / PREDICTOR_FILE))
+        accuracy = predictor.accuracy
+        files.append(predictor_file)
+    out = Latency(table_file=str(table_file), predictor_file=predictor_file, origin=origin, ops=len(table.entries),
+                  accuracy=accuracy)
     initial = list(INIT_TOKENS)
-    out["initial"] = {"tokens": initial, **cost(initial, out, image_size)}
-    files.append(str(write_json(out_dir / "latency_report.json", {k: v for k, v in out.items() if k != "files"})))
-    return {**out, "files": files}
+    out = replace(out, initial={"tokens": initial, **cost(initial, out, image_size)})  # costs read the saved files
+    files.append(str(write_json(out_dir / "latency_report.json", out.report())))
+    return replace(out, files=tuple(files))
 
 
 @task(name="latency_table", persist_result=True, cache_policy=STAGE_CACHE)
 def latency_table_task(latency: LatencyParams, image_size: int, seed: int, work_dir: str, parent_run_id: str,
-                       runtime: Runtime) -> dict[str, Any]:
+                       runtime: Runtime) -> Latency:
     logger = get_run_logger()
     with tracker.child_run(parent_run_id, "latency_table", {**latency.model_dump(), "image_size": image_size}) as run_id:
         out = build(latency, image_size, seed, Path(work_dir))
-        acc = out["accuracy"] or {}
-        tracker.log_metrics(run_id, {"table_ops": out["ops"], **{f"predictor_{k}": acc[k] for k in
+        acc = out.accuracy or {}
+        tracker.log_metrics(run_id, {"table_ops": out.ops, **{f"predictor_{k}": acc[k] for k in
                                                                   ("within_10pct", "rmse_ms") if k in acc}})
-        tracker.log_files(run_id, out["files"], "latency_table")
+        tracker.log_files(run_id, out.files, "latency_table")
     if acc:
         raw = acc.get("raw_table_sum", {})
         tracker.publish_table("sanas-latency-predictor", [
@@ -77,10 +107,11 @@ def latency_table_task(latency: LatencyParams, image_size: int, seed: int, work_
              "held_out_architectures": acc["n_holdout"], "fit_architectures": 0}],
             "latency prediction vs measurement on held-out random architectures (nn-Meter: 99.0 % within ±10 %)")
         logger.info("latency table: %d ops, %s; predictor on %d held-out architectures: %.1f %% within ±10 %%, "
-                    "RMSE %.4f ms (plain table sum: %.1f %%)", out["ops"], out["origin"], acc["n_holdout"],
+                    "RMSE %.4f ms (plain table sum: %.1f %%)", out.ops, out.origin, acc["n_holdout"],
                     100 * acc["within_10pct"], acc["rmse_ms"], 100 * raw.get("within_10pct", float("nan")))
     else:
         logger.info("latency table: %d ops, %s; no predictor accuracy (no measurements on this machine)",
-                    out["ops"], out["origin"])
-    logger.info("initial tokens: %s MACs, %.4f ms predicted", out["initial"]["macs"], out["initial"]["predicted_ms"])
+                    out.ops, out.origin)
+    initial = out.initial or {}
+    logger.info("initial tokens: %s MACs, %.4f ms predicted", initial["macs"], initial["predicted_ms"])
     return out

@@ -10,6 +10,8 @@ seed's printout)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,10 @@ from nas_models.blazeface import INIT_TOKENS, RANGE_TABLE, describe
 from params.models import FaceTrainParams, Runtime, SanasSearchParams
 from strategies.sa import SASearch
 from tasks.orchestration.files import save_handoff, write_json
-from tasks.sanas.shared import constraint_value, cost, train_tokens
+from tasks.orchestration.handoff import StageResult
+from tasks.sanas.data import Faces
+from tasks.sanas.latency_table import Latency
+from tasks.sanas.shared import Window, constraint_value, cost, train_tokens
 from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
 from tasks.orchestration.tables import write_table
 from tracking import tracker
@@ -29,7 +34,18 @@ from tracking import tracker
 STAGE = "search"
 
 
-def evaluate_candidate(candidate: dict[str, Any], data: dict[str, Any], latency: dict[str, Any],
+@dataclass(frozen=True, kw_only=True)
+class Searched(StageResult):
+    """What SANAS found: the best tokens (trained again in `train`) and the candidates table."""
+
+    rows: tuple[Mapping[str, Any], ...]  # output.csv's rows, one per trained candidate
+    best_tokens: tuple[int, ...]
+    best_reward: float                   # the best candidate's AP@0.5 after its short training
+    skipped: int                         # proposals outside the window, skipped untrained
+    structure: str                       # the best network's printout (best_structure.txt)
+
+
+def evaluate_candidate(candidate: dict[str, Any], data: Faces, latency: Latency,
                        search: SanasSearchParams, train: FaceTrainParams, image_size: int, seed: int,
                        runtime: Runtime, out_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
@@ -51,7 +67,7 @@ def _run_name() -> str:
 
 
 @candidate_task(name="sanas_candidate", task_run_name=_run_name)
-def sanas_candidate_task(candidate: dict[str, Any], data: dict[str, Any], latency: dict[str, Any],
+def sanas_candidate_task(candidate: dict[str, Any], data: Faces, latency: Latency,
                          search: SanasSearchParams, train: FaceTrainParams, image_size: int, seed: int, work_dir: str,
                          parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
     """One SA step's candidate; its MLflow run holds the tokens, the structure printout (describe)
@@ -86,26 +102,26 @@ def trace_file(strategy: SASearch, rows: list[dict[str, Any]], work: Path) -> li
 
 
 @flow(name="sanas-search")
-def sanas_search(data: dict[str, Any], latency: dict[str, Any], constraint: dict[str, Any], search: SanasSearchParams,
+def sanas_search(data: Faces, latency: Latency, constraint: Window, search: SanasSearchParams,
                  train: FaceTrainParams, image_size: int, seed: int, work_dir: str, parent_run_id: str,
-                 runtime: Runtime, refresh: bool = False) -> dict[str, Any]:
+                 runtime: Runtime, refresh: bool = False) -> Searched:
     """`constraint`: the window from tasks.sanas.shared.constraint_window."""
     logger = get_run_logger()
     c = constraint
     Path(work_dir).mkdir(parents=True, exist_ok=True)
-    window_file = write_json(Path(work_dir) / "constraint.json", c)
+    window_file = write_json(Path(work_dir) / "constraint.json", c.to_dict())
     strategy = SASearch(list(RANGE_TABLE), list(INIT_TOKENS), seed, init_temperature=search.init_temperature,
                         reduce_rate=search.reduce_rate, search_steps=search.search_steps,
-                        constraint_of=lambda t: constraint_value(t, c["ctype"], latency, image_size),
-                        low=c["min"], high=c["max"])
+                        constraint_of=lambda t: constraint_value(t, c.ctype, latency, image_size),
+                        low=c.min, high=c.max)
     spec = SearchSpec(STAGE, sanas_candidate_task, 1,
                       lambda k: {"id": k.id, "tokens": list(k.tokens), "temperature": k.temperature,
                                  "skipped_before": k.skipped_before},
                       lambda r: {"reward": r["performance"]["AP50"], "macs": r["performance"]["macs"]}, _row,
-                      ("macs", "AP50"), f"SANAS ({c['ctype']} in [{c['min']}, {c['max']}] {c['unit']})",
+                      ("macs", "AP50"), f"SANAS ({c.ctype} in [{c.min}, {c.max}] {c.unit})",
                       extra_outputs=trace_file)
-    with tracker.child_run(parent_run_id, STAGE, {**search.model_dump(), **{f"constraint_{k}": v for k, v in c.items()}}
-                           ) as run_id:
+    window_params = {f"constraint_{k}": v for k, v in c.to_dict().items()}
+    with tracker.child_run(parent_run_id, STAGE, {**search.model_dump(), **window_params}) as run_id:
         outcome = run_search(strategy, spec, work_dir, run_id, refresh, data=data, latency=latency, search=search,
                              train=train, image_size=image_size, seed=seed, runtime=runtime)
         best_id = next(k.id for k in strategy.candidates if list(k.tokens) == list(strategy.best_tokens))
@@ -122,5 +138,5 @@ def sanas_search(data: dict[str, Any], latency: dict[str, Any], constraint: dict
     logger.info("SANAS: %d candidates trained, %d proposals outside the constraint skipped untrained, %d accepted; "
                 "best tokens %s (AP@0.5 %.4f)\n%s", len(rows), strategy.skipped, strategy.accepted_count,
                 list(strategy.best_tokens), strategy.best_reward, structure)
-    return {"rows": rows, "best_tokens": list(strategy.best_tokens), "best_reward": strategy.best_reward,
-            "skipped": strategy.skipped, "structure": structure, "files": outcome.files}
+    return Searched(rows=tuple(rows), best_tokens=tuple(strategy.best_tokens), best_reward=strategy.best_reward,
+                    skipped=strategy.skipped, structure=structure, files=tuple(outcome.files))

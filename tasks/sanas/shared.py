@@ -1,12 +1,13 @@
-"""What the sanas/full stages share (no stage imports another stage): the cost of a token list
-(MACs, params, predicted latency), the constraint value SANAS compares with its window, the
-window itself, and training + scoring a BlazeFace of given tokens. Plain functions: no Prefect,
-no MLflow."""
+"""What the sanas/full stages share (a stage imports no other stage's code, only the result
+classes of the stages before it): the cost of a token list (MACs, params, predicted latency),
+the constraint value SANAS compares with its window, the window itself, and training + scoring
+a BlazeFace of given tokens. Plain functions: no Prefect, no MLflow."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from data.coco import load_coco
 from engine.detector_fit import DetectorOptim, fit_steps, score, train_loader
@@ -20,35 +21,78 @@ from params.feasibility import check_range
 from params.models import FaceTrainParams, Runtime, SanasConstraint
 
 
+class LatencyFiles(Protocol):
+    """What a cost needs of the latency_table stage's result (that stage computes costs itself,
+    so this module cannot import its result class)."""
+
+    @property
+    def table_file(self) -> str: ...
+
+    @property
+    def predictor_file(self) -> str | None: ...
+
+
+class FaceFiles(Protocol):
+    """What training needs of the data stage's result: the COCO images and annotation files
+    (a protocol, so the latency_table stage, which imports this module, keeps data.py out of its
+    cache key)."""
+
+    @property
+    def train_images(self) -> str: ...
+
+    @property
+    def train_json(self) -> str: ...
+
+    @property
+    def val_images(self) -> str: ...
+
+    @property
+    def val_json(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Window:
+    """SANAS's constraint window: `ctype` "flops" (MACs) or "latency" (predicted ms)."""
+
+    ctype: str
+    min: float | None  # None: no lower bound
+    max: float | None  # None: no upper bound
+    unit: str          # "MACs" or "ms"
+
+    def to_dict(self) -> dict[str, Any]:
+        """As constraint.json and the search's MLflow params hold it."""
+        return asdict(self)
+
+
 @lru_cache(maxsize=4)
 def _latency_model(table_file: str, predictor_file: str | None) -> LatencyPredictor | LatencyTable:
     table = LatencyTable.read(table_file)
     return LatencyPredictor.load(Path(predictor_file), table) if predictor_file else table
 
 
-def predicted_ms(tokens: list[int], latency: dict[str, Any], image_size: int) -> float:
+def predicted_ms(tokens: list[int], latency: LatencyFiles, image_size: int) -> float:
     """The fitted predictor's latency (ms) of a token list, or the plain table sum when the
     table came without one (e.g. a table measured on another device)."""
-    model = _latency_model(latency["table_file"], latency.get("predictor_file"))
+    model = _latency_model(latency.table_file, latency.predictor_file)
     ops = ops_of_model(build_from_tokens(tokens, image_size=image_size).eval())
     return float(model.predict(ops) if isinstance(model, LatencyPredictor) else model.sum(ops))
 
 
-def cost(tokens: list[int], latency: dict[str, Any], image_size: int) -> dict[str, float]:
+def cost(tokens: list[int], latency: LatencyFiles, image_size: int) -> dict[str, float]:
     """{"macs", "params", "predicted_ms"} of a token list (macs/params of backbone + heads)."""
     return {**tokens_cost(tokens, image_size), "predicted_ms": predicted_ms(tokens, latency, image_size)}
 
 
-def constraint_value(tokens: list[int], ctype: str, latency: dict[str, Any], image_size: int) -> float:
+def constraint_value(tokens: list[int], ctype: str, latency: LatencyFiles, image_size: int) -> float:
     if ctype == "flops":
         return float(tokens_cost(tokens, image_size)["macs"])
     return predicted_ms(tokens, latency, image_size)
 
 
-def constraint_window(constraint: SanasConstraint, latency: dict[str, Any], image_size: int) -> dict[str, Any]:
-    """SANAS's window {"ctype", "min", "max", "unit"}: "start" resolved to the initial tokens' own
-    MACs or predicted latency. A latency window no architecture of the space meets is one
-    InputError naming constraint.min / max (FLOPs windows are checked with the params).
+def constraint_window(constraint: SanasConstraint, latency: LatencyFiles, image_size: int) -> Window:
+    """SANAS's window: "start" resolved to the initial tokens' own MACs or predicted latency.
+    A latency window no architecture of the space meets is one InputError naming
+    constraint.min / max (FLOPs windows are checked with the params).
 
     Kept out of the latency_table stage so that changing the constraint reuses the measured
     table and predictor; it costs a few predictions."""
@@ -68,8 +112,8 @@ def constraint_window(constraint: SanasConstraint, latency: dict[str, Any], imag
         except ValueError as exc:
             field, message = str(exc).split(": ", 1)
             raise InputError(field, message) from None
-    return {"ctype": constraint.ctype, "min": constraint.min, "max": high,
-            "unit": "MACs" if constraint.ctype == "flops" else "ms"}
+    return Window(ctype=constraint.ctype, min=constraint.min, max=high,
+                  unit="MACs" if constraint.ctype == "flops" else "ms")
 
 
 def optim_of(train: FaceTrainParams) -> DetectorOptim:
@@ -77,14 +121,14 @@ def optim_of(train: FaceTrainParams) -> DetectorOptim:
                          batch_size=train.batch_size, warmup_steps=20, schedule="cosine")
 
 
-def train_tokens(tokens: list[int], data: dict[str, Any], train: FaceTrainParams, steps: int, image_size: int,
+def train_tokens(tokens: list[int], data: FaceFiles, train: FaceTrainParams, steps: int, image_size: int,
                  seed: int, runtime: Runtime, checkpoint: Path | None = None) -> tuple[Any, dict[str, float]]:
     """A BlazeFace of `tokens` trained `steps` steps from scratch; (model, AP scores on val)."""
     configure_torch(runtime.num_threads, seed)
     device = resolve_device(runtime.device)
     model = build_from_tokens(tokens, image_size=image_size)
-    train_set = load_coco(Path(data["train_images"]), Path(data["train_json"]))
-    val_set = load_coco(Path(data["val_images"]), Path(data["val_json"]))
+    train_set = load_coco(Path(data.train_images), Path(data.train_json))
+    val_set = load_coco(Path(data.val_images), Path(data.val_json))
     losses = fit_steps(model, train_loader(train_set, train.batch_size, seed), steps, optim_of(train), device=device,
                        checkpoint=checkpoint)
     scores = score(model, val_set, device=device)

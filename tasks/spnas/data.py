@@ -2,6 +2,7 @@
 trains on), or the embedded digit canvases built once into the state folder's data cache."""
 from __future__ import annotations
 
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,28 @@ from data.coco_digits import make_digits_coco
 from data.digits import default_digits_folder
 from params.models import Runtime, SpnasData
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.sources import record_sources
 
 
-def detection_sources(data: SpnasData, image_size: int, seed: int) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class Sources(StageResult):
+    """Where the detection data and reignite's classification folder are; `files`: sources.json."""
+
+    train_images: str
+    train_json: str
+    val_images: str
+    val_json: str
+    classification_dir: str
+    detection_source: str       # in words, for the log and MLflow
+    classification_source: str
+
+    def record(self) -> dict[str, Any]:
+        """The choice as sources.json holds it (the data fields, in their order)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("files", "performance")}
+
+
+def detection_sources(data: SpnasData, image_size: int, seed: int) -> Sources:
     """COCO files and the classification folder reignite trains on: the user's own
     classification_dir, else crops of the user's own training boxes, else the embedded digits."""
     if data.train_json:
@@ -42,13 +61,16 @@ def detection_sources(data: SpnasData, image_size: int, seed: int) -> dict[str, 
             cls_dir, cls_source = data.classification_dir, f"your classification_dir {data.classification_dir}"
         else:
             cls_dir, cls_source = str(default_digits_folder()), "embedded digits (scikit-learn, 32 px)"
-    return {**coco, "classification_dir": cls_dir, "detection_source": detection, "classification_source": cls_source}
+    return Sources(**coco, classification_dir=cls_dir, detection_source=detection,
+                   classification_source=cls_source)
 
 
 @task(name="data", persist_result=True, cache_policy=STAGE_CACHE)
 def detection_data_task(data: SpnasData, image_size: int, seed: int, work_dir: str, parent_run_id: str,
-                        runtime: Runtime) -> dict[str, Any]:
-    out = record_sources(detection_sources(data, image_size, seed), work_dir, parent_run_id)
-    get_run_logger().info("data: detection = %s; reignite classification = %s", out["detection_source"],
-                          out["classification_source"])
+                        runtime: Runtime) -> Sources:
+    sources = detection_sources(data, image_size, seed)
+    recorded = record_sources(sources.record(), work_dir, parent_run_id)  # sources.json + the MLflow run
+    out = replace(sources, files=tuple(recorded["files"]))
+    get_run_logger().info("data: detection = %s; reignite classification = %s", out.detection_source,
+                          out.classification_source)
     return out

@@ -1,8 +1,10 @@
-"""What the SP-NAS stages share (no stage imports another stage): build a detector from the
-`model` section, its desc, rebuild one from a desc and weights, measure it, and the optimizer
-settings a stage trains with. Plain functions over params sections: no Prefect, no MLflow."""
+"""What the SP-NAS stages share (a stage imports another stage only for the result class it
+reads): build a detector from the `model` section, its desc, rebuild one from a desc and weights,
+measure it, and the optimizer settings a stage trains with. Plain functions over params sections:
+no Prefect, no MLflow."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -50,12 +52,14 @@ def measure(detector: torch.nn.Module, image_size: int) -> dict[str, int]:
     return {"macs": macs, "params": params}
 
 
-def limits_of(max_params: int | str | None, max_macs: int | str | None, start: dict[str, Any]) -> dict[str, float]:
-    """A search stage's resource limits: "start" = the starting network's own figure."""
+def limits_of(max_params: int | str | None, max_macs: int | str | None,
+              start: Mapping[str, Any]) -> dict[str, float]:
+    """A search stage's resource limits: "start" = the starting network's own figure (`start`:
+    fine_tune's performance)."""
     limits: dict[str, float] = {}
     for key, value in (("params", max_params), ("macs", max_macs)):
         if value == "start":
-            limits[key] = float(start["performance"][key])
+            limits[key] = float(start[key])
         elif value is not None:
             limits[key] = float(value)
     return limits

@@ -8,6 +8,8 @@ candidate within the resource limit (`parallel.max_params` / `parallel.max_macs`
 starting network's figures, so the final detector is no larger than the baseline)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -16,11 +18,27 @@ from latency.branch_costs import extra_macs_per_stage
 from params.models import DetectorModel, DetectorTrainParams, ParallelSearchParams, Runtime
 from strategies.parallel import ParallelSearch
 from tasks.spnas.detectors import desc_for, limits_of
+from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.search import SearchSpec, choose, finalize, run_search
+from tasks.spnas.fine_tune import FineTuned
+from tasks.spnas.reignite import Reignited
+from tasks.spnas.split import Split
 from tasks.spnas.train_candidate import train_candidate_task
 from tracking import tracker
 
 STAGE = "parallel"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelSearched(StageResult):
+    """The parallel search's outcome. `best`: the chosen candidate's result (the search driver's
+    candidate dict: code, neck_code, desc, model_path, performance, ...), which fully_train trains
+    longer; `rows`: the candidate table; `files`: the saved search state and every candidate's files."""
+
+    best: dict[str, Any]
+    rows: tuple[dict[str, Any], ...]
+    extra_macs_per_stage: tuple[float, ...]   # what one more sub-network adds to each stage
+    limits: Mapping[str, float]               # the resource limits the winner respects
 
 
 def objectives(result: dict[str, Any]) -> dict[str, Any]:
@@ -35,22 +53,22 @@ def _row(result: dict[str, Any]) -> dict[str, Any]:
             "status": "ok" if perf else "failed"}
 
 
-def parallel_setup(data: dict[str, Any], base: dict[str, Any], start: dict[str, Any], model: DetectorModel,
+def parallel_setup(data: Split, base: Reignited, start: FineTuned, model: DetectorModel,
                    parallel: ParallelSearchParams, seed: int
-                   ) -> tuple[ParallelSearch, SearchSpec, dict[str, float], list[int]]:
+                   ) -> tuple[ParallelSearch, SearchSpec, dict[str, float], list[float]]:
     """The parallel search, its driver spec, the size limits and the extra MACs per stage: shared
     by the subflow and by benchmarks/plain_spnas.py, which drives the same search without Prefect."""
-    num_stages = len(base["code"].split("-"))
-    cost = extra_macs_per_stage(base["code"], model.block, model.image_size)
-    limits = limits_of(parallel.max_params, parallel.max_macs, start)
+    num_stages = len(base.code.split("-"))
+    cost = extra_macs_per_stage(base.code, model.block, model.image_size)
+    limits = limits_of(parallel.max_params, parallel.max_macs, start.performance or {})
     search = ParallelSearch(num_stages, cost, parallel.max_sample, seed, max_per_stage=parallel.max_per_stage,
                             max_additions=min(parallel.max_additions, num_stages * parallel.max_per_stage),
                             objective_keys=("mAP", "macs"), maximize=(True, False), include_plain=True)
 
     def to_input(c: Any) -> dict[str, Any]:
-        return {"id": c.id, "code": base["code"], "neck_code": list(c.code),
-                "desc": desc_for(model, data["num_classes"], base["code"], list(c.code)),
-                "parent_model": base["model_path"]}
+        return {"id": c.id, "code": base.code, "neck_code": list(c.code),
+                "desc": desc_for(model, data.num_classes, base.code, list(c.code)),
+                "parent_model": base.model_path}
 
     spec = SearchSpec(STAGE, train_candidate_task, parallel.batch, to_input, objectives, _row, ("macs", "mAP"),
                       "SpNasP: neck codes (0 = no extra sub-networks)")
@@ -58,9 +76,9 @@ def parallel_setup(data: dict[str, Any], base: dict[str, Any], start: dict[str, 
 
 
 @flow(name="parallel-search")
-def parallel_search(data: dict[str, Any], base: dict[str, Any], start: dict[str, Any], model: DetectorModel,
+def parallel_search(data: Split, base: Reignited, start: FineTuned, model: DetectorModel,
                     optimizer: DetectorTrainParams, parallel: ParallelSearchParams, seed: int, work_dir: str,
-                    parent_run_id: str, runtime: Runtime, refresh: bool = False) -> dict[str, Any]:
+                    parent_run_id: str, runtime: Runtime, refresh: bool = False) -> ParallelSearched:
     logger = get_run_logger()
     search, spec, limits, cost = parallel_setup(data, base, start, model, parallel, seed)
     with tracker.child_run(parent_run_id, "parallel_search",
@@ -78,5 +96,5 @@ def parallel_search(data: dict[str, Any], base: dict[str, Any], start: dict[str,
                                      "resumed_candidates": outcome.resumed_from})
     logger.info("parallel search chose neck %s (mAP %.4f; plain FPN %.4f; limits %s)", chosen["neck_code"],
                 chosen["performance"]["mAP"], outcome.results[0]["performance"]["mAP"], limits)
-    return {"best": chosen, "rows": rows, "extra_macs_per_stage": cost, "limits": limits,
-            "files": outcome.files + [f for r in outcome.results.values() for f in r.get("files", [])]}
+    return ParallelSearched(best=chosen, rows=tuple(rows), extra_macs_per_stage=tuple(cost), limits=limits,
+                            files=(*outcome.files, *(f for r in outcome.results.values() for f in r.get("files", []))))

@@ -9,6 +9,8 @@ other tasks' futures.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -16,11 +18,26 @@ from prefect import flow, get_run_logger
 from params.models import DetectorModel, DetectorTrainParams, Runtime, SerialSearchParams
 from strategies.serial import SerialSearch, SerialSearchConfig
 from tasks.spnas.detectors import desc_for, limits_of
+from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.search import SearchSpec, choose, finalize, run_search
+from tasks.spnas.fine_tune import FineTuned
+from tasks.spnas.split import Split
 from tasks.spnas.train_candidate import train_candidate_task
 from tracking import tracker
 
 STAGE = "serial"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SerialSearched(StageResult):
+    """The serial search's outcome. `best`: the chosen candidate's result (the search driver's
+    candidate dict: code, desc, model_path, performance, ...), which reignite trains on; `rows`:
+    the candidate table; `files`: the saved search state and every candidate's files."""
+
+    best: dict[str, Any]
+    rows: tuple[dict[str, Any], ...]
+    mutation_kinds: tuple[str, ...]     # the mutation kinds the candidates used, sorted
+    limits: Mapping[str, float]         # the resource limits the winner respects
 
 
 def search_config(serial: SerialSearchParams) -> SerialSearchConfig:
@@ -43,17 +60,17 @@ def objectives(result: dict[str, Any]) -> dict[str, Any]:
     return {"mAP": perf["mAP"], "params": perf["params"], "macs": perf["macs"]}
 
 
-def serial_setup(data: dict[str, Any], start: dict[str, Any], model: DetectorModel, serial: SerialSearchParams,
+def serial_setup(data: Split, start: FineTuned, model: DetectorModel, serial: SerialSearchParams,
                  seed: int) -> tuple[SerialSearch, SearchSpec, dict[str, float]]:
     """The serial search, its driver spec and the size limits: shared by the subflow and by
     benchmarks/plain_spnas.py, which drives the same search without Prefect."""
     search = SerialSearch([model.backbone_code], search_config(serial), seed=seed)
-    limits = limits_of(serial.max_params, serial.max_macs, start)
-    model_of: dict[int | None, str] = {None: start["model_path"]}  # the start net inherits fine_tune's weights
+    limits = limits_of(serial.max_params, serial.max_macs, start.performance or {})
+    model_of: dict[int | None, str] = {None: start.model_path}  # the start net inherits fine_tune's weights
 
     def to_input(c: Any) -> dict[str, Any]:
         return {"id": c.id, "code": c.code, "parent_id": c.parent_id, "mutations": "+".join(c.mutations),
-                "desc": desc_for(model, data["num_classes"], c.code), "parent_model": model_of[c.parent_id],
+                "desc": desc_for(model, data.num_classes, c.code), "parent_model": model_of[c.parent_id],
                 "freeze": bool(serial.freeze_inherited and c.parent_id is not None)}
 
     def remember(result: dict[str, Any]) -> None:
@@ -65,9 +82,9 @@ def serial_setup(data: dict[str, Any], start: dict[str, Any], model: DetectorMod
 
 
 @flow(name="serial-search")
-def serial_search(data: dict[str, Any], start: dict[str, Any], model: DetectorModel, optimizer: DetectorTrainParams,
+def serial_search(data: Split, start: FineTuned, model: DetectorModel, optimizer: DetectorTrainParams,
                   serial: SerialSearchParams, seed: int, work_dir: str, parent_run_id: str, runtime: Runtime,
-                  refresh: bool = False) -> dict[str, Any]:
+                  refresh: bool = False) -> SerialSearched:
     logger = get_run_logger()
     search, spec, limits = serial_setup(data, start, model, serial, seed)
     with tracker.child_run(parent_run_id, "serial_search", {**serial.model_dump(), "limits": limits}) as run_id:
@@ -83,6 +100,6 @@ def serial_search(data: dict[str, Any], start: dict[str, Any], model: DetectorMo
         tracker.set_tags(run_id, {"best_code": best.code, "mutation_kinds": ",".join(kinds)})
     logger.info("serial search chose %s (mAP %.4f, %.2fM params; limits %s); mutation kinds seen: %s", best.code,
                 chosen["performance"]["mAP"], chosen["performance"]["params"] / 1e6, limits, kinds)
-    return {"best": chosen, "rows": rows, "mutation_kinds": kinds, "limits": limits,
-            "files": outcome.files + [f for r in outcome.results.values() for f in r.get("files", [])]}
+    return SerialSearched(best=chosen, rows=tuple(rows), mutation_kinds=tuple(kinds), limits=limits,
+                          files=(*outcome.files, *(f for r in outcome.results.values() for f in r.get("files", []))))
 

@@ -22,15 +22,16 @@ from params.models import DetectorTrainParams, Runtime
 from tasks.orchestration.files import save_handoff
 from tasks.spnas.detectors import measure, optim_from
 from tasks.orchestration.search import candidate_task
+from tasks.spnas.split import Split
 from tracking import tracker
 
 
-def train_candidate(candidate: dict[str, Any], data: dict[str, Any], optimizer: DetectorTrainParams, steps: int,
+def train_candidate(candidate: dict[str, Any], data: Split, optimizer: DetectorTrainParams, steps: int,
                     seed: int, runtime: Runtime, out_dir: Path, on_step=None, *, stage: str) -> dict[str, Any]:
     """candidate: {"id", "desc", "parent_model" (path or None), "freeze" (bool), ...extra columns};
     `stage` ("serial" or "parallel") names the candidate's random stream with its id."""
-    train = load_coco(Path(data["train_images"]), Path(data["search_train_json"]))
-    search_val = load_coco(Path(data["train_images"]), Path(data["search_val_json"]))
+    train = load_coco(Path(data.train_images), Path(data.search_train_json))
+    search_val = load_coco(Path(data.train_images), Path(data.search_val_json))
     device = resolve_device(runtime.device)
     started = time.perf_counter()
     own_seed = derive_seed(seed, f"spnas.{stage}", int(candidate["id"]))  # serial and parallel ids overlap
@@ -70,7 +71,7 @@ def _run_name() -> str:
 
 
 @candidate_task(name="candidate", task_run_name=_run_name)
-def train_candidate_task(candidate: dict[str, Any], data: dict[str, Any], optimizer: DetectorTrainParams, steps: int,
+def train_candidate_task(candidate: dict[str, Any], data: Split, optimizer: DetectorTrainParams, steps: int,
                          seed: int, stage: str, work_dir: str, parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
     """`parent_run_id` is the stage's MLflow run: each candidate is its grandchild."""
     logger = get_run_logger()

@@ -1,4 +1,4 @@
 """Stage `data` of spos/full: the CIFAR data stage it shares with prune-ea/full (tasks/cifar/data.py)."""
-from tasks.cifar.data import cifar_data_task as data_task
+from tasks.cifar.data import CifarSplit, cifar_data_task as data_task
 
-__all__ = ["data_task"]
+__all__ = ["CifarSplit", "data_task"]

@@ -9,6 +9,7 @@ Each finished path is saved (rank_<i>.json), so a killed check continues where i
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,32 @@ from engine.runtime import configure_torch, resolve_device
 from nas_models.spos_shufflenet import build_subnet
 from params.models import RankCheckParams, Runtime
 from strategies.path_sampler import uniform
+from tasks.cifar.data import CifarSplit
 from tasks.orchestration.caching import STAGE_CACHE
 from tasks.cifar.training import finetune_and_score
 from tasks.orchestration.files import read_json, write_json
-from tasks.spos.shared import macs_table, supernet_score
+from tasks.orchestration.handoff import StageResult
+from tasks.spos.shared import supernet_score
 from tasks.orchestration.tables import write_table
+from tasks.spos.supernet import TrainedSupernet
 from tracking import tracker
 
 POOL = 400  # uniform samples the spread is taken from
 PUBLISHED_TAU = "0.50-0.53 (one-shot on NAS-Bench-201)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RankChecked(StageResult):
+    """Kendall tau between stand-alone and supernet accuracies (None: off, or constant scores)
+    and the paths behind it; `files`: rank_check.csv (+ .parquet), rank_check.json."""
+
+    paths: int
+    kendall_tau_recalib: float | None
+    kendall_tau_no_recalib: float | None
+    rows: tuple[dict[str, Any], ...] = ()   # one per path: choices, MACs, params, the three accuracies
+    steps_each: int = 0
+    recalib_batches: int = 0
+    published_one_shot_tau: str = PUBLISHED_TAU
 
 
 def spread_paths(table: Any, count: int, seed: int) -> list[list[int]]:
@@ -45,12 +63,12 @@ def tau(xs: list[float], ys: list[float]) -> float | None:
     return None if value != value else float(value)  # NaN (constant scores) -> None
 
 
-def rank_check(supernet: dict[str, Any], data: dict[str, Any], cfg: RankCheckParams, recalib_batches: int,
+def rank_check(supernet: TrainedSupernet, data: CifarSplit, cfg: RankCheckParams, recalib_batches: int,
                eval_batch: int, convention: str, seed: int, runtime: Runtime, out_dir: Path,
-               on_path=None) -> dict[str, Any]:
+               on_path=None) -> RankChecked:
     configure_torch(runtime.num_threads, seed)
     device = resolve_device(runtime.device)
-    table = macs_table(supernet["preset"], supernet["num_classes"], Path(supernet["macs_table"]).parent)
+    table = supernet.table()
     recalib = recalib_batches or 4  # the check compares with and without, whatever the search used
     rows = []
     for i, choices in enumerate(spread_paths(table, cfg.count, seed)):
@@ -59,14 +77,14 @@ def rank_check(supernet: dict[str, Any], data: dict[str, Any], cfg: RankCheckPar
             row = read_json(saved)
         else:
             configure_torch(runtime.num_threads, derive_seed(seed, "spos.rank_check", i))
-            model = build_subnet(choices, supernet["preset"], num_classes=supernet["num_classes"])
+            model = build_subnet(choices, supernet.preset, num_classes=supernet.num_classes)
             standalone = finetune_and_score(model, data, cfg.steps, cfg.learning_rate, cfg.batch_size, seed, device,
                                             convention)
             row = {"path": i, "choices": choices, "macs": table.macs(choices), "params": table.params(choices),
                    "standalone_acc": standalone,
-                   "supernet_acc_recalib": supernet_score(supernet, choices, data, recalib, eval_batch, seed,
+                   "supernet_acc_recalib": supernet_score(supernet.load(), choices, data, recalib, eval_batch, seed,
                                                           convention, device),
-                   "supernet_acc_no_recalib": supernet_score(supernet, choices, data, 0, eval_batch, seed,
+                   "supernet_acc_no_recalib": supernet_score(supernet.load(), choices, data, 0, eval_batch, seed,
                                                              convention, device)}
             write_json(saved, row)
         rows.append(row)
@@ -80,17 +98,17 @@ def rank_check(supernet: dict[str, Any], data: dict[str, Any], cfg: RankCheckPar
     files = [str(p) for p in write_table([{**r, "choices": "".join(map(str, r["choices"]))} for r in rows],
                                          out_dir / "rank_check.csv")]
     files.append(str(write_json(out_dir / "rank_check.json", {**summary, "rows": rows})))
-    return {**summary, "rows": rows, "files": files}
+    return RankChecked(**summary, rows=tuple(rows), files=tuple(files))
 
 
 @task(name="rank_check", persist_result=True, cache_policy=STAGE_CACHE)
-def rank_check_task(supernet: dict[str, Any], data: dict[str, Any], rank: RankCheckParams, recalib_batches: int,
+def rank_check_task(supernet: TrainedSupernet, data: CifarSplit, rank: RankCheckParams, recalib_batches: int,
                     eval_batch: int, convention: str, seed: int, work_dir: str, parent_run_id: str,
-                    runtime: Runtime) -> dict[str, Any]:
+                    runtime: Runtime) -> RankChecked:
     logger = get_run_logger()
     if rank.count == 0:
         logger.info("rank_check: off (rank_check.count = 0)")
-        return {"paths": 0, "rows": [], "files": [], "kendall_tau_recalib": None, "kendall_tau_no_recalib": None}
+        return RankChecked(paths=0, kendall_tau_recalib=None, kendall_tau_no_recalib=None)
     with tracker.child_run(parent_run_id, "rank_check", rank.model_dump()) as run_id:
         progress = tracker.Progress("rank-check-progress", "rank check: paths trained stand-alone")
 
@@ -102,15 +120,15 @@ def rank_check_task(supernet: dict[str, Any], data: dict[str, Any], rank: RankCh
 
         out = rank_check(supernet, data, rank, recalib_batches, eval_batch, convention, seed, runtime,
                          Path(work_dir), on_path)
-        tracker.log_metrics(run_id, {k: out[k] for k in ("kendall_tau_recalib", "kendall_tau_no_recalib")
-                                     if out[k] is not None})
-        tracker.log_files(run_id, out["files"], "rank_check")
+        taus = {"kendall_tau_recalib": out.kendall_tau_recalib, "kendall_tau_no_recalib": out.kendall_tau_no_recalib}
+        tracker.log_metrics(run_id, {k: v for k, v in taus.items() if v is not None})
+        tracker.log_files(run_id, out.files, "rank_check")
     table = [{k: v for k, v in r.items() if k != "choices"} | {"choices": "".join(map(str, r["choices"]))}
-             for r in out["rows"]]
+             for r in out.rows]
     tracker.publish_table("spos-rank-check", table + [
-        {"path": "Kendall tau", "supernet_acc_recalib": out["kendall_tau_recalib"],
-         "supernet_acc_no_recalib": out["kendall_tau_no_recalib"]}],
+        {"path": "Kendall tau", "supernet_acc_recalib": out.kendall_tau_recalib,
+         "supernet_acc_no_recalib": out.kendall_tau_no_recalib}],
         f"stand-alone ({rank.steps} steps each) vs supernet accuracy; published one-shot tau {PUBLISHED_TAU}")
     logger.info("rank check: Kendall tau %s with BN recalibration, %s without (published one-shot: %s)",
-                out["kendall_tau_recalib"], out["kendall_tau_no_recalib"], PUBLISHED_TAU)
+                out.kendall_tau_recalib, out.kendall_tau_no_recalib, PUBLISHED_TAU)
     return out

@@ -4,6 +4,7 @@ all-3x3 path. One task per model; checkpoints in the work folder."""
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,24 +15,34 @@ from engine.runtime import configure_torch, resolve_device
 from nas_models.spos_shufflenet import build_subnet
 from params.models import Runtime, SposRetrainParams
 from strategies.path_sampler import uniform
+from tasks.cifar.data import CifarSplit
 from tasks.orchestration.caching import STAGE_CACHE
-from tasks.cifar.training import measure, train_and_score
+from tasks.cifar.training import TrainedClassifier, measure, train_and_score
 from tasks.orchestration.files import save_handoff
-from tasks.spos.shared import macs_table
+from tasks.spos.search import FinalArchitecture
+from tasks.spos.supernet import TrainedSupernet
 from tracking import tracker
 
 SIMILAR = 0.05   # a "similar MACs" baseline is within 5 % of the winner's MACs
 TRIES = 20_000
 
 
-def retrain_candidates(supernet: dict[str, Any], final: dict[str, Any], seed: int, baselines: bool
+@dataclass(frozen=True, kw_only=True)
+class RetrainedPath(TrainedClassifier):
+    """One path trained from scratch (winner, random_similar or all_3x3); `files`: desc_,
+    model_ and performance_<name>."""
+
+    choices: tuple[int, ...]
+
+
+def retrain_candidates(supernet: TrainedSupernet, final: FinalArchitecture, seed: int, baselines: bool
                        ) -> list[dict[str, Any]]:
     """The winner, then (if asked) a seeded random path of the closest MACs found within
-    `SIMILAR` and the all-3x3 path."""
-    table = macs_table(supernet["preset"], supernet["num_classes"], Path(supernet["macs_table"]).parent)
-    out = [{"name": "winner", "choices": list(final["choices"])}]
+    `SIMILAR` and the all-3x3 path: the retrain stage's candidate inputs ({"name", "choices"})."""
+    table = supernet.table()
+    out = [{"name": "winner", "choices": list(final.choices)}]
     if baselines:
-        rng, target = random.Random(seed), final["macs"]
+        rng, target = random.Random(seed), final.macs
         best: list[int] | None = None
         for _ in range(TRIES):
             path = uniform(rng, table.n_blocks, len(table.per_block[0]))
@@ -44,18 +55,18 @@ def retrain_candidates(supernet: dict[str, Any], final: dict[str, Any], seed: in
     return out
 
 
-def retrain(candidate: dict[str, Any], supernet: dict[str, Any], data: dict[str, Any], cfg: SposRetrainParams,
-            convention: str, seed: int, runtime: Runtime, out_dir: Path, on_epoch=None) -> dict[str, Any]:
+def retrain(candidate: dict[str, Any], supernet: TrainedSupernet, data: CifarSplit, cfg: SposRetrainParams,
+            convention: str, seed: int, runtime: Runtime, out_dir: Path, on_epoch=None) -> RetrainedPath:
     configure_torch(runtime.num_threads, seed)
-    model = build_subnet(candidate["choices"], supernet["preset"], num_classes=supernet["num_classes"])
+    model = build_subnet(candidate["choices"], supernet.preset, num_classes=supernet.num_classes)
     scores = train_and_score(model, data, cfg, seed, resolve_device(runtime.device),
                              out_dir / f"checkpoint_{candidate['name']}.pth", on_epoch, convention)
     performance = {"acc": scores["test_acc"], "val_acc": scores["val_acc"], **measure(model), "epochs": cfg.epochs}
-    desc = {"type": "SposSubnet", "choices": list(candidate["choices"]), "preset": supernet["preset"],
-            "num_classes": supernet["num_classes"]}
+    desc = {"type": "SposSubnet", "choices": list(candidate["choices"]), "preset": supernet.preset,
+            "num_classes": supernet.num_classes}
     files = save_handoff(out_dir, candidate["name"], desc, model, performance)
-    return {"name": candidate["name"], "choices": candidate["choices"], "desc": desc, "model_path": files[1],
-            "performance": performance, "files": files}
+    return RetrainedPath(name=candidate["name"], choices=tuple(candidate["choices"]), desc=desc, model_path=files[1],
+                         performance=performance, files=tuple(files))
 
 
 def _run_name() -> str:
@@ -63,9 +74,9 @@ def _run_name() -> str:
 
 
 @task(name="retrain", task_run_name=_run_name, persist_result=True, cache_policy=STAGE_CACHE)
-def spos_retrain_task(candidate: dict[str, Any], supernet: dict[str, Any], data: dict[str, Any],
+def spos_retrain_task(candidate: dict[str, Any], supernet: TrainedSupernet, data: CifarSplit,
                       retrain_cfg: SposRetrainParams, convention: str, seed: int, work_dir: str, parent_run_id: str,
-                      runtime: Runtime) -> dict[str, Any]:
+                      runtime: Runtime) -> RetrainedPath:
     logger = get_run_logger()
     choices = "".join(map(str, candidate["choices"]))
     with tracker.child_run(parent_run_id, f"retrain-{candidate['name']}",
@@ -74,9 +85,9 @@ def spos_retrain_task(candidate: dict[str, Any], supernet: dict[str, Any], data:
             tracker.log_metrics(run_id, m, step=int(m["epoch"]))
 
         out = retrain(candidate, supernet, data, retrain_cfg, convention, seed, runtime, Path(work_dir), on_epoch)
-        tracker.log_metrics(run_id, out["performance"])
-        tracker.log_files(run_id, out["files"], "retrain")
-    perf = out["performance"]
+        tracker.log_metrics(run_id, out.performance)
+        tracker.log_files(run_id, out.files, "retrain")
+    perf = out.performance
     logger.info("retrained %s (%s) from scratch: test acc %.4f  MACs %.2fM  params %.3fM", candidate["name"], choices,
                 perf["acc"], perf["macs"] / 1e6, perf["params"] / 1e6)
     return out

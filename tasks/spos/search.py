@@ -7,6 +7,7 @@ as it stood after each generation), architecture_final.json (the winner: choices
 supernet accuracy, the limit it respects)."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +17,56 @@ from prefect.runtime import task_run
 from engine.runtime import configure_torch, resolve_device
 from params.models import EvolutionParams, Runtime
 from strategies.evolution import EvolutionSearch
+from tasks.cifar.data import CifarSplit
 from tasks.orchestration.files import write_json
+from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
-from tasks.spos.shared import macs_table, supernet_score
+from tasks.spos.shared import supernet_score
 from tasks.orchestration.tables import write_table
+from tasks.spos.supernet import TrainedSupernet
 from tracking import tracker
 
 STAGE = "search"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinalArchitecture:
+    """The winner, as architecture_final.json holds it (these fields, in this order)."""
+
+    choices: tuple[int, ...]
+    macs: int
+    params: int
+    supernet_acc: float
+    macs_limit: int        # the limit the search respected
+    preset: str
+    candidate_id: int
+    generation: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class SposSearched(StageResult):
+    """The search's table rows (output.csv) and its winner, which `retrain` trains from scratch;
+    `files`: the saved state, output.csv (+ .parquet), topk.csv, architecture_final.json."""
+
+    rows: tuple[dict[str, Any], ...]
+    final: FinalArchitecture
 
 
 def choices_text(choices: list[int]) -> str:
     return "".join(str(c) for c in choices)
 
 
-def evaluate_candidate(candidate: dict[str, Any], supernet: dict[str, Any], data: dict[str, Any],
+def evaluate_candidate(candidate: dict[str, Any], supernet: TrainedSupernet, data: CifarSplit,
                        search: EvolutionParams, convention: str, seed: int, runtime: Runtime,
                        out_dir: Path) -> dict[str, Any]:
     configure_torch(runtime.num_threads, seed)
-    table = macs_table(supernet["preset"], supernet["num_classes"], Path(supernet["macs_table"]).parent)
+    table = supernet.table()
     choices = list(candidate["choices"])
-    acc = supernet_score(supernet, choices, data, search.recalib_batches, search.batch_size, seed, convention,
+    acc = supernet_score(supernet.load(), choices, data, search.recalib_batches, search.batch_size, seed, convention,
                          resolve_device(runtime.device))
     performance = {"acc": acc, "macs": table.macs(choices), "params": table.params(choices),
                    "recalib_batches": search.recalib_batches}
-    desc = {"type": "SposSubnet", "choices": choices, "preset": supernet["preset"],
-            "num_classes": supernet["num_classes"]}
+    desc = {"type": "SposSubnet", "choices": choices, "preset": supernet.preset, "num_classes": supernet.num_classes}
     cid = candidate["id"]
     files = [str(write_json(out_dir / f"desc_{cid}.json", desc)),
              str(write_json(out_dir / f"performance_{cid}.json", performance))]
@@ -53,7 +79,7 @@ def _run_name() -> str:
 
 
 @candidate_task(name="spos_candidate", task_run_name=_run_name)
-def spos_candidate_task(candidate: dict[str, Any], supernet: dict[str, Any], data: dict[str, Any],
+def spos_candidate_task(candidate: dict[str, Any], supernet: TrainedSupernet, data: CifarSplit,
                         search: EvolutionParams, convention: str, seed: int, work_dir: str, parent_run_id: str,
                         runtime: Runtime) -> dict[str, Any]:
     """One path scored with supernet weights; its MLflow run holds choices, MACs, params, accuracy."""
@@ -94,10 +120,10 @@ def topk_file(strategy: EvolutionSearch, rows: list[dict[str, Any]], work: Path)
 
 
 @flow(name="spos-search")
-def spos_search(supernet: dict[str, Any], data: dict[str, Any], search: EvolutionParams, convention: str, seed: int,
-                work_dir: str, parent_run_id: str, runtime: Runtime, refresh: bool = False) -> dict[str, Any]:
+def spos_search(supernet: TrainedSupernet, data: CifarSplit, search: EvolutionParams, convention: str, seed: int,
+                work_dir: str, parent_run_id: str, runtime: Runtime, refresh: bool = False) -> SposSearched:
     logger = get_run_logger()
-    table = macs_table(supernet["preset"], supernet["num_classes"], Path(supernet["macs_table"]).parent)
+    table = supernet.table()
     limit = search.macs_limit or (table.min_macs() + table.max_macs()) // 2
     strategy = EvolutionSearch(
         table.macs, limit, seed, num_blocks=table.n_blocks, num_choices=len(table.per_block[0]),
@@ -116,10 +142,10 @@ def spos_search(supernet: dict[str, Any], data: dict[str, Any], search: Evolutio
         best = strategy.best()
         rows = finalize(strategy, spec, outcome, work_dir, best.id, "all", needed=set())
         winner = next(r for r in rows if r["id"] == best.id)
-        final = {"choices": list(best.choices), "macs": winner["macs"], "params": winner["params"],
-                 "supernet_acc": winner["acc"], "macs_limit": limit, "preset": supernet["preset"],
-                 "candidate_id": best.id, "generation": winner["generation"]}
-        final_path = write_json(Path(work_dir) / "architecture_final.json", final)
+        final = FinalArchitecture(choices=tuple(best.choices), macs=winner["macs"], params=winner["params"],
+                                  supernet_acc=winner["acc"], macs_limit=limit, preset=supernet.preset,
+                                  candidate_id=best.id, generation=winner["generation"])
+        final_path = write_json(Path(work_dir) / "architecture_final.json", asdict(final))
         outcome.files.append(str(final_path))
         tracker.log_files(run_id, outcome.files, STAGE)
         tracker.log_metrics(run_id, {"candidates": len(rows), "best_supernet_acc": winner["acc"],
@@ -130,4 +156,4 @@ def spos_search(supernet: dict[str, Any], data: dict[str, Any], search: Evolutio
     logger.info("search: %d paths over %d generations under %.2fM MACs (%d proposals over the limit never "
                 "evaluated); winner %s  %.2fM MACs  supernet acc %.4f", len(rows), strategy.generation + 1,
                 limit / 1e6, sum(strategy.rejected_over_limit), winner["choices"], winner["macs"] / 1e6, winner["acc"])
-    return {"rows": rows, "final": final, "files": outcome.files}
+    return SposSearched(rows=tuple(rows), final=final, files=tuple(outcome.files))

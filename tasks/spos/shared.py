@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from engine.supernet import score_subnet
 from latency.macs_table import MacsTable, build_or_load
 from nas_models.spos_shufflenet import build_supernet, subnet_from_supernet
+from tasks.cifar.data import CifarSplit
 from tasks.cifar.training import loaders
 
 MACS_TABLE = "macs_table.json"
@@ -28,16 +28,17 @@ def _supernet_state(path: str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_supernet(supernet: dict[str, Any]) -> torch.nn.Module:
-    model = build_supernet(supernet["preset"], num_classes=supernet["num_classes"])
-    model.load_state_dict(_supernet_state(supernet["model_path"]))
+def load_supernet(preset: str, num_classes: int, model_path: str) -> torch.nn.Module:
+    model = build_supernet(preset, num_classes=num_classes)
+    model.load_state_dict(_supernet_state(model_path))
     return model.eval()
 
 
-def supernet_score(supernet: dict[str, Any], choices: list[int], data: dict[str, Any], recalib_batches: int,
+def supernet_score(supernet: torch.nn.Module, choices: list[int], data: CifarSplit, recalib_batches: int,
                    batch_size: int, seed: int, convention: str, device: torch.device) -> float:
-    """Val top-1 of a path with the supernet's weights. Every candidate recalibrates on the same
-    training batches (same seed), so their scores differ only by architecture."""
-    subnet = subnet_from_supernet(load_supernet(supernet), choices)
+    """Val top-1 of a path with the weights of `supernet` (TrainedSupernet.load()). Every
+    candidate recalibrates on the same training batches (same seed), so their scores differ
+    only by architecture."""
+    subnet = subnet_from_supernet(supernet, choices)
     train, val, _ = loaders(data, batch_size, seed, convention)
     return score_subnet(subnet, train, recalib_batches, val, device)

@@ -9,30 +9,58 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import torch
 from prefect import get_run_logger, task
 
 from engine.runtime import configure_torch, resolve_device
 from engine.supernet import SupernetOptim, train_supernet
+from latency.macs_table import MacsTable
 from nas_models.spos_shufflenet import build_supernet
 from params.models import Runtime, SposModel, SupernetTrain
 from strategies.path_sampler import FlopsBinSampler, uniform
+from tasks.cifar.data import CifarSplit
 from tasks.orchestration.caching import STAGE_CACHE
 from tasks.cifar.training import loaders
 from tasks.orchestration.files import save_state_dict, write_json
-from tasks.spos.shared import macs_table
+from tasks.orchestration.handoff import StageResult
+from tasks.spos.shared import load_supernet, macs_table
 from tasks.orchestration.tables import write_table
 from tracking import tracker
 
 LOG_EVERY = 20  # steps between loss points in MLflow
 
 
-def train(data: dict[str, Any], model: SposModel, cfg: SupernetTrain, seed: int, runtime: Runtime, out_dir: Path,
-          on_step=None) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class TrainedSupernet(StageResult):
+    """The trained supernet every later stage scores or builds paths from, and the choice space's
+    MACs table beside it; `files`: supernet.pth, macs_table.json, sampled_bins.csv (+ .parquet),
+    desc_supernet.json."""
+
+    model_path: str
+    preset: str
+    num_classes: int
+    macs_table: str                     # the per-op MACs/params table's file
+    sampling: str                       # "uniform" or "macs bins"
+    macs_range: tuple[int, int]         # the MACs range the bins cover
+    bins: tuple[dict[str, int], ...]    # paths sampled per MACs bin (this call's steps)
+    loss: float                         # mean training loss of this call's steps
+
+    def table(self) -> MacsTable:
+        """The choice space's MACs/params table (built with this supernet's class count)."""
+        return macs_table(self.preset, self.num_classes, Path(self.macs_table).parent)
+
+    def load(self) -> torch.nn.Module:
+        """The supernet with the trained weights, in eval mode (weights read once per process)."""
+        return load_supernet(self.preset, self.num_classes, self.model_path)
+
+
+def train(data: CifarSplit, model: SposModel, cfg: SupernetTrain, seed: int, runtime: Runtime, out_dir: Path,
+          on_step=None) -> TrainedSupernet:
     configure_torch(runtime.num_threads, seed)
-    num_classes = len(data["labels"])
+    num_classes = data.num_classes
     table = macs_table(model.preset, num_classes, out_dir)
     low, high = cfg.macs_range or (table.min_macs(), table.max_macs())
     if cfg.macs_range is None:
@@ -64,14 +92,14 @@ def train(data: dict[str, Any], model: SposModel, cfg: SupernetTrain, seed: int,
     files += [str(p) for p in write_table(bins, out_dir / "sampled_bins.csv")]
     desc = {"type": "SposSupernet", "preset": model.preset, "num_classes": num_classes}
     files.append(str(write_json(out_dir / "desc_supernet.json", desc)))
-    return {"model_path": str(weights), "preset": model.preset, "num_classes": num_classes,
-            "macs_table": str(out_dir / "macs_table.json"), "sampling": "macs bins" if sampler else "uniform",
-            "macs_range": [int(low), int(high)], "bins": bins, "loss": stats["loss"], "files": files}
+    return TrainedSupernet(model_path=str(weights), preset=model.preset, num_classes=num_classes,
+                           macs_table=str(out_dir / "macs_table.json"), sampling="macs bins" if sampler else "uniform",
+                           macs_range=(int(low), int(high)), bins=tuple(bins), loss=stats["loss"], files=tuple(files))
 
 
 @task(name="supernet", persist_result=True, cache_policy=STAGE_CACHE)
-def train_supernet_task(data: dict[str, Any], model: SposModel, supernet: SupernetTrain, seed: int, work_dir: str,
-                        parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+def train_supernet_task(data: CifarSplit, model: SposModel, supernet: SupernetTrain, seed: int, work_dir: str,
+                        parent_run_id: str, runtime: Runtime) -> TrainedSupernet:
     logger = get_run_logger()
     with tracker.child_run(parent_run_id, "supernet", {**model.model_dump(), **supernet.model_dump()}) as run_id:
         progress = tracker.Progress("supernet-progress", "supernet training: steps")
@@ -88,10 +116,10 @@ def train_supernet_task(data: dict[str, Any], model: SposModel, supernet: Supern
                     logger.info("supernet step %d/%d  loss %.4f", i + 1, supernet.steps, mean)
 
         out = train(data, model, supernet, seed, runtime, Path(work_dir), on_step)
-        tracker.log_files(run_id, out["files"], "supernet")
-        tracker.log_metrics(run_id, {"final_loss": out["loss"]})
-    tracker.publish_table("supernet-sampled-bins", out["bins"],
-                          f"supernet paths per MACs bin ({out['sampling']} sampling; flat = every bin equally)")
-    logger.info("supernet (%s preset): %s sampling over MACs %s; paths per bin %s", model.preset, out["sampling"],
-                out["macs_range"], [b["paths"] for b in out["bins"]])
+        tracker.log_files(run_id, out.files, "supernet")
+        tracker.log_metrics(run_id, {"final_loss": out.loss})
+    tracker.publish_table("supernet-sampled-bins", list(out.bins),
+                          f"supernet paths per MACs bin ({out.sampling} sampling; flat = every bin equally)")
+    logger.info("supernet (%s preset): %s sampling over MACs %s; paths per bin %s", model.preset, out.sampling,
+                list(out.macs_range), [b["paths"] for b in out.bins])
     return out
