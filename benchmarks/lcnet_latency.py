@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from deploy.onnx_export import WithSoftmax, export_onnx, make_session  # noqa: E402
 from latency.flops import count_macs_params, format_count  # noqa: E402
 from latency.measure import cpu_model  # noqa: E402
-from nas_models.lcnet import build_lcnet  # noqa: E402
 from latency.timing import interleaved_times, load_average  # noqa: E402
+from nas_models.lcnet import build_lcnet  # noqa: E402
 
 PAPER_MS = {"PP-LCNet x1.0": 2.46, "MobileNetV3-small x1.25": 3.95}
 
@@ -79,8 +79,6 @@ def calibrate_bn(model: nn.Module, x: torch.Tensor) -> nn.Module:
 
 def summary(ms: list[float]) -> tuple[float, float]:
     return min(ms), statistics.median(ms)
-
-
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,16 +41,16 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
+from core.paths import data_cache_dir  # noqa: E402
+from core.seeds import derive_seed
 from data.coco import CocoDetection, CocoSet, collate_detection, load_coco  # noqa: E402
 from data.coco_digits import default_digits_coco, make_digits_coco  # noqa: E402
 from data.coco_eval import coco_map, to_coco_detections  # noqa: E402
 from engine.detection import evaluate, train_one_epoch  # noqa: E402
+from latency.timing import load_average  # noqa: E402
 from nas_models.detector import build_detector  # noqa: E402
 from nas_models.inherit import inherit_weights  # noqa: E402
 from nas_models.serial_backbone import validate_code  # noqa: E402
-from core.seeds import derive_seed
-from core.paths import data_cache_dir  # noqa: E402
-from latency.timing import load_average  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

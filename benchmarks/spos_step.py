@@ -33,8 +33,8 @@ from nas_models.spos_shufflenet import (  # noqa: E402
     get_preset,
     subnet_from_supernet,
 )
-from strategies.path_sampler import uniform  # noqa: E402
 from latency.timing import interleaved_times, load_average  # noqa: E402
+from strategies.path_sampler import uniform  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from core.errors import InputError
+from core.paths import data_cache_dir
+from core.seeds import derive_seed
 from data._build import build_once
 from data.digits import load_digit_arrays, upscale_digit
 from data.imagefolder import read_labels, read_list
 from data.split import split_imagenet_folder
 from data.transforms import center_crop, load_rgb, resize_short_side
-from core.seeds import derive_seed
-from core.errors import InputError
-from core.paths import data_cache_dir
 
 IMAGE_SIZE = 32
 ROW_LENGTH = 3 * IMAGE_SIZE * IMAGE_SIZE  # 3072 bytes per image in a batch file

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.transforms import load_rgb
 from core.errors import InputError
+from data.transforms import load_rgb
 
 BOX_TOLERANCE = 1.0  # px a box may stick out of its image (rounding in annotation tools)
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import InputError
 from data._build import build_once
 from data.coco import CocoSet, load_coco
 from data.transforms import load_rgb
-from core.errors import InputError
 
 MANIFEST = "crops.json"
 FORMAT_VERSION = 1  # bump when the folder layout or crop rule changes: old builds are not reused

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data._build import CocoFolder, build_once
-from data.digits import load_digit_arrays, upscale_digit
 from core.errors import InputError
 from core.paths import data_cache_dir
+from data._build import CocoFolder, build_once
+from data.digits import load_digit_arrays, upscale_digit
 
 HELD_OUT_DIGIT_SHARE = 0.2
 MIN_DIGIT_PX, MAX_DIGIT_PX = 20, 36

@@ -10,8 +10,8 @@ import os
 import random
 from pathlib import Path
 
-from data.coco import CocoSet
 from core.errors import InputError
+from data.coco import CocoSet
 
 
 def split_image_ids(coco: CocoSet, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data._build import build_once
 from core.errors import InputError
 from core.paths import data_cache_dir
+from data._build import build_once
 
 DIGIT_MAX = 16.0  # load_digits pixel values run 0..16
 

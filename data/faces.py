@@ -30,11 +30,11 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from core.errors import InputError
+from core.paths import data_cache_dir
 from data._build import CocoFolder, build_once
 from data.coco import CocoSet, load_coco
 from data.coco_eval import coco_map, to_coco_detections
-from core.errors import InputError
-from core.paths import data_cache_dir
 
 __all__ = [
     "FacesCoco",

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.transforms import load_rgb
 from core.errors import InputError
+from data.transforms import load_rgb
 
 
 def read_labels(path: Path) -> list[str]:

@@ -61,8 +61,8 @@ from torch import Tensor, nn
 from torch.export import ExportedProgram
 from torchvision.ops import boxes as box_ops
 
-from deploy.onnx_export import load_program, make_session, save_program
 from core.errors import InputError
+from deploy.onnx_export import load_program, make_session, save_program
 
 __all__ = [
     "MODEL_YML",

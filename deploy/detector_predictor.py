@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from core.errors import InputError
 from deploy.detector_export import INPUT_NAME, MODEL_YML, ONNX_FILE
 from deploy.onnx_export import make_session
 from deploy.predictor import ImageLike, TimeInfo, check_count, load_image, load_yaml_mapping
-from core.errors import InputError
 
 __all__ = ["DetectorPredictor", "read_detector_yml"]
 

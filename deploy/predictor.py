@@ -19,9 +19,9 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from core.errors import InputError
 from data.transforms import Preprocess, as_rgb_image, load_rgb
 from deploy.onnx_export import make_session
-from core.errors import InputError
 
 ImageLike = str | Path | Image.Image | np.ndarray
 

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from core.errors import InputError
 from engine.detection import model_signature, read_checkpoint, restore_checkpoint, save_checkpoint
 from engine.runtime import model_on, rng_state, set_rng_state
-from core.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from engine.runtime import model_on
 from core.errors import InputError
+from engine.runtime import model_on
 
 __all__ = ["evaluate", "load_checkpoint", "model_signature", "read_checkpoint", "restore_checkpoint",
            "save_checkpoint", "train_one_epoch"]

@@ -30,9 +30,9 @@ from engine.detection import (
     save_checkpoint,
     train_one_epoch,
 )
+from core.errors import InputError
 from engine.runtime import model_on, rng_state, set_rng_state
 from latency.timing import min_latency_ms
-from core.errors import InputError
 
 log = logging.getLogger(__name__)
 

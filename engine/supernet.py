@@ -28,12 +28,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from core.errors import InputError
 from engine.classification import evaluate
 from engine.detection import model_signature, save_checkpoint
 from engine.detector_fit import LoaderCycle, resume_checkpoint
 from engine.runtime import model_on, rng_state
-from core.errors import InputError
-
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,14 @@ from prefect import flow
 from params.loader import load_params
 from params.models import LcnetParams
 from params.registry import LCNET
+from tasks.lcnet.data import Sources, classification_data_task
 from tasks.lcnet.evaluate import Evaluated, evaluate_classifier_task
 from tasks.lcnet.export import Exported, export_classifier_task
-from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
-from tasks.lcnet.preflight import preflight
 from tasks.lcnet.predict import Predicted, predict_task
-from tasks.lcnet.data import Sources, classification_data_task
+from tasks.lcnet.preflight import preflight
 from tasks.lcnet.split import Split, split_task
 from tasks.lcnet.train import Trained, train_classifier_task
+from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
 
 
 @flow(name="lcnet", on_crashed=[close_tracking_on_crash], on_cancellation=[close_tracking_on_crash])

@@ -10,10 +10,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from params.loader import load_params
 from params.models import PruneEaParams
 from params.registry import PRUNE_EA
-from tasks.prune_ea.export import Exported, export_task
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
-from tasks.prune_ea.preflight import preflight
 from tasks.prune_ea.data import CifarSplit, data_task
+from tasks.prune_ea.export import Exported, export_task
+from tasks.prune_ea.preflight import preflight
 from tasks.prune_ea.prune_search import PruneSearched, prune_search, spread
 from tasks.prune_ea.retrain import RetrainedMember, retrain_task
 from tasks.prune_ea.train_base import TrainedBase, train_base_task

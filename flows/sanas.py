@@ -13,11 +13,11 @@ from nas_models.blazeface import INIT_TOKENS
 from params.loader import load_params
 from params.models import SanasParams
 from params.registry import SANAS
+from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.sanas.data import Faces, face_data_task
 from tasks.sanas.export import Exported, export_faces_task
 from tasks.sanas.latency_table import Latency, latency_table_task
-from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
 from tasks.sanas.preflight import preflight
-from tasks.sanas.data import Faces, face_data_task
 from tasks.sanas.search import Searched, sanas_search
 from tasks.sanas.shared import constraint_window
 from tasks.sanas.train import Trained, sanas_train_task

@@ -10,17 +10,16 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from params.loader import load_params
 from params.models import SpnasParams
 from params.registry import SPNAS
+from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.spnas.data import Sources, detection_data_task
 from tasks.spnas.export import Exported, export_detector_task
 from tasks.spnas.fine_tune import FineTuned, fine_tune_task
 from tasks.spnas.fully_train import Compared, Trained, compare_task, fully_train_task
 from tasks.spnas.parallel import ParallelSearched, parallel_search
-from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
 from tasks.spnas.preflight import preflight
-from tasks.spnas.data import Sources, detection_data_task
 from tasks.spnas.reignite import Reignited, reignite_task
 from tasks.spnas.serial import SerialSearched, serial_search
 from tasks.spnas.split import Split, split_detection_task
-
 
 
 # One stage at a time with every core: the final and baseline trainings would only fight.

@@ -11,10 +11,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from params.loader import load_params
 from params.models import SposParams
 from params.registry import SPOS
-from tasks.spos.export import Exported, export_task
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
-from tasks.spos.preflight import preflight
 from tasks.spos.data import CifarSplit, data_task
+from tasks.spos.export import Exported, export_task
+from tasks.spos.preflight import preflight
 from tasks.spos.rank_check import RankChecked, rank_check_task
 from tasks.spos.retrain import RetrainedPath, retrain_candidates, spos_retrain_task
 from tasks.spos.search import SposSearched, spos_search

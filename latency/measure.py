@@ -57,8 +57,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from latency.table import LatencyTable, key_of, op_type_of, parse_key
 from core.errors import InputError
+from latency.table import LatencyTable, key_of, op_type_of, parse_key
 
 __all__ = [
     "BACKENDS",

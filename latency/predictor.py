@@ -38,9 +38,9 @@ import torch
 
 from latency.measure import (TimingConfig, _torch_threads, build_table, measure_networks_ms,
                              space_ops, ssd_core)
-from latency.table import LatencyTable, op_type_of
 from core.errors import InputError
 from core.seeds import derive_seed
+from latency.table import LatencyTable, op_type_of
 
 __all__ = [
     "GROUPS",

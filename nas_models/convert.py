@@ -25,9 +25,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from core.errors import InputError
 from nas_models.inherit import state_mismatch
 from nas_models.serial_backbone import SerialBackbone, validate_block, validate_code
-from core.errors import InputError
 
 __all__ = [
     "Conversion",

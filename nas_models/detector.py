@@ -23,9 +23,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from core.errors import InputError
 from nas_models.parallel_fpn import ParallelBackbone
 from nas_models.serial_backbone import SerialBackbone
-from core.errors import InputError
 
 __all__ = [
     "ASPECT_RATIOS",

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from nas_models.serial_backbone import SerialBackbone, conv3x3
 from core.errors import InputError
+from nas_models.serial_backbone import SerialBackbone, conv3x3
 
 __all__ = [
     "MAX_BRANCHES_PER_STAGE",

@@ -59,7 +59,6 @@ def _resolved(value: str | None) -> str | None:
     return None if value is None else str(Path(value).expanduser().resolve())
 
 
-
 # ----------------------------------------------------------------------- shared by all pipelines
 
 

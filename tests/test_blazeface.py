@@ -20,8 +20,8 @@ from nas_models.blazeface import (
     range_table,
     validate_tokens,
 )
-from nas_models.registry import build_from_desc
 from core.errors import InputError
+from nas_models.registry import build_from_desc
 
 SIZE = 128
 

@@ -9,24 +9,36 @@ import pytest
 
 from params.models import FineTuneParams, Runtime
 from tasks.orchestration import caching, import_graph
+from tasks.orchestration.context import StageContext
 
 
-def stage(data: dict, fine_tune: FineTuneParams, work_dir: str, parent_run_id: str, runtime: Runtime) -> None:
+def stage(data: dict, fine_tune: FineTuneParams, ctx: StageContext) -> None:
     """A stand-in stage function (only its identity and module matter to the key)."""
 
 
 def _key(**inputs):
-    return caching.stage_key(stage, {"work_dir": "/w", "parent_run_id": "r", "runtime": Runtime(), **inputs})
+    return caching.stage_key(stage, {"ctx": StageContext("s", "/w", "r", Runtime()), **inputs})
 
 
 def test_run_specific_inputs_do_not_count() -> None:
-    a = caching.stage_key(stage, {"data": {"x": 1}, "fine_tune": FineTuneParams(), "work_dir": "/a",
-                                  "parent_run_id": "1", "runtime": Runtime(device="cpu")})
-    b = caching.stage_key(stage, {"data": {"x": 1}, "fine_tune": FineTuneParams(), "work_dir": "/b",
-                                  "parent_run_id": "2", "runtime": Runtime(num_threads=1)})
+    a = caching.stage_key(stage, {"data": {"x": 1}, "fine_tune": FineTuneParams(),
+                                  "ctx": StageContext("fine_tune", "/a", "1", Runtime(device="cpu"))})
+    b = caching.stage_key(stage, {"data": {"x": 1}, "fine_tune": FineTuneParams(),
+                                  "ctx": StageContext("fine_tune", "/b", "2", Runtime(num_threads=1))})
     assert a == b
     assert _key(data={"x": 1}, fine_tune=FineTuneParams(epochs=4)) != _key(data={"x": 1}, fine_tune=FineTuneParams())
 
+
+
+def test_stage_context_is_not_part_of_the_key(tmp_path: Path) -> None:
+    """Pipeline keys a stage's work folder before it builds the context; the task's cache key,
+    computed with the context among its inputs, must be the same key."""
+    inputs = {"data": {"x": 1}, "fine_tune": FineTuneParams()}
+    one = StageContext("fine_tune", str(tmp_path / "a"), "run-1", Runtime(device="cpu"))
+    two = StageContext("fine_tune", str(tmp_path / "b"), "run-2", Runtime(device="cuda", num_threads=3))
+    assert one.work == tmp_path / "a" and one.with_runtime(two.runtime).runtime == two.runtime
+    keys = {caching.stage_key(stage, {**inputs, "ctx": ctx}) for ctx in (one, two, one.under("run-3"))}
+    assert keys == {caching.stage_key(stage, inputs)}
 
 def test_files_count_by_content_not_by_place(tmp_path: Path) -> None:
     one, two = tmp_path / "one.pth", tmp_path / "two.pth"

@@ -10,12 +10,12 @@ import torch
 import yaml
 from PIL import Image
 
+from core.errors import InputError
 from data.transforms import Preprocess
 from deploy.classifier_export import MODEL_YML, ONNX_FILE, PROGRAM_FILE, export_classifier, parity
 from deploy.onnx_export import WithSoftmax, load_program
 from deploy.predictor import ClassifierPredictor
 from nas_models.lcnet import build_lcnet
-from core.errors import InputError
 
 LABELS = ["cat", "dog", "panda"]
 

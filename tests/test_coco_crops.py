@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.errors import InputError
 from data.coco_crops import make_crops_imagefolder
 from data.coco_digits import make_digits_coco
 from data.split import split_imagenet_folder
-from core.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from core.errors import InputError
 from data.coco import CocoDetection, check_coco_files, collate_detection, load_coco
 from data.coco_digits import default_digits_coco, make_digits_coco
 from data.coco_eval import coco_map, to_coco_detections
-from core.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from core.errors import InputError
 from params.models import LcnetParams, PruneEaParams, Runtime, SposParams
 from spnas import cli
 from spnas.compare import MAXIMIZE, compare, front_points
 from strategies.pareto import hypervolume
-from core.errors import InputError
 from tasks.orchestration.files import write_json
 from tasks.orchestration.pipeline import Pipeline, finish
 from tasks.orchestration.tables import write_table

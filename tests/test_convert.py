@@ -8,10 +8,10 @@ import torch
 import torchvision
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
+from core.errors import InputError
 from nas_models.convert import convert_checkpoint, convert_torchvision_resnet, load_weights_file
 from nas_models.detector import build_detector
 from nas_models.serial_backbone import SerialBackbone
-from core.errors import InputError
 
 R18 = "11-21-21-21"
 R50 = "111-2111-211111-211"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import InputError
 from params.models import LcnetParams, PruneEaParams, SanasParams, SposParams, SpnasParams
 from params.registry import PRUNE_EA
-from core.errors import InputError
 from tasks.orchestration.pipeline import check_dask_address, pipeline
 from tasks.orchestration.search import candidate_task, dask_worker_address
 
@@ -84,6 +84,7 @@ def test_serial_search_spreads_over_two_dask_workers(prefect_api, tmp_path: Path
     from distributed import LocalCluster
 
     from params.models import Runtime
+    from tasks.orchestration.context import StageContext
     from tasks.orchestration.files import read_json
     from tasks.spnas.fine_tune import fine_tune_detector
     from tasks.orchestration.pipeline import candidate_runner
@@ -110,7 +111,7 @@ def test_serial_search_spreads_over_two_dask_workers(prefect_api, tmp_path: Path
         assert type(runner).__name__ == "DaskTaskRunner"
         out = serial_search.with_options(task_runner=runner)(
             data=data, start=start, model=p.model, optimizer=p.optimizer, serial=p.serial, seed=p.seed,
-            work_dir=str(tmp_path / "serial"), parent_run_id=parent, runtime=Runtime(num_threads=1))
+            ctx=StageContext("serial", str(tmp_path / "serial"), parent, Runtime(num_threads=1)))
     assert len(workers) == 2
     results = read_json(tmp_path / "serial" / STATE_FILE)["results"]
     assert len(results) == 5 and all(r.get("performance") for r in results.values())

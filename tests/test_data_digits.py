@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from core.errors import InputError
 from data._build import build_once
 from data.digits import default_digits_folder, make_digits_imagefolder
 from data.imagefolder import ListDataset, read_labels, read_list
 from data.split import split_imagenet_folder
 from data.transforms import Preprocess, load_rgb, train_augment
-from core.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ from nas_models.detector import (
     build_detector,
     serial_body,
 )
-from nas_models.inherit import inherit_weights
+from core.errors import InputError
 from latency.branch_costs import extra_macs_per_stage
+from nas_models.inherit import inherit_weights
 from nas_models.parallel_fpn import ParallelBackbone, validate_neck_code
 from nas_models.serial_backbone import SerialBackbone
-from core.errors import InputError
 
 R18 = "11-21-21-21"
 

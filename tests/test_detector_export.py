@@ -27,11 +27,11 @@ from deploy.detector_export import (
     export_detector_program,
     parity_check,
 )
+from core.errors import InputError
 from deploy.detector_predictor import DetectorPredictor
 from deploy.onnx_export import load_program, save_program
 from engine.detection import train_one_epoch
 from nas_models.detector import build_detector
-from core.errors import InputError
 
 R18 = "11-21-21-21"
 LABELS = ["__background__", "digit"]

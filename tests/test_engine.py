@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from core.errors import InputError
 from data.coco import load_coco
 from data.coco_digits import make_digits_coco
 from engine.classification import TrainConfig, fit
@@ -18,7 +19,6 @@ from engine.detection import read_checkpoint
 from engine.detector_fit import DetectorOptim, LoaderCycle, fit_steps, latency_ms, score, train_loader
 from engine.runtime import model_on, resolve_device
 from nas_models.detector import build_detector
-from core.errors import InputError
 
 STEPS = 7  # 16 images in batches of 4: 4 steps a pass, so a run crosses a pass boundary
 OPTIM = DetectorOptim(learning_rate=0.01, batch_size=4, warmup_steps=2)

@@ -73,7 +73,14 @@ def test_killed_flow_run_resumes_where_it_stopped(running_stack: StackConfig, tm
 
         run = _wait("the worker to start the flow run", first_run, 180)
         # Two serial candidates told and saved: the search is between candidates (or in the next).
-        _wait("two serial candidates", lambda: _told(cfg.state) >= 2, 900, every=0.2)
+        def two_told() -> bool:
+            if _told(cfg.state) >= 2:
+                return True
+            state = client.read_flow_run(run.id).state
+            assert not state.is_final(), f"the flow run ended before two serial candidates: {state}"
+            return False
+
+        _wait("two serial candidates", two_told, 900, every=0.2)
         told_before_kill = _told(cfg.state)
         os.kill(int(run.infrastructure_pid), signal.SIGKILL)
         crashed = _wait("the killed run to be marked crashed",

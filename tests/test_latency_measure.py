@@ -18,9 +18,9 @@ from latency.measure import (TimingConfig, build_table, cached_table_path, measu
                              op_module, space_ops, ssd_core, time_op)
 from latency.predictor import (LatencyPredictor, Sample, fit_and_evaluate, group_of,
                                predictor_path)
+from core.errors import InputError
 from latency.table import LatencyTable, key_of
 from nas_models import blazeface as bf
-from core.errors import InputError
 
 FAST = TimingConfig(warmup=1, rounds=2, number=2, passes=1)
 

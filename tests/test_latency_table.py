@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from latency.table import LatencyTable, key_of, parse_key
 from core.errors import InputError
+from latency.table import LatencyTable, key_of, parse_key
 
 # The first lines of the seed's latency_855.txt (PaddleDetection slim/nas), byte for byte:
 # header op_type<TAB>device<TAB>unit, then conv keys with integer microseconds.

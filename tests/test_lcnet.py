@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.errors import InputError
 from latency.flops import count_macs_params, format_count
 from nas_models.lcnet import LCNET_PAPER_TABLE, LCNET_SCALES, build_lcnet, make_divisible
-from core.errors import InputError
 
 
 @pytest.mark.parametrize(

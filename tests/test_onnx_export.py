@@ -20,8 +20,8 @@ from deploy.onnx_export import (
     max_abs_diff_vs_torch,
     save_program,
 )
-from nas_models.lcnet import build_lcnet
 from core.errors import InputError
+from nas_models.lcnet import build_lcnet
 
 
 def _calibrated_model() -> nn.Module:

@@ -23,8 +23,8 @@ from nas_models.prune_resnet import (
     repair_encoding,
     validate_encoding,
 )
-from nas_models.registry import build_from_desc
 from core.errors import InputError
+from nas_models.registry import build_from_desc
 
 INPUT = (1, 3, 32, 32)
 # Worked out by hand from the layer table (convs + FC; params incl. BN affine and FC bias).

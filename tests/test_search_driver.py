@@ -10,8 +10,10 @@ import pytest
 from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from params.models import Runtime
 from strategies.serial import SerialSearch, SerialSearchConfig
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.search import SearchSpec, finalize, keep_weights, run_search
 
 pytestmark = pytest.mark.slow  # needs the Prefect test server (module-level tasks below)
@@ -25,11 +27,11 @@ class Killed(BaseException):
 
 
 @task(persist_result=True, cache_policy=STAGE_CACHE)
-def fake_candidate(candidate: dict, work_dir: str, parent_run_id: str) -> dict:
+def fake_candidate(candidate: dict, ctx: StageContext) -> dict:
     if candidate["id"] == KILL_AT["id"]:
         raise Killed()
     CALLS.append(candidate["id"])
-    path = Path(work_dir) / f"model_{candidate['id']}.pth"
+    path = ctx.work / f"model_{candidate['id']}.pth"
     path.write_text(candidate["code"])
     # A made-up trade-off: more blocks, more "mAP" and more "params".
     blocks = len(candidate["code"].replace("-", ""))
@@ -50,7 +52,8 @@ def _strategy() -> SerialSearch:
 
 @flow(task_runner=ThreadPoolTaskRunner(max_workers=1))  # candidates in order, as the flows run them
 def search_flow(work_dir: str, run_id: str) -> dict:
-    outcome = run_search(_strategy(), _spec(), work_dir, run_id, refresh=False)
+    outcome = run_search(_strategy(), _spec(), StageContext("serial", work_dir, run_id, Runtime()), run_id,
+                         refresh=False)
     return {"ids": sorted(outcome.results), "resumed_from": outcome.resumed_from, "front": outcome.front}
 
 

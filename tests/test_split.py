@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from data.split import format_split_summary, split_imagenet_folder
 from core.errors import InputError
+from data.split import format_split_summary, split_imagenet_folder
 
 OUTPUT_NAMES = ("train_list.txt", "val_list.txt", "test_list.txt", "labels.txt")
 

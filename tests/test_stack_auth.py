@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from spnas import auth, cli, server_auth, stack
 from core.errors import InputError
+from spnas import auth, cli, server_auth, stack
 from spnas.stack import StackConfig, StackError
 
 PASSWORD = "s3cret%pass:with-colon"  # '%' and ':' on purpose (ini escaping, first-colon split)

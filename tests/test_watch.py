@@ -24,6 +24,7 @@ from params.models import Runtime
 from params.registry import LCNET, PRUNE_EA, SANAS, SPNAS, SPOS, stage_tag
 from spnas import watch
 from spnas.cli import main
+from tasks.orchestration.context import StageContext
 from tracking.tracker import Progress
 
 T0 = datetime(2026, 11, 24, 2, 0, 10, tzinfo=timezone.utc)
@@ -300,18 +301,18 @@ def test_poll_reads_stages_subflows_and_progress_from_a_real_api(prefect_api, tm
     from tasks.orchestration.pipeline import Pipeline
 
     @task(name="load")  # named unlike its stage: only the tag maps it
-    def data_task(work_dir: str, parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+    def data_task(ctx: StageContext) -> dict[str, Any]:
         progress = Progress("data-progress", "data")
         progress.update(0.5, "epoch 1/2")
         return {}
 
     @flow(name="serial-search")
-    def serial_search(work_dir: str, parent_run_id: str, runtime: Runtime, refresh: bool) -> None:
+    def serial_search(ctx: StageContext, refresh: bool) -> None:
         progress = Progress("serial-search-progress", "serial search: candidates evaluated")
         progress.update(0.375, done=3, total=8, best="mAP 0.412 (#5)")
 
     @task(name="fit")
-    def retrain_task(candidate: dict[str, Any], work_dir: str, parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+    def retrain_task(candidate: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
         return {"id": candidate["id"]}
 
     stages = ("data", "serial", "retrain", "export")

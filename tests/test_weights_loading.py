@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import InputError
 from nas_models.convert import check_weights_file, load_weights_file
 from nas_models.inherit import InheritReport, inherit_weights, require_loaded_share
 from nas_models.lcnet import build_lcnet
-from core.errors import InputError
 
 FIELD = "model.pretrained_weights"
 

@@ -9,8 +9,9 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from params.models import CifarData, Runtime
+from params.models import CifarData
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import write_json
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.sources import record_sources
@@ -63,8 +64,8 @@ def cifar_sources(data: CifarData, seed: int, out_dir: Path) -> CifarSplit:
 
 
 @task(name="data", persist_result=True, cache_policy=STAGE_CACHE)
-def cifar_data_task(data: CifarData, seed: int, work_dir: str, parent_run_id: str, runtime: Runtime) -> CifarSplit:
-    split = cifar_sources(data, seed, Path(work_dir))
-    recorded = record_sources(split.record(), work_dir, parent_run_id)["files"]
+def cifar_data_task(data: CifarData, seed: int, ctx: StageContext) -> CifarSplit:
+    split = cifar_sources(data, seed, ctx.work)
+    recorded = record_sources(split.record(), ctx)["files"]
     get_run_logger().info("data: %s; train/val/test %s", split.source, split.counts)
     return replace(split, files=(*recorded, split.split_file))

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 
-from params.models import Runtime
 from tasks.cifar.data import CifarSplit
-from tasks.orchestration.caching import STAGE_CACHE
 from tasks.cifar.training import TrainedClassifier, export_compared
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
 from tracking import tracker
 
@@ -34,13 +33,13 @@ class Exported(StageResult):
 
 @task(name="export", persist_result=True, cache_policy=STAGE_CACHE)
 def export_classifiers_task(models: Sequence[TrainedClassifier], data: CifarSplit, seed: int, table_key: str,
-                            title: str, work_dir: str, parent_run_id: str, runtime: Runtime,
+                            title: str, ctx: StageContext,
                             convention: str = "rgb", predict_with: str | None = None) -> Exported:
     """`models`: the trained classifiers, the reference first (its MACs are r_c's denominator);
     the Predictor runs on `predict_with` (a name; default the last model)."""
     logger = get_run_logger()
-    with tracker.child_run(parent_run_id, "export", {"input_convention": convention}) as run_id:
-        compared = export_compared(models, data, seed, runtime, Path(work_dir), convention, predict_with)
+    with tracker.child_run(ctx.parent_run_id, "export", {"input_convention": convention}) as run_id:
+        compared = export_compared(models, data, seed, ctx.runtime, ctx.work, convention, predict_with)
         out = Exported(rows=tuple(compared["rows"]), time_info=compared["time_info"],
                        predictor_model=compared["predictor_model"],
                        predictor_sample_accuracy=compared["predictor_sample_accuracy"],

@@ -20,8 +20,8 @@ from data.cifar import (CIFAR10_MEAN, CIFAR10_STD, CifarArrays, CifarNormalize, 
 from data.transforms import Preprocess
 from engine.classification import TrainConfig, evaluate, fit
 from latency.flops import count_macs_params
-from params.models import ClassifierTrain
 from nas_models.registry import build_from_desc
+from params.models import ClassifierTrain
 from tasks.cifar.data import CifarSplit
 from tasks.orchestration.files import read_json, write_json
 from tasks.orchestration.handoff import StageResult

@@ -7,8 +7,9 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from data.digits import default_digits_folder
-from params.models import LcnetData, Runtime
+from params.models import LcnetData
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.sources import record_sources
 
@@ -33,8 +34,8 @@ def classification_sources(data: LcnetData) -> Sources:
 
 
 @task(name="data", persist_result=True, cache_policy=STAGE_CACHE)
-def classification_data_task(data: LcnetData, work_dir: str, parent_run_id: str, runtime: Runtime) -> Sources:
+def classification_data_task(data: LcnetData, ctx: StageContext) -> Sources:
     sources = classification_sources(data)
-    out = replace(sources, files=tuple(record_sources(sources.record(), work_dir, parent_run_id)["files"]))
+    out = replace(sources, files=tuple(record_sources(sources.record(), ctx)["files"]))
     get_run_logger().info("data: %s", out.source)
     return out

@@ -11,10 +11,11 @@ from prefect import get_run_logger, task
 from engine.classification import evaluate
 from engine.runtime import configure_torch, resolve_device
 from params.models import LcnetModel, Runtime
-from tasks.orchestration.caching import STAGE_CACHE
 from tasks.lcnet.classifiers import load_trained, loaders
 from tasks.lcnet.split import Split
 from tasks.lcnet.train import Trained
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import write_json
 from tasks.orchestration.handoff import StageResult
 from tracking import tracker
@@ -52,9 +53,9 @@ def evaluate_classifier(split: Split, trained: Trained, model: LcnetModel, topk:
 
 @task(name="evaluate", persist_result=True, cache_policy=STAGE_CACHE)
 def evaluate_classifier_task(split: Split, trained: Trained, model: LcnetModel, topk: int, seed: int,
-                             work_dir: str, parent_run_id: str, runtime: Runtime) -> Evaluated:
-    with tracker.child_run(parent_run_id, "evaluate", {"topk": topk}) as run_id:
-        out = evaluate_classifier(split, trained, model, topk, seed, runtime, Path(work_dir))
+                             ctx: StageContext) -> Evaluated:
+    with tracker.child_run(ctx.parent_run_id, "evaluate", {"topk": topk}) as run_id:
+        out = evaluate_classifier(split, trained, model, topk, seed, ctx.runtime, ctx.work)
         flat = {f"{subset}_{k}": v for subset, m in out.metrics.items() for k, v in m.items()}
         tracker.log_metrics(run_id, flat)
         tracker.log_files(run_id, out.files, "evaluate")

@@ -16,10 +16,11 @@ from deploy.onnx_export import WithSoftmax, make_session
 from engine.runtime import configure_torch
 from latency.timing import min_latency_ms
 from params.models import LcnetModel, Runtime
-from tasks.orchestration.caching import STAGE_CACHE
 from tasks.lcnet.classifiers import load_trained, loaders, preprocess_for
 from tasks.lcnet.split import Split
 from tasks.lcnet.train import Trained
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import write_json
 from tasks.orchestration.handoff import StageResult
 from tracking import tracker
@@ -66,9 +67,9 @@ def export_stage(split: Split, trained: Trained, model: LcnetModel, seed: int, r
 
 @task(name="export", persist_result=True, cache_policy=STAGE_CACHE)
 def export_classifier_task(split: Split, trained: Trained, model: LcnetModel, seed: int,
-                           work_dir: str, parent_run_id: str, runtime: Runtime) -> Exported:
-    with tracker.child_run(parent_run_id, "export") as run_id:
-        out = export_stage(split, trained, model, seed, runtime, Path(work_dir))
+                           ctx: StageContext) -> Exported:
+    with tracker.child_run(ctx.parent_run_id, "export") as run_id:
+        out = export_stage(split, trained, model, seed, ctx.runtime, ctx.work)
         tracker.log_metrics(run_id, out.report)
         tracker.log_files(run_id, [out.model_dir], "inference_model")
     r = out.report

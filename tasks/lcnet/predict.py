@@ -15,6 +15,7 @@ from params.models import LcnetPredict, Runtime
 from tasks.lcnet.export import Exported
 from tasks.lcnet.split import Split
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import write_json
 from tasks.orchestration.handoff import StageResult
 from tracking import tracker
@@ -56,10 +57,9 @@ def predict_stage(split: Split, exported: Exported, cfg: LcnetPredict, runtime: 
 
 
 @task(name="predict", persist_result=True, cache_policy=STAGE_CACHE)
-def predict_task(split: Split, exported: Exported, predict: LcnetPredict, work_dir: str,
-                 parent_run_id: str, runtime: Runtime) -> Predicted:
-    with tracker.child_run(parent_run_id, "predict", predict.model_dump()) as run_id:
-        out = predict_stage(split, exported, predict, runtime, Path(work_dir))
+def predict_task(split: Split, exported: Exported, predict: LcnetPredict, ctx: StageContext) -> Predicted:
+    with tracker.child_run(ctx.parent_run_id, "predict", predict.model_dump()) as run_id:
+        out = predict_stage(split, exported, predict, ctx.runtime, ctx.work)
         tracker.log_metrics(run_id, dict(out.timing) | {"sample_accuracy": out.accuracy})
         tracker.log_files(run_id, out.files, "predict")
     get_run_logger().info("predictions on %d images (%.0f%% correct)\n%s", len(out.rows),

@@ -12,9 +12,10 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from data.split import format_split_summary, split_imagenet_folder
-from params.models import LcnetData, Runtime
+from params.models import LcnetData
 from tasks.lcnet.data import Sources
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
 from tracking import tracker
 
@@ -45,12 +46,11 @@ def split_dataset(dataset_dir: str, data: LcnetData, seed: int, out_dir: Path) -
 
 
 @task(name="split", persist_result=True, cache_policy=STAGE_CACHE)
-def split_task(sources: Sources, data: LcnetData, seed: int, work_dir: str, parent_run_id: str,
-               runtime: Runtime) -> Split:
+def split_task(sources: Sources, data: LcnetData, seed: int, ctx: StageContext) -> Split:
     logger = get_run_logger()
     params = {"dataset": sources.source, "val_value": data.val_value, "test_value": data.test_value, "seed": seed}
-    with tracker.child_run(parent_run_id, "split", params) as run_id:
-        out = split_dataset(sources.dataset_dir, data, seed, Path(work_dir))
+    with tracker.child_run(ctx.parent_run_id, "split", params) as run_id:
+        out = split_dataset(sources.dataset_dir, data, seed, ctx.work)
         tracker.log_metrics(run_id, {f"n_{k}": v for k, v in out.counts.items()} | {"num_classes": len(out.labels)})
         tracker.log_files(run_id, out.files, "split")
     logger.info("split %s into %s\n%s", out.dataset_dir, out.output_dir, out.summary)

@@ -21,9 +21,10 @@ from nas_models.convert import load_weights_file
 from nas_models.inherit import inherit_weights, require_loaded_share
 from nas_models.registry import build_from_desc
 from params.models import LcnetModel, LcnetTrain, Runtime
-from tasks.orchestration.caching import STAGE_CACHE
 from tasks.lcnet.classifiers import loaders
 from tasks.lcnet.split import Split
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.tables import write_table
@@ -77,11 +78,10 @@ def train_classifier(split: Split, model: LcnetModel, cfg: LcnetTrain, seed: int
 
 
 @task(name="train", persist_result=True, cache_policy=STAGE_CACHE)
-def train_classifier_task(split: Split, model: LcnetModel, train: LcnetTrain, seed: int, work_dir: str,
-                          parent_run_id: str, runtime: Runtime) -> Trained:
+def train_classifier_task(split: Split, model: LcnetModel, train: LcnetTrain, seed: int, ctx: StageContext) -> Trained:
     logger = get_run_logger()
     epochs = train.epochs
-    with tracker.child_run(parent_run_id, "train", {**model.model_dump(), **train.model_dump()}) as run_id:
+    with tracker.child_run(ctx.parent_run_id, "train", {**model.model_dump(), **train.model_dump()}) as run_id:
         progress = tracker.Progress("train-progress", f"PP-LCNet x{model.scale} training")
 
         def on_epoch(m: dict[str, float]) -> None:
@@ -90,7 +90,7 @@ def train_classifier_task(split: Split, model: LcnetModel, train: LcnetTrain, se
             logger.info("epoch %d/%d  loss %.4f  train acc %.4f  val top-1 %.4f  lr %.4f", m["epoch"], epochs,
                         m["train_loss"], m["train_acc"], m["val_top1"], m["lr"])
 
-        out = train_classifier(split, model, train, seed, runtime, Path(work_dir), on_epoch)
+        out = train_classifier(split, model, train, seed, ctx.runtime, ctx.work, on_epoch)
         tracker.log_metrics(run_id, out.performance)
         tracker.log_files(run_id, out.files, "train")
         tracker.log_curve(run_id, list(out.history), ["train_loss", "train_acc", "val_top1"], "train/curve.png",

@@ -2,7 +2,8 @@
 
 A stage's key covers exactly
 - the inputs it is given (its own params sections, upstream results), minus the run-specific
-  ones (its work folder, the MLflow run it logs under, where it runs: `RUN_SPECIFIC`);
+  ones (`RUN_SPECIFIC`: its stage context `ctx`, i.e. its work folder, the MLflow run it logs
+  under and where it runs; a search's `refresh`);
 - the *content* of every file or folder an input names (an absolute path is replaced by a
   fingerprint), so a result that points at a rewritten file, or a resumed run whose upstream
   files were re-linked elsewhere, is keyed by what the files hold, not where they are;
@@ -32,7 +33,8 @@ from pydantic import BaseModel
 from core.paths import REPO_ROOT
 from tasks.orchestration import import_graph
 
-RUN_SPECIFIC = frozenset({"work_dir", "run_dir", "parent_run_id", "runtime", "refresh"})
+# The stage context (work folder, MLflow parent run, runtime) and a search's forced recompute.
+RUN_SPECIFIC = frozenset({"ctx", "refresh"})
 KEY_LENGTH = 24
 
 _file_digests: dict[tuple[str, int, int], str] = {}

@@ -21,11 +21,12 @@ from typing import Any
 from prefect import get_run_logger, tags, unmapped
 from prefect.runtime import flow_run
 
-from params.models import RunParams, Runtime, runtime_of
-from params.registry import stage_tag
 from core.errors import InputError
 from core.paths import default_output_root, state_dir
+from params.models import RunParams, Runtime, runtime_of
+from params.registry import stage_tag
 from tasks.orchestration.caching import stage_key
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import link_tree, write_json
 from tasks.orchestration.handoff import missing_files
 from tracking import tracker
@@ -68,6 +69,11 @@ class Pipeline:
     def work_dir(self, stage: str, fn: Any, inputs: dict[str, Any]) -> Path:
         return work_root() / self.name / stage / stage_key(fn, inputs)
 
+    def context(self, stage: str, work: Path, runtime: Runtime | None = None) -> StageContext:
+        """What a stage's task (or subflow) is told: its work folder, the run's MLflow parent run
+        and runtime (`runtime`: a search's candidates may get fewer threads)."""
+        return StageContext(stage, str(work), self.parent_run_id, runtime or self.runtime)
+
     def _prepare(self, stage: str, work: Path) -> bool:
         refresh = self.refreshing(stage)
         if refresh:  # no checkpoint, saved state or old file may leak into a forced recompute
@@ -85,7 +91,7 @@ class Pipeline:
         logger = get_run_logger()
         work = self.work_dir(stage, task.fn, inputs)
         refresh = self._prepare(stage, work)
-        call = dict(inputs, work_dir=str(work), parent_run_id=self.parent_run_id, runtime=self.runtime)
+        call = dict(inputs, ctx=self.context(stage, work))
         with tags(stage_tag(stage)):  # the watcher maps runs to stages by this tag, not by run names
             state = task.with_options(refresh_cache=refresh)(**call, return_state=True)
             result = state.result()
@@ -106,8 +112,8 @@ class Pipeline:
         works = [self.work_dir(stage, task.fn, {"candidate": c, **common}) for c in candidates]
         refresh = any([self._prepare(stage, w) for w in works])
         with tags(stage_tag(stage)):
-            results = map_candidates(task, candidates, work_dirs=[str(w) for w in works], refresh=refresh,
-                                     parent_run_id=self.parent_run_id, runtime=self.runtime, **common)
+            results = map_candidates(task, candidates, [self.context(stage, w) for w in works], refresh=refresh,
+                                     **common)
         for work in works:
             self._publish(stage, work)
         return results
@@ -125,11 +131,11 @@ class Pipeline:
         task_runner, runtime = self.candidate_runner()
         work = self.work_dir(stage, subflow.fn, inputs)
         refresh = self._prepare(stage, work)
+        # The subflow passes its context on to its candidates: their runtime, not the run's.
+        ctx = self.context(stage, work, runtime)
         # Both the subflow's tracking task run in this flow and the subflow run get the tag.
         with tags(stage_tag(stage)):
-            result = subflow.with_options(task_runner=task_runner)(
-                **inputs, work_dir=str(work), parent_run_id=self.parent_run_id, runtime=runtime,
-                refresh=refresh)
+            result = subflow.with_options(task_runner=task_runner)(**inputs, ctx=ctx, refresh=refresh)
         self._publish(stage, work)
         return result
 
@@ -201,17 +207,17 @@ def finish(pipe: Pipeline, summary: dict[str, Any], table: list[dict[str, Any]] 
     return {**summary, "run_dir": str(pipe.run_dir), "mlflow_run_id": pipe.parent_run_id}
 
 
-def map_candidates(task: Any, candidates: list[dict[str, Any]], work_dirs: list[str] | str, refresh: bool = False,
-                   **common: Any) -> list[Any]:
+def map_candidates(task: Any, candidates: list[dict[str, Any]], ctx: StageContext | list[StageContext],
+                   refresh: bool = False, **common: Any) -> list[Any]:
     """`task.map` over candidates (a task runner may spread them); a failed candidate gives None
-    (the search is told it failed) instead of failing the stage. `work_dirs`: one per candidate,
-    or one shared folder (a search stage's)."""
+    (the search is told it failed) instead of failing the stage. `ctx`: one per candidate (each
+    with its own work folder), or one shared by all (a search stage's)."""
     logger = get_run_logger()
-    mapped = {"candidate": candidates}
-    if isinstance(work_dirs, str):
-        common = {**common, "work_dir": work_dirs}
+    mapped: dict[str, list[Any]] = {"candidate": candidates}
+    if isinstance(ctx, StageContext):
+        common = {**common, "ctx": ctx}
     else:
-        mapped["work_dir"] = work_dirs
+        mapped["ctx"] = list(ctx)
     runner = task.with_options(refresh_cache=refresh)
     futures = runner.map(**mapped, **{k: unmapped(v) for k, v in common.items()})
     results: list[Any] = []

@@ -22,9 +22,10 @@ from typing import Any, Protocol
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 
-from engine.runtime import dask_worker
 from core.errors import InputError
+from engine.runtime import dask_worker
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import read_json, write_json
 from tasks.orchestration.pipeline import map_candidates
 from tasks.orchestration.tables import write_table
@@ -149,11 +150,13 @@ def save_state(path: Path, strategy: Strategy, results: dict[int, dict[str, Any]
     write_json(path, {"strategy": strategy.state_dict(), "results": {str(k): v for k, v in results.items()}})
 
 
-def run_search(strategy: Strategy, spec: SearchSpec, work_dir: str | Path, stage_run_id: str, refresh: bool,
+def run_search(strategy: Strategy, spec: SearchSpec, ctx: StageContext, stage_run_id: str, refresh: bool,
                **common: Any) -> SearchOutcome:
-    """Drive `strategy` to the end; `common` goes unmapped to every candidate task."""
+    """Drive `strategy` to the end in `ctx`'s work folder; every candidate task gets `ctx` with
+    `stage_run_id` (the search's own MLflow run) as its parent run, and `common` unmapped."""
     logger = _logger()
-    work = Path(work_dir)
+    work = ctx.work
+    candidate_ctx = ctx.under(stage_run_id)
     state_path = work / STATE_FILE
     results: dict[int, dict[str, Any]] = {}
     if state_path.exists() and not refresh:
@@ -167,8 +170,7 @@ def run_search(strategy: Strategy, spec: SearchSpec, work_dir: str | Path, stage
     resumed_from = len(results)
     progress = tracker.Progress(f"{spec.stage}-search-progress", f"{spec.stage} search: candidates evaluated")
     def evaluate(inputs: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
-        return map_candidates(spec.task, inputs, work_dirs=str(work), refresh=refresh, parent_run_id=stage_run_id,
-                              **common)
+        return map_candidates(spec.task, inputs, candidate_ctx, refresh=refresh, **common)
 
     for _ in drive(strategy, spec, results, evaluate):
         front = strategy.pareto_ids()

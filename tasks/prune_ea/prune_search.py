@@ -28,6 +28,7 @@ from params.models import PruneSearchParams, Runtime
 from strategies.prune_ea import PruneEASearch
 from tasks.cifar.data import CifarSplit
 from tasks.cifar.training import finetune_and_score, loaders, measure
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
@@ -83,13 +84,12 @@ def _run_name() -> str:
 
 @candidate_task(name="prune_candidate", task_run_name=_run_name)
 def prune_candidate_task(candidate: dict[str, Any], base: TrainedBase, data: CifarSplit,
-                         search: PruneSearchParams, batch_size: int, seed: int, work_dir: str, parent_run_id: str,
-                         runtime: Runtime) -> dict[str, Any]:
+                         search: PruneSearchParams, batch_size: int, seed: int, ctx: StageContext) -> dict[str, Any]:
     """One pruning candidate; its MLflow run holds the encoding as an artifact (desc_<id>.json),
     not as a param (up to 1,136 characters)."""
     name = f"prune-{candidate['id']}"
-    with tracker.child_run(parent_run_id, name, {"id": candidate["id"], "generation": candidate["generation"]}) as run_id:
-        out = evaluate_candidate(candidate, base, data, search, batch_size, seed, runtime, Path(work_dir))
+    with tracker.child_run(ctx.parent_run_id, name, {"id": candidate["id"], "generation": candidate["generation"]}) as run_id:
+        out = evaluate_candidate(candidate, base, data, search, batch_size, seed, ctx.runtime, ctx.work)
         tracker.log_metrics(run_id, out["performance"])
         tracker.log_files(run_id, [out["files"][0], out["files"][2]], "candidate")
     perf = out["performance"]
@@ -131,7 +131,7 @@ def spread(front: Sequence[dict[str, Any]], count: int, num_classes: int) -> lis
 
 @flow(name="prune-search")
 def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneSearchParams, batch_size: int,
-                 seed: int, work_dir: str, parent_run_id: str, runtime: Runtime, refresh: bool = False
+                 seed: int, ctx: StageContext, refresh: bool = False
                  ) -> PruneSearched:
     logger = get_run_logger()
     full_state = load_base(base).state_dict()
@@ -145,11 +145,11 @@ def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneS
                       lambda c: {"id": c.id, "generation": c.generation, "encoding": c.code},
                       lambda r: {k: r["performance"][k] for k in ("acc", "macs", "params")}, _row, ("macs", "acc"),
                       f"PruneEA ResNet-{depth}", table=TABLE, extra_outputs=front_files)
-    with tracker.child_run(parent_run_id, "prune_search", {"depth": depth, **search.model_dump()}) as run_id:
-        outcome = run_search(strategy, spec, work_dir, run_id, refresh, base=base, data=data, search=search,
-                             batch_size=batch_size, seed=seed, runtime=runtime)
+    with tracker.child_run(ctx.parent_run_id, "prune_search", {"depth": depth, **search.model_dump()}) as run_id:
+        outcome = run_search(strategy, spec, ctx, run_id, refresh, base=base, data=data, search=search,
+                             batch_size=batch_size, seed=seed)
         best = strategy.best()
-        rows = finalize(strategy, spec, outcome, work_dir, best.id, search.keep_weights, needed=set(strategy.pareto_ids()))
+        rows = finalize(strategy, spec, outcome, ctx.work, best.id, search.keep_weights, needed=set(strategy.pareto_ids()))
         front = [r for r in rows if r["pareto"]]
         first = [r for r in rows if r["id"] in set(strategy.front_of_generation(0))]
         tracker.log_fronts_plot(run_id, {"generation 0": first, f"generation {strategy.generation}": front},

@@ -14,8 +14,9 @@ from engine.runtime import configure_torch, resolve_device
 from nas_models.prune_resnet import build_prune_resnet
 from params.models import PruneRetrainParams, Runtime
 from tasks.cifar.data import CifarSplit
-from tasks.orchestration.caching import STAGE_CACHE
 from tasks.cifar.training import TrainedClassifier, measure, train_and_score
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
 from tracking import tracker
 
@@ -50,14 +51,14 @@ def _run_name() -> str:
 
 @task(name="retrain", task_run_name=_run_name, persist_result=True, cache_policy=STAGE_CACHE)
 def retrain_task(candidate: dict[str, Any], data: CifarSplit, depth: int, retrain_cfg: PruneRetrainParams,
-                 seed: int, work_dir: str, parent_run_id: str, runtime: Runtime) -> RetrainedMember:
+                 seed: int, ctx: StageContext) -> RetrainedMember:
     logger = get_run_logger()
-    with tracker.child_run(parent_run_id, f"retrain-{candidate['id']}", {"id": candidate["id"],
+    with tracker.child_run(ctx.parent_run_id, f"retrain-{candidate['id']}", {"id": candidate["id"],
                                                                         **retrain_cfg.model_dump()}) as run_id:
         def on_epoch(m: dict[str, float]) -> None:
             tracker.log_metrics(run_id, m, step=int(m["epoch"]))
 
-        out = retrain(candidate, data, depth, retrain_cfg, seed, runtime, Path(work_dir), on_epoch)
+        out = retrain(candidate, data, depth, retrain_cfg, seed, ctx.runtime, ctx.work, on_epoch)
         tracker.log_metrics(run_id, out.performance)
         tracker.log_files(run_id, out.files, "retrain")
     perf = out.performance

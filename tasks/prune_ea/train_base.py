@@ -13,8 +13,9 @@ from engine.runtime import configure_torch, resolve_device
 from nas_models.prune_resnet import build_prune_resnet
 from params.models import ClassifierTrain, Runtime
 from tasks.cifar.data import CifarSplit
-from tasks.orchestration.caching import STAGE_CACHE
 from tasks.cifar.training import TrainedClassifier, measure, train_and_score
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
 from tasks.orchestration.tables import write_table
 from tracking import tracker
@@ -46,10 +47,9 @@ def train_base(data: CifarSplit, depth: int, cfg: ClassifierTrain, seed: int, ru
 
 
 @task(name="train_base", persist_result=True, cache_policy=STAGE_CACHE)
-def train_base_task(data: CifarSplit, depth: int, base: ClassifierTrain, seed: int, work_dir: str,
-                    parent_run_id: str, runtime: Runtime) -> TrainedBase:
+def train_base_task(data: CifarSplit, depth: int, base: ClassifierTrain, seed: int, ctx: StageContext) -> TrainedBase:
     logger = get_run_logger()
-    with tracker.child_run(parent_run_id, "train_base", {"depth": depth, **base.model_dump()}) as run_id:
+    with tracker.child_run(ctx.parent_run_id, "train_base", {"depth": depth, **base.model_dump()}) as run_id:
         progress = tracker.Progress("train-base-progress", f"ResNet-{depth} base training")
 
         def on_epoch(m: dict[str, float]) -> None:
@@ -58,7 +58,7 @@ def train_base_task(data: CifarSplit, depth: int, base: ClassifierTrain, seed: i
             logger.info("base epoch %d/%d  loss %.4f  val acc %.4f", m["epoch"], base.epochs, m["train_loss"],
                         m["val_top1"])
 
-        out = train_base(data, depth, base, seed, runtime, Path(work_dir), on_epoch)
+        out = train_base(data, depth, base, seed, ctx.runtime, ctx.work, on_epoch)
         tracker.log_metrics(run_id, out.performance)
         tracker.log_files(run_id, out.files, "train_base")
         tracker.log_curve(run_id, list(out.history), ["train_loss", "val_top1"], "train_base/curve.png",

@@ -9,8 +9,9 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from core.paths import data_cache_dir
-from params.models import FaceData, Runtime
+from params.models import FaceData
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.sources import record_sources
 
@@ -52,9 +53,8 @@ def face_sources(data: FaceData, image_size: int, seed: int, out_dir: Path) -> F
 
 
 @task(name="data", persist_result=True, cache_policy=STAGE_CACHE)
-def face_data_task(data: FaceData, image_size: int, seed: int, work_dir: str, parent_run_id: str,
-                   runtime: Runtime) -> Faces:
-    faces = face_sources(data, image_size, seed, Path(work_dir))
-    out = replace(faces, files=tuple(record_sources(faces.record(), work_dir, parent_run_id)["files"]))
+def face_data_task(data: FaceData, image_size: int, seed: int, ctx: StageContext) -> Faces:
+    faces = face_sources(data, image_size, seed, ctx.work)
+    out = replace(faces, files=tuple(record_sources(faces.record(), ctx)["files"]))
     get_run_logger().info("data: %s", out.source)
     return out

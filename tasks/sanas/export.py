@@ -26,8 +26,8 @@ from deploy.onnx_export import (export_program, load_program, make_session, max_
                                 program_to_onnx, save_program)
 from latency.measure import measure_networks_ms, ssd_core
 from nas_models.registry import build_from_desc
-from params.models import Runtime
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import write_json
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.tables import write_table
@@ -114,10 +114,10 @@ def export_faces(models: Sequence[Trained], data: Faces, latency: Latency, image
 
 @task(name="export", persist_result=True, cache_policy=STAGE_CACHE)
 def export_faces_task(models: list[Trained], data: Faces, latency: Latency, image_size: int,
-                      threads: int, work_dir: str, parent_run_id: str, runtime: Runtime) -> Exported:
+                      threads: int, ctx: StageContext) -> Exported:
     logger = get_run_logger()
-    with tracker.child_run(parent_run_id, "export") as run_id:
-        out = export_faces(models, data, latency, image_size, threads, Path(work_dir))
+    with tracker.child_run(ctx.parent_run_id, "export") as run_id:
+        out = export_faces(models, data, latency, image_size, threads, ctx.work)
         for row in out.rows:
             tracker.log_metrics(run_id, {f"{row['model']}_{k}": v for k, v in row.items()
                                          if k not in ("model", "tokens")})

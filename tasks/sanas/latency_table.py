@@ -18,12 +18,13 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from core.paths import state_dir
 from latency.predictor import LatencyPredictor, fit_predictor, predictor_path
 from latency.table import LatencyTable
 from nas_models.blazeface import INIT_TOKENS
-from params.models import LatencyParams, Runtime
-from core.paths import state_dir
+from params.models import LatencyParams
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import write_json
 from tasks.orchestration.handoff import StageResult
 from tasks.sanas.shared import cost
@@ -89,11 +90,10 @@ def build(latency: LatencyParams, image_size: int, seed: int, out_dir: Path) -> 
 
 
 @task(name="latency_table", persist_result=True, cache_policy=STAGE_CACHE)
-def latency_table_task(latency: LatencyParams, image_size: int, seed: int, work_dir: str, parent_run_id: str,
-                       runtime: Runtime) -> Latency:
+def latency_table_task(latency: LatencyParams, image_size: int, seed: int, ctx: StageContext) -> Latency:
     logger = get_run_logger()
-    with tracker.child_run(parent_run_id, "latency_table", {**latency.model_dump(), "image_size": image_size}) as run_id:
-        out = build(latency, image_size, seed, Path(work_dir))
+    with tracker.child_run(ctx.parent_run_id, "latency_table", {**latency.model_dump(), "image_size": image_size}) as run_id:
+        out = build(latency, image_size, seed, ctx.work)
         acc = out.accuracy or {}
         tracker.log_metrics(run_id, {"table_ops": out.ops, **{f"predictor_{k}": acc[k] for k in
                                                                   ("within_10pct", "rmse_ms") if k in acc}})

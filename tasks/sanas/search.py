@@ -22,13 +22,14 @@ from core.seeds import derive_seed
 from nas_models.blazeface import INIT_TOKENS, RANGE_TABLE, describe
 from params.models import FaceTrainParams, Runtime, SanasSearchParams
 from strategies.sa import SASearch
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff, write_json
 from tasks.orchestration.handoff import StageResult
+from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
+from tasks.orchestration.tables import write_table
 from tasks.sanas.data import Faces
 from tasks.sanas.latency_table import Latency
 from tasks.sanas.shared import Window, constraint_value, cost, train_tokens
-from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
-from tasks.orchestration.tables import write_table
 from tracking import tracker
 
 STAGE = "search"
@@ -68,14 +69,14 @@ def _run_name() -> str:
 
 @candidate_task(name="sanas_candidate", task_run_name=_run_name)
 def sanas_candidate_task(candidate: dict[str, Any], data: Faces, latency: Latency,
-                         search: SanasSearchParams, train: FaceTrainParams, image_size: int, seed: int, work_dir: str,
-                         parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
+                         search: SanasSearchParams, train: FaceTrainParams, image_size: int, seed: int,
+                         ctx: StageContext) -> dict[str, Any]:
     """One SA step's candidate; its MLflow run holds the tokens, the structure printout (describe)
     as an artifact, MACs, params, predicted latency and AP@0.5."""
     tokens = "".join(map(str, candidate["tokens"]))
-    with tracker.child_run(parent_run_id, f"sa-{candidate['id']}",
+    with tracker.child_run(ctx.parent_run_id, f"sa-{candidate['id']}",
                            {"id": candidate["id"], "tokens": tokens, "temperature": candidate["temperature"]}) as run_id:
-        out = evaluate_candidate(candidate, data, latency, search, train, image_size, seed, runtime, Path(work_dir))
+        out = evaluate_candidate(candidate, data, latency, search, train, image_size, seed, ctx.runtime, ctx.work)
         tracker.log_metrics(run_id, out["performance"])
         tracker.log_files(run_id, out["files"], "candidate")
     perf = out["performance"]
@@ -103,13 +104,13 @@ def trace_file(strategy: SASearch, rows: list[dict[str, Any]], work: Path) -> li
 
 @flow(name="sanas-search")
 def sanas_search(data: Faces, latency: Latency, constraint: Window, search: SanasSearchParams,
-                 train: FaceTrainParams, image_size: int, seed: int, work_dir: str, parent_run_id: str,
-                 runtime: Runtime, refresh: bool = False) -> Searched:
+                 train: FaceTrainParams, image_size: int, seed: int, ctx: StageContext,
+                 refresh: bool = False) -> Searched:
     """`constraint`: the window from tasks.sanas.shared.constraint_window."""
     logger = get_run_logger()
     c = constraint
-    Path(work_dir).mkdir(parents=True, exist_ok=True)
-    window_file = write_json(Path(work_dir) / "constraint.json", c.to_dict())
+    ctx.work.mkdir(parents=True, exist_ok=True)
+    window_file = write_json(ctx.work / "constraint.json", c.to_dict())
     strategy = SASearch(list(RANGE_TABLE), list(INIT_TOKENS), seed, init_temperature=search.init_temperature,
                         reduce_rate=search.reduce_rate, search_steps=search.search_steps,
                         constraint_of=lambda t: constraint_value(t, c.ctype, latency, image_size),
@@ -121,13 +122,13 @@ def sanas_search(data: Faces, latency: Latency, constraint: Window, search: Sana
                       ("macs", "AP50"), f"SANAS ({c.ctype} in [{c.min}, {c.max}] {c.unit})",
                       extra_outputs=trace_file)
     window_params = {f"constraint_{k}": v for k, v in c.to_dict().items()}
-    with tracker.child_run(parent_run_id, STAGE, {**search.model_dump(), **window_params}) as run_id:
-        outcome = run_search(strategy, spec, work_dir, run_id, refresh, data=data, latency=latency, search=search,
-                             train=train, image_size=image_size, seed=seed, runtime=runtime)
+    with tracker.child_run(ctx.parent_run_id, STAGE, {**search.model_dump(), **window_params}) as run_id:
+        outcome = run_search(strategy, spec, ctx, run_id, refresh, data=data, latency=latency, search=search,
+                             train=train, image_size=image_size, seed=seed)
         best_id = next(k.id for k in strategy.candidates if list(k.tokens) == list(strategy.best_tokens))
-        rows = finalize(strategy, spec, outcome, work_dir, best_id, "best", needed=set())
+        rows = finalize(strategy, spec, outcome, ctx.work, best_id, "best", needed=set())
         structure = describe(strategy.best_tokens)
-        path = Path(work_dir) / "best_structure.txt"
+        path = ctx.work / "best_structure.txt"
         path.write_text(structure + "\n")
         outcome.files += [str(path), str(window_file)]
         tracker.log_files(run_id, outcome.files, STAGE)

@@ -9,10 +9,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
+from core.errors import InputError
 from data.coco import load_coco
 from engine.detector_fit import DetectorOptim, fit_steps, score, train_loader
 from engine.runtime import configure_torch, resolve_device
-from core.errors import InputError
 from latency.measure import tokens_cost
 from latency.predictor import LatencyPredictor
 from latency.table import LatencyTable

@@ -13,6 +13,7 @@ from prefect.runtime import task_run
 
 from params.models import FaceTrainParams, Runtime
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
 from tasks.orchestration.handoff import StageResult
 from tasks.sanas.data import Faces
@@ -50,11 +51,11 @@ def _run_name() -> str:
 
 @task(name="train", task_run_name=_run_name, persist_result=True, cache_policy=STAGE_CACHE)
 def sanas_train_task(candidate: dict[str, Any], data: Faces, latency: Latency, train: FaceTrainParams,
-                     image_size: int, seed: int, work_dir: str, parent_run_id: str, runtime: Runtime) -> Trained:
+                     image_size: int, seed: int, ctx: StageContext) -> Trained:
     tokens = "".join(map(str, candidate["tokens"]))
-    with tracker.child_run(parent_run_id, f"train-{candidate['name']}", {"tokens": tokens, **train.model_dump()}
+    with tracker.child_run(ctx.parent_run_id, f"train-{candidate['name']}", {"tokens": tokens, **train.model_dump()}
                            ) as run_id:
-        out = train_face(candidate, data, latency, train, image_size, seed, runtime, Path(work_dir))
+        out = train_face(candidate, data, latency, train, image_size, seed, ctx.runtime, ctx.work)
         tracker.log_metrics(run_id, out.performance)
         tracker.log_files(run_id, out.files, "train")
     perf = out.performance or {}

@@ -11,8 +11,9 @@ from prefect import get_run_logger, task
 from core.paths import data_cache_dir
 from data.coco_digits import make_digits_coco
 from data.digits import default_digits_folder
-from params.models import Runtime, SpnasData
+from params.models import SpnasData
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.sources import record_sources
 
@@ -66,10 +67,9 @@ def detection_sources(data: SpnasData, image_size: int, seed: int) -> Sources:
 
 
 @task(name="data", persist_result=True, cache_policy=STAGE_CACHE)
-def detection_data_task(data: SpnasData, image_size: int, seed: int, work_dir: str, parent_run_id: str,
-                        runtime: Runtime) -> Sources:
+def detection_data_task(data: SpnasData, image_size: int, seed: int, ctx: StageContext) -> Sources:
     sources = detection_sources(data, image_size, seed)
-    recorded = record_sources(sources.record(), work_dir, parent_run_id)  # sources.json + the MLflow run
+    recorded = record_sources(sources.record(), ctx)  # sources.json + the MLflow run
     out = replace(sources, files=tuple(recorded["files"]))
     get_run_logger().info("data: detection = %s; reignite classification = %s", out.detection_source,
                           out.classification_source)

@@ -16,6 +16,7 @@ from deploy.detector_predictor import DetectorPredictor
 from engine.runtime import configure_torch
 from params.models import DetectorExportParams, Runtime
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import write_json
 from tasks.orchestration.handoff import StageResult
 from tasks.spnas.detectors import load_detector
@@ -68,9 +69,9 @@ def export_stage(final: Trained, data: Split, cfg: DetectorExportParams, seed: i
 
 @task(name="export", persist_result=True, cache_policy=STAGE_CACHE)
 def export_detector_task(final: Trained, data: Split, export: DetectorExportParams, seed: int,
-                         work_dir: str, parent_run_id: str, runtime: Runtime) -> Exported:
-    with tracker.child_run(parent_run_id, "export") as run_id:
-        out = export_stage(final, data, export, seed, runtime, Path(work_dir))
+                         ctx: StageContext) -> Exported:
+    with tracker.child_run(ctx.parent_run_id, "export") as run_id:
+        out = export_stage(final, data, export, seed, ctx.runtime, ctx.work)
         tracker.log_metrics(run_id, {k: v for k, v in out.report.items() if not isinstance(v, dict)}
                             | {f"predict_{k}": v for k, v in out.report["timing"].items()})
         tracker.log_files(run_id, [out.model_dir], "inference_model")

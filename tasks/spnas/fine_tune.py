@@ -16,10 +16,11 @@ from engine.runtime import configure_torch, resolve_device
 from nas_models.convert import convert_checkpoint, load_weights_file
 from params.models import DetectorModel, DetectorTrainParams, FineTuneParams, Runtime
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
 from tasks.orchestration.handoff import StageResult
-from tasks.spnas.detectors import detector_desc, detector_for, measure, optim_from
 from tasks.orchestration.tables import write_table
+from tasks.spnas.detectors import detector_desc, detector_for, measure, optim_from
 from tasks.spnas.split import Split
 from tracking import tracker
 
@@ -64,9 +65,9 @@ def fine_tune_detector(data: Split, model: DetectorModel, optimizer: DetectorTra
 
 @task(name="fine_tune", persist_result=True, cache_policy=STAGE_CACHE)
 def fine_tune_task(data: Split, model: DetectorModel, optimizer: DetectorTrainParams, fine_tune: FineTuneParams,
-                   seed: int, work_dir: str, parent_run_id: str, runtime: Runtime) -> FineTuned:
+                   seed: int, ctx: StageContext) -> FineTuned:
     logger = get_run_logger()
-    with tracker.child_run(parent_run_id, "fine_tune", {"backbone_code": model.backbone_code, "block": model.block,
+    with tracker.child_run(ctx.parent_run_id, "fine_tune", {"backbone_code": model.backbone_code, "block": model.block,
                                                         "epochs": fine_tune.epochs,
                                                         "pretrained_weights": model.pretrained_weights}) as run_id:
         progress = tracker.Progress("fine-tune-progress", f"fine_tune {model.backbone_code}")
@@ -80,7 +81,7 @@ def fine_tune_task(data: Split, model: DetectorModel, optimizer: DetectorTrainPa
                 progress.update((i + 1) / total, f"step {i + 1}/{total}  loss {losses['loss']:.3f}")
                 logger.info("fine_tune step %d/%d loss %.4f", i + 1, total, losses["loss"])
 
-        out = fine_tune_detector(data, model, optimizer, fine_tune, seed, runtime, Path(work_dir), on_step)
+        out = fine_tune_detector(data, model, optimizer, fine_tune, seed, ctx.runtime, ctx.work, on_step)
         progress.update(1.0, "done")
         tracker.log_metrics(run_id, out.performance)
         tracker.log_files(run_id, out.files, "fine_tune")

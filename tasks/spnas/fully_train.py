@@ -18,10 +18,11 @@ from engine.detector_fit import fit_steps, latency_ms, score, train_loader
 from engine.runtime import configure_torch, resolve_device
 from params.models import DetectorTrainParams, FullyTrainParams, Runtime
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
 from tasks.orchestration.handoff import StageResult
-from tasks.spnas.detectors import load_detector, measure, optim_from
 from tasks.orchestration.tables import write_table
+from tasks.spnas.detectors import load_detector, measure, optim_from
 from tasks.spnas.split import Split
 from tracking import tracker
 
@@ -81,13 +82,12 @@ def _run_name() -> str:
 
 @task(name="fully_train", task_run_name=_run_name, persist_result=True, cache_policy=STAGE_CACHE)
 def fully_train_task(candidate: dict[str, Any], data: Split, optimizer: DetectorTrainParams,
-                     fully_train: FullyTrainParams, seed: int, work_dir: str, parent_run_id: str,
-                     runtime: Runtime) -> Trained:
+                     fully_train: FullyTrainParams, seed: int, ctx: StageContext) -> Trained:
     """`candidate`: {"role", "code", "neck_code", "desc", "model_path"} (the parallel winner's
     candidate result, or the starting detector's figures)."""
     logger = get_run_logger()
     role = candidate["role"]
-    with tracker.child_run(parent_run_id, f"fully_train-{role}", {"role": role, "code": candidate["code"],
+    with tracker.child_run(ctx.parent_run_id, f"fully_train-{role}", {"role": role, "code": candidate["code"],
                                                                   "neck_code": candidate.get("neck_code"),
                                                                   "epochs": fully_train.epochs}) as run_id:
         progress = tracker.Progress(f"fully-train-{role}-progress", f"fully train ({role})")
@@ -102,7 +102,7 @@ def fully_train_task(candidate: dict[str, Any], data: Split, optimizer: Detector
                 progress.update((i + 1) / total, f"step {i + 1}/{total}")
                 logger.info("fully_train %s step %d/%d loss %.4f", role, i + 1, total, losses["loss"])
 
-        out = train_full(candidate, data, optimizer, fully_train, seed, runtime, Path(work_dir), on_step)
+        out = train_full(candidate, data, optimizer, fully_train, seed, ctx.runtime, ctx.work, on_step)
         progress.update(1.0, "done")
         tracker.log_metrics(run_id, out.performance)
         tracker.log_files(run_id, out.files, STAGE)
@@ -125,12 +125,11 @@ def comparison_rows(results: Sequence[Trained], limits: Mapping[str, float]) -> 
 
 
 @task(name="compare", persist_result=True, cache_policy=STAGE_CACHE)
-def compare_task(results: list[Trained], limits: Mapping[str, float], work_dir: str, parent_run_id: str,
-                 runtime: Runtime) -> Compared:
+def compare_task(results: list[Trained], limits: Mapping[str, float], ctx: StageContext) -> Compared:
     """fully_train/output.csv (+ .parquet) and a Prefect table: searched vs starting architecture."""
     rows = comparison_rows(results, limits)
-    files = [str(p) for p in write_table(rows, Path(work_dir) / "output.csv")]
-    tracker.log_files(parent_run_id, files, STAGE)
+    files = [str(p) for p in write_table(rows, ctx.work / "output.csv")]
+    tracker.log_files(ctx.parent_run_id, files, STAGE)
     limit_text = ", ".join(f"{k} <= {v / 1e6:.2f}M" for k, v in limits.items()) or "none"
     tracker.publish_table("searched-vs-baseline", rows,
                           f"held-out val: searched detector vs the starting architecture, same training budget "

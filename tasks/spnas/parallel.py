@@ -15,11 +15,12 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from latency.branch_costs import extra_macs_per_stage
-from params.models import DetectorModel, DetectorTrainParams, ParallelSearchParams, Runtime
+from params.models import DetectorModel, DetectorTrainParams, ParallelSearchParams
 from strategies.parallel import ParallelSearch
-from tasks.spnas.detectors import desc_for, limits_of
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.search import SearchSpec, choose, finalize, run_search
+from tasks.spnas.detectors import desc_for, limits_of
 from tasks.spnas.fine_tune import FineTuned
 from tasks.spnas.reignite import Reignited
 from tasks.spnas.split import Split
@@ -77,18 +78,18 @@ def parallel_setup(data: Split, base: Reignited, start: FineTuned, model: Detect
 
 @flow(name="parallel-search")
 def parallel_search(data: Split, base: Reignited, start: FineTuned, model: DetectorModel,
-                    optimizer: DetectorTrainParams, parallel: ParallelSearchParams, seed: int, work_dir: str,
-                    parent_run_id: str, runtime: Runtime, refresh: bool = False) -> ParallelSearched:
+                    optimizer: DetectorTrainParams, parallel: ParallelSearchParams, seed: int, ctx: StageContext,
+                    refresh: bool = False) -> ParallelSearched:
     logger = get_run_logger()
     search, spec, limits, cost = parallel_setup(data, base, start, model, parallel, seed)
-    with tracker.child_run(parent_run_id, "parallel_search",
+    with tracker.child_run(ctx.parent_run_id, "parallel_search",
                            {**parallel.model_dump(), "extra_macs_per_stage": cost, "limits": limits}) as run_id:
-        outcome = run_search(search, spec, work_dir, run_id, refresh, data=data, optimizer=optimizer,
-                             steps=parallel.candidate_steps, seed=seed, stage=STAGE, runtime=runtime)
+        outcome = run_search(search, spec, ctx, run_id, refresh, data=data, optimizer=optimizer,
+                             steps=parallel.candidate_steps, seed=seed, stage=STAGE)
         if not outcome.ok(0):
             raise RuntimeError("the reignited net (candidate 0) failed to train in the parallel stage; see its log")
         best = choose(search, limits, STAGE)
-        rows = finalize(search, spec, outcome, work_dir, best.id, parallel.keep_weights, needed=set())
+        rows = finalize(search, spec, outcome, ctx.work, best.id, parallel.keep_weights, needed=set())
         chosen = outcome.results[best.id]
         tracker.log_files(run_id, outcome.files, STAGE)
         tracker.set_tags(run_id, {"best_neck_code": str(chosen["neck_code"])})

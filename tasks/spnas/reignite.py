@@ -22,10 +22,11 @@ from engine.runtime import configure_torch, resolve_device
 from nas_models.detector import BackboneClassifier, serial_body
 from params.models import IMAGENET_MEAN, IMAGENET_STD, DetectorModel, DetectorTrainParams, ReigniteParams, Runtime
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
 from tasks.orchestration.handoff import StageResult
-from tasks.spnas.detectors import load_detector, measure, optim_from
 from tasks.orchestration.tables import write_table
+from tasks.spnas.detectors import load_detector, measure, optim_from
 from tasks.spnas.split import ClassificationSplit, Split
 from tracking import tracker
 
@@ -85,12 +86,11 @@ def reignite_backbone(data: Split, chosen: dict[str, Any], model: DetectorModel,
 
 @task(name="reignite", persist_result=True, cache_policy=STAGE_CACHE)
 def reignite_task(data: Split, chosen: dict[str, Any], model: DetectorModel, optimizer: DetectorTrainParams,
-                  reignite: ReigniteParams, seed: int, work_dir: str, parent_run_id: str,
-                  runtime: Runtime) -> Reignited:
+                  reignite: ReigniteParams, seed: int, ctx: StageContext) -> Reignited:
     logger = get_run_logger()
     source = data.classification.source
     logger.info("reignite %s on %s", chosen["code"], source)
-    with tracker.child_run(parent_run_id, "reignite", {**reignite.model_dump(), "code": chosen["code"],
+    with tracker.child_run(ctx.parent_run_id, "reignite", {**reignite.model_dump(), "code": chosen["code"],
                                                        "classification_data": source}) as run_id:
         step = {"i": 0}
 
@@ -99,7 +99,7 @@ def reignite_task(data: Split, chosen: dict[str, Any], model: DetectorModel, opt
             tracker.log_metrics(run_id, {f"cls_{k}": v for k, v in m.items()}, step=step["i"])
             logger.info("reignite epoch %d: classifier loss %.4f val top-1 %.4f", m["epoch"], m["train_loss"], m["val_top1"])
 
-        out = reignite_backbone(data, chosen, model, optimizer, reignite, seed, runtime, Path(work_dir), on_epoch)
+        out = reignite_backbone(data, chosen, model, optimizer, reignite, seed, ctx.runtime, ctx.work, on_epoch)
         tracker.log_metrics(run_id, {k: v for k, v in out.performance.items() if v is not None})
         tracker.log_files(run_id, out.files, "reignite")
     perf = out.performance

@@ -15,11 +15,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from params.models import DetectorModel, DetectorTrainParams, Runtime, SerialSearchParams
+from params.models import DetectorModel, DetectorTrainParams, SerialSearchParams
 from strategies.serial import SerialSearch, SerialSearchConfig
-from tasks.spnas.detectors import desc_for, limits_of
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.search import SearchSpec, choose, finalize, run_search
+from tasks.spnas.detectors import desc_for, limits_of
 from tasks.spnas.fine_tune import FineTuned
 from tasks.spnas.split import Split
 from tasks.spnas.train_candidate import train_candidate_task
@@ -83,15 +84,14 @@ def serial_setup(data: Split, start: FineTuned, model: DetectorModel, serial: Se
 
 @flow(name="serial-search")
 def serial_search(data: Split, start: FineTuned, model: DetectorModel, optimizer: DetectorTrainParams,
-                  serial: SerialSearchParams, seed: int, work_dir: str, parent_run_id: str, runtime: Runtime,
-                  refresh: bool = False) -> SerialSearched:
+                  serial: SerialSearchParams, seed: int, ctx: StageContext, refresh: bool = False) -> SerialSearched:
     logger = get_run_logger()
     search, spec, limits = serial_setup(data, start, model, serial, seed)
-    with tracker.child_run(parent_run_id, "serial_search", {**serial.model_dump(), "limits": limits}) as run_id:
-        outcome = run_search(search, spec, work_dir, run_id, refresh, data=data, optimizer=optimizer,
-                             steps=serial.candidate_steps, seed=seed, stage=STAGE, runtime=runtime)
+    with tracker.child_run(ctx.parent_run_id, "serial_search", {**serial.model_dump(), "limits": limits}) as run_id:
+        outcome = run_search(search, spec, ctx, run_id, refresh, data=data, optimizer=optimizer,
+                             steps=serial.candidate_steps, seed=seed, stage=STAGE)
         best = choose(search, limits, STAGE)
-        rows = finalize(search, spec, outcome, work_dir, best.id, serial.keep_weights, needed=set())
+        rows = finalize(search, spec, outcome, ctx.work, best.id, serial.keep_weights, needed=set())
         kinds = sorted({k for r in rows for k in str(r["mutations"]).split("+") if k})
         chosen = outcome.results[best.id]
         tracker.log_files(run_id, outcome.files, STAGE)

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
+from core.errors import InputError
 from data.coco import load_coco
 from data.coco_split import split_image_ids, write_subset
 from data.split import format_split_summary, split_imagenet_folder
-from params.models import Runtime, SpnasData
-from core.errors import InputError
+from params.models import SpnasData
 from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
 from tasks.spnas.data import Sources
 from tracking import tracker
@@ -80,11 +81,10 @@ def split_detection(sources: Sources, data: SpnasData, seed: int, out_dir: Path)
 
 
 @task(name="split", persist_result=True, cache_policy=STAGE_CACHE)
-def split_detection_task(sources: Sources, data: SpnasData, seed: int, work_dir: str, parent_run_id: str,
-                         runtime: Runtime) -> Split:
-    with tracker.child_run(parent_run_id, "split", {"search_val_fraction": data.search_val_fraction,
+def split_detection_task(sources: Sources, data: SpnasData, seed: int, ctx: StageContext) -> Split:
+    with tracker.child_run(ctx.parent_run_id, "split", {"search_val_fraction": data.search_val_fraction,
                                                     "classification": sources.classification_source}) as run_id:
-        out = split_detection(sources, data, seed, Path(work_dir))
+        out = split_detection(sources, data, seed, ctx.work)
         tracker.log_metrics(run_id, {f"n_{k}": v for k, v in out.counts.items()}
                             | {f"n_cls_{k}": v for k, v in out.classification.counts.items()})
         tracker.log_files(run_id, out.files, "split")

@@ -19,9 +19,10 @@ from engine.runtime import configure_torch, resolve_device
 from nas_models.inherit import inherit_weights
 from nas_models.registry import build_from_desc
 from params.models import DetectorTrainParams, Runtime
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
-from tasks.spnas.detectors import measure, optim_from
 from tasks.orchestration.search import candidate_task
+from tasks.spnas.detectors import measure, optim_from
 from tasks.spnas.split import Split
 from tracking import tracker
 
@@ -72,11 +73,11 @@ def _run_name() -> str:
 
 @candidate_task(name="candidate", task_run_name=_run_name)
 def train_candidate_task(candidate: dict[str, Any], data: Split, optimizer: DetectorTrainParams, steps: int,
-                         seed: int, stage: str, work_dir: str, parent_run_id: str, runtime: Runtime) -> dict[str, Any]:
-    """`parent_run_id` is the stage's MLflow run: each candidate is its grandchild."""
+                         seed: int, stage: str, ctx: StageContext) -> dict[str, Any]:
+    """`ctx.parent_run_id` is the stage's MLflow run: each candidate is its grandchild."""
     logger = get_run_logger()
     extra = {k: v for k, v in candidate.items() if k not in ("desc", "parent_model")}
-    with tracker.child_run(parent_run_id, f"{stage}-{candidate['id']}", {**extra, **candidate["desc"], "steps": steps}) as run_id:
+    with tracker.child_run(ctx.parent_run_id, f"{stage}-{candidate['id']}", {**extra, **candidate["desc"], "steps": steps}) as run_id:
         history: list[dict[str, float]] = []
 
         def on_step(i: int, losses: dict[str, float]) -> None:
@@ -84,7 +85,7 @@ def train_candidate_task(candidate: dict[str, Any], data: Split, optimizer: Dete
                 tracker.log_metrics(run_id, {f"train_{k}": v for k, v in losses.items()}, step=i)
                 history.append({"epoch": i, **losses})
 
-        out = train_candidate(candidate, data, optimizer, steps, seed, runtime, Path(work_dir), on_step, stage=stage)
+        out = train_candidate(candidate, data, optimizer, steps, seed, ctx.runtime, ctx.work, on_step, stage=stage)
         tracker.log_metrics(run_id, out["performance"])
         tracker.log_files(run_id, out["files"], "candidate")
         tracker.log_curve(run_id, history, ["loss"], "candidate/loss.png", f"{stage} candidate {candidate['id']}")

@@ -22,12 +22,13 @@ from nas_models.spos_shufflenet import build_subnet
 from params.models import RankCheckParams, Runtime
 from strategies.path_sampler import uniform
 from tasks.cifar.data import CifarSplit
-from tasks.orchestration.caching import STAGE_CACHE
 from tasks.cifar.training import finetune_and_score
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import read_json, write_json
 from tasks.orchestration.handoff import StageResult
-from tasks.spos.shared import supernet_score
 from tasks.orchestration.tables import write_table
+from tasks.spos.shared import supernet_score
 from tasks.spos.supernet import TrainedSupernet
 from tracking import tracker
 
@@ -103,13 +104,12 @@ def rank_check(supernet: TrainedSupernet, data: CifarSplit, cfg: RankCheckParams
 
 @task(name="rank_check", persist_result=True, cache_policy=STAGE_CACHE)
 def rank_check_task(supernet: TrainedSupernet, data: CifarSplit, rank: RankCheckParams, recalib_batches: int,
-                    eval_batch: int, convention: str, seed: int, work_dir: str, parent_run_id: str,
-                    runtime: Runtime) -> RankChecked:
+                    eval_batch: int, convention: str, seed: int, ctx: StageContext) -> RankChecked:
     logger = get_run_logger()
     if rank.count == 0:
         logger.info("rank_check: off (rank_check.count = 0)")
         return RankChecked(paths=0, kendall_tau_recalib=None, kendall_tau_no_recalib=None)
-    with tracker.child_run(parent_run_id, "rank_check", rank.model_dump()) as run_id:
+    with tracker.child_run(ctx.parent_run_id, "rank_check", rank.model_dump()) as run_id:
         progress = tracker.Progress("rank-check-progress", "rank check: paths trained stand-alone")
 
         def on_path(i: int, row: dict[str, Any]) -> None:
@@ -118,8 +118,8 @@ def rank_check_task(supernet: TrainedSupernet, data: CifarSplit, rank: RankCheck
                         i + 1, rank.count, row["macs"] / 1e6, row["standalone_acc"], row["supernet_acc_recalib"],
                         row["supernet_acc_no_recalib"])
 
-        out = rank_check(supernet, data, rank, recalib_batches, eval_batch, convention, seed, runtime,
-                         Path(work_dir), on_path)
+        out = rank_check(supernet, data, rank, recalib_batches, eval_batch, convention, seed, ctx.runtime,
+                         ctx.work, on_path)
         taus = {"kendall_tau_recalib": out.kendall_tau_recalib, "kendall_tau_no_recalib": out.kendall_tau_no_recalib}
         tracker.log_metrics(run_id, {k: v for k, v in taus.items() if v is not None})
         tracker.log_files(run_id, out.files, "rank_check")

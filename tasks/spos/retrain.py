@@ -16,8 +16,9 @@ from nas_models.spos_shufflenet import build_subnet
 from params.models import Runtime, SposRetrainParams
 from strategies.path_sampler import uniform
 from tasks.cifar.data import CifarSplit
-from tasks.orchestration.caching import STAGE_CACHE
 from tasks.cifar.training import TrainedClassifier, measure, train_and_score
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
 from tasks.spos.search import FinalArchitecture
 from tasks.spos.supernet import TrainedSupernet
@@ -75,16 +76,15 @@ def _run_name() -> str:
 
 @task(name="retrain", task_run_name=_run_name, persist_result=True, cache_policy=STAGE_CACHE)
 def spos_retrain_task(candidate: dict[str, Any], supernet: TrainedSupernet, data: CifarSplit,
-                      retrain_cfg: SposRetrainParams, convention: str, seed: int, work_dir: str, parent_run_id: str,
-                      runtime: Runtime) -> RetrainedPath:
+                      retrain_cfg: SposRetrainParams, convention: str, seed: int, ctx: StageContext) -> RetrainedPath:
     logger = get_run_logger()
     choices = "".join(map(str, candidate["choices"]))
-    with tracker.child_run(parent_run_id, f"retrain-{candidate['name']}",
+    with tracker.child_run(ctx.parent_run_id, f"retrain-{candidate['name']}",
                            {"choices": choices, **retrain_cfg.model_dump()}) as run_id:
         def on_epoch(m: dict[str, float]) -> None:
             tracker.log_metrics(run_id, m, step=int(m["epoch"]))
 
-        out = retrain(candidate, supernet, data, retrain_cfg, convention, seed, runtime, Path(work_dir), on_epoch)
+        out = retrain(candidate, supernet, data, retrain_cfg, convention, seed, ctx.runtime, ctx.work, on_epoch)
         tracker.log_metrics(run_id, out.performance)
         tracker.log_files(run_id, out.files, "retrain")
     perf = out.performance

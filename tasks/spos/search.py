@@ -18,11 +18,12 @@ from engine.runtime import configure_torch, resolve_device
 from params.models import EvolutionParams, Runtime
 from strategies.evolution import EvolutionSearch
 from tasks.cifar.data import CifarSplit
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import write_json
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
-from tasks.spos.shared import supernet_score
 from tasks.orchestration.tables import write_table
+from tasks.spos.shared import supernet_score
 from tasks.spos.supernet import TrainedSupernet
 from tracking import tracker
 
@@ -80,13 +81,12 @@ def _run_name() -> str:
 
 @candidate_task(name="spos_candidate", task_run_name=_run_name)
 def spos_candidate_task(candidate: dict[str, Any], supernet: TrainedSupernet, data: CifarSplit,
-                        search: EvolutionParams, convention: str, seed: int, work_dir: str, parent_run_id: str,
-                        runtime: Runtime) -> dict[str, Any]:
+                        search: EvolutionParams, convention: str, seed: int, ctx: StageContext) -> dict[str, Any]:
     """One path scored with supernet weights; its MLflow run holds choices, MACs, params, accuracy."""
     params = {"id": candidate["id"], "generation": candidate["generation"],
               "choices": choices_text(candidate["choices"])}
-    with tracker.child_run(parent_run_id, f"path-{candidate['id']}", params) as run_id:
-        out = evaluate_candidate(candidate, supernet, data, search, convention, seed, runtime, Path(work_dir))
+    with tracker.child_run(ctx.parent_run_id, f"path-{candidate['id']}", params) as run_id:
+        out = evaluate_candidate(candidate, supernet, data, search, convention, seed, ctx.runtime, ctx.work)
         tracker.log_metrics(run_id, out["performance"])
         tracker.log_files(run_id, out["files"], "candidate")
     perf = out["performance"]
@@ -121,7 +121,7 @@ def topk_file(strategy: EvolutionSearch, rows: list[dict[str, Any]], work: Path)
 
 @flow(name="spos-search")
 def spos_search(supernet: TrainedSupernet, data: CifarSplit, search: EvolutionParams, convention: str, seed: int,
-                work_dir: str, parent_run_id: str, runtime: Runtime, refresh: bool = False) -> SposSearched:
+                ctx: StageContext, refresh: bool = False) -> SposSearched:
     logger = get_run_logger()
     table = supernet.table()
     limit = search.macs_limit or (table.min_macs() + table.max_macs()) // 2
@@ -136,16 +136,16 @@ def spos_search(supernet: TrainedSupernet, data: CifarSplit, search: EvolutionPa
                       lambda r: {k: r["performance"][k] for k in ("acc", "macs", "params")}, _row, ("macs", "acc"),
                       f"SPOS evolution (MACs <= {limit / 1e6:.2f}M)", extra_outputs=topk_file)
     params = {**search.model_dump(), "macs_limit_used": limit}
-    with tracker.child_run(parent_run_id, STAGE, params) as run_id:
-        outcome = run_search(strategy, spec, work_dir, run_id, refresh, supernet=supernet, data=data, search=search,
-                             convention=convention, seed=seed, runtime=runtime)
+    with tracker.child_run(ctx.parent_run_id, STAGE, params) as run_id:
+        outcome = run_search(strategy, spec, ctx, run_id, refresh, supernet=supernet, data=data, search=search,
+                             convention=convention, seed=seed)
         best = strategy.best()
-        rows = finalize(strategy, spec, outcome, work_dir, best.id, "all", needed=set())
+        rows = finalize(strategy, spec, outcome, ctx.work, best.id, "all", needed=set())
         winner = next(r for r in rows if r["id"] == best.id)
         final = FinalArchitecture(choices=tuple(best.choices), macs=winner["macs"], params=winner["params"],
                                   supernet_acc=winner["acc"], macs_limit=limit, preset=supernet.preset,
                                   candidate_id=best.id, generation=winner["generation"])
-        final_path = write_json(Path(work_dir) / "architecture_final.json", asdict(final))
+        final_path = write_json(ctx.work / "architecture_final.json", asdict(final))
         outcome.files.append(str(final_path))
         tracker.log_files(run_id, outcome.files, STAGE)
         tracker.log_metrics(run_id, {"candidates": len(rows), "best_supernet_acc": winner["acc"],

@@ -22,12 +22,13 @@ from nas_models.spos_shufflenet import build_supernet
 from params.models import Runtime, SposModel, SupernetTrain
 from strategies.path_sampler import FlopsBinSampler, uniform
 from tasks.cifar.data import CifarSplit
-from tasks.orchestration.caching import STAGE_CACHE
 from tasks.cifar.training import loaders
+from tasks.orchestration.caching import STAGE_CACHE
+from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_state_dict, write_json
 from tasks.orchestration.handoff import StageResult
-from tasks.spos.shared import load_supernet, macs_table
 from tasks.orchestration.tables import write_table
+from tasks.spos.shared import load_supernet, macs_table
 from tracking import tracker
 
 LOG_EVERY = 20  # steps between loss points in MLflow
@@ -98,10 +99,10 @@ def train(data: CifarSplit, model: SposModel, cfg: SupernetTrain, seed: int, run
 
 
 @task(name="supernet", persist_result=True, cache_policy=STAGE_CACHE)
-def train_supernet_task(data: CifarSplit, model: SposModel, supernet: SupernetTrain, seed: int, work_dir: str,
-                        parent_run_id: str, runtime: Runtime) -> TrainedSupernet:
+def train_supernet_task(data: CifarSplit, model: SposModel, supernet: SupernetTrain, seed: int,
+                        ctx: StageContext) -> TrainedSupernet:
     logger = get_run_logger()
-    with tracker.child_run(parent_run_id, "supernet", {**model.model_dump(), **supernet.model_dump()}) as run_id:
+    with tracker.child_run(ctx.parent_run_id, "supernet", {**model.model_dump(), **supernet.model_dump()}) as run_id:
         progress = tracker.Progress("supernet-progress", "supernet training: steps")
         window: list[float] = []
 
@@ -115,7 +116,7 @@ def train_supernet_task(data: CifarSplit, model: SposModel, supernet: SupernetTr
                 if (i + 1) % (LOG_EVERY * 10) == 0:
                     logger.info("supernet step %d/%d  loss %.4f", i + 1, supernet.steps, mean)
 
-        out = train(data, model, supernet, seed, runtime, Path(work_dir), on_step)
+        out = train(data, model, supernet, seed, ctx.runtime, ctx.work, on_step)
         tracker.log_files(run_id, out.files, "supernet")
         tracker.log_metrics(run_id, {"final_loss": out.loss})
     tracker.publish_table("supernet-sampled-bins", list(out.bins),
