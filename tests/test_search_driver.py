@@ -14,7 +14,7 @@ from params.models import Runtime
 from strategies.serial import SerialSearch, SerialSearchConfig
 from tasks.orchestration.caching import STAGE_CACHE
 from tasks.orchestration.context import StageContext
-from tasks.orchestration.search import SearchSpec, finalize, keep_weights, run_search
+from tasks.orchestration.search import SearchSpec, keep_weights, run_search
 
 pytestmark = pytest.mark.slow  # needs the Prefect test server (module-level tasks below)
 

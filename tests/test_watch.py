@@ -8,7 +8,6 @@ import io
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone

@@ -13,13 +13,13 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, tags, unmapped
-from prefect.runtime import flow_run
+from prefect.runtime import flow_run, task_run
 
 from core.errors import InputError
 from core.paths import default_output_root, state_dir
@@ -205,6 +205,15 @@ def finish(pipe: Pipeline, summary: dict[str, Any], table: list[dict[str, Any]] 
         lines += [f"* MLflow run: [{pipe.parent_run_id}]({url})", f"* compare runs: [runs table]({runs})"]
     tracker.publish_markdown(f"{pipe.name}-mlflow", "\n".join(lines), "where this run's files and metrics are")
     return {**summary, "run_dir": str(pipe.run_dir), "mlflow_run_id": pipe.parent_run_id}
+
+
+def candidate_run_name(fmt: Callable[[Mapping[str, Any]], str]) -> Callable[[], str]:
+    """A `task_run_name` for a mapped task: `fmt` of the run's `candidate` input (what a person
+    reads in the Prefect UI; stages are found by their tag, never by this name)."""
+    def name() -> str:
+        return fmt((task_run.parameters or {}).get("candidate") or {})
+
+    return name
 
 
 def map_candidates(task: Any, candidates: list[dict[str, Any]], ctx: StageContext | list[StageContext],

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from prefect import flow, get_run_logger
-from prefect.runtime import task_run
 
 from core.seeds import derive_seed
 from engine.runtime import configure_torch, resolve_device
@@ -31,6 +30,7 @@ from tasks.cifar.training import finetune_and_score, loaders, measure
 from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
 from tasks.orchestration.handoff import StageResult
+from tasks.orchestration.pipeline import candidate_run_name
 from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
 from tasks.orchestration.tables import write_table
 from tasks.prune_ea.train_base import TrainedBase
@@ -77,12 +77,8 @@ def evaluate_candidate(candidate: dict[str, Any], base: TrainedBase, data: Cifar
     return {**candidate, "performance": performance, "desc": desc, "model_path": files[1], "files": files}
 
 
-def _run_name() -> str:
-    cand = (task_run.parameters or {}).get("candidate", {})
-    return f"prune-{cand.get('id', '?')}-g{cand.get('generation', '?')}"
-
-
-@candidate_task(name="prune_candidate", task_run_name=_run_name)
+@candidate_task(name="prune_candidate",
+                task_run_name=candidate_run_name(lambda c: f"prune-{c.get('id', '?')}-g{c.get('generation', '?')}"))
 def prune_candidate_task(candidate: dict[str, Any], base: TrainedBase, data: CifarSplit,
                          search: PruneSearchParams, batch_size: int, seed: int, ctx: StageContext) -> dict[str, Any]:
     """One pruning candidate; its MLflow run holds the encoding as an artifact (desc_<id>.json),

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.runtime import task_run
 
 from engine.runtime import configure_torch, resolve_device
 from nas_models.prune_resnet import build_prune_resnet
@@ -18,6 +17,7 @@ from tasks.cifar.training import TrainedClassifier, measure, train_and_score
 from tasks.orchestration.caching import STAGE_CACHE
 from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
+from tasks.orchestration.pipeline import candidate_run_name
 from tracking import tracker
 
 
@@ -45,11 +45,8 @@ def retrain(candidate: dict[str, Any], data: CifarSplit, depth: int, cfg: PruneR
                            desc=desc, model_path=files[1], performance=performance, files=tuple(files))
 
 
-def _run_name() -> str:
-    return f"retrain-{((task_run.parameters or {}).get('candidate') or {}).get('id', '?')}"
-
-
-@task(name="retrain", task_run_name=_run_name, persist_result=True, cache_policy=STAGE_CACHE)
+@task(name="retrain", task_run_name=candidate_run_name(lambda c: f"retrain-{c.get('id', '?')}"),
+      persist_result=True, cache_policy=STAGE_CACHE)
 def retrain_task(candidate: dict[str, Any], data: CifarSplit, depth: int, retrain_cfg: PruneRetrainParams,
                  seed: int, ctx: StageContext) -> RetrainedMember:
     logger = get_run_logger()

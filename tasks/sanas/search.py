@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import task_run
 
 from core.seeds import derive_seed
 from nas_models.blazeface import INIT_TOKENS, RANGE_TABLE, describe
@@ -25,6 +24,7 @@ from strategies.sa import SASearch
 from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff, write_json
 from tasks.orchestration.handoff import StageResult
+from tasks.orchestration.pipeline import candidate_run_name
 from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
 from tasks.orchestration.tables import write_table
 from tasks.sanas.data import Faces
@@ -62,12 +62,8 @@ def evaluate_candidate(candidate: dict[str, Any], data: Faces, latency: Latency,
             "files": [*files, str(structure)]}
 
 
-def _run_name() -> str:
-    cand = (task_run.parameters or {}).get("candidate", {})
-    return f"sa-{cand.get('id', '?')}-{''.join(map(str, cand.get('tokens', [])))}"
-
-
-@candidate_task(name="sanas_candidate", task_run_name=_run_name)
+@candidate_task(name="sanas_candidate",
+                task_run_name=candidate_run_name(lambda c: f"sa-{c.get('id', '?')}-{''.join(map(str, c.get('tokens', [])))}"))
 def sanas_candidate_task(candidate: dict[str, Any], data: Faces, latency: Latency,
                          search: SanasSearchParams, train: FaceTrainParams, image_size: int, seed: int,
                          ctx: StageContext) -> dict[str, Any]:

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.runtime import task_run
 
 from params.models import FaceTrainParams, Runtime
 from tasks.orchestration.caching import STAGE_CACHE
 from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
 from tasks.orchestration.handoff import StageResult
+from tasks.orchestration.pipeline import candidate_run_name
 from tasks.sanas.data import Faces
 from tasks.sanas.latency_table import Latency
 from tasks.sanas.shared import cost, train_tokens
@@ -45,11 +45,8 @@ def train_face(candidate: dict[str, Any], data: Faces, latency: Latency, train: 
                        performance=performance, files=tuple(files))
 
 
-def _run_name() -> str:
-    return f"train-{((task_run.parameters or {}).get('candidate') or {}).get('name', '?')}"
-
-
-@task(name="train", task_run_name=_run_name, persist_result=True, cache_policy=STAGE_CACHE)
+@task(name="train", task_run_name=candidate_run_name(lambda c: f"train-{c.get('name', '?')}"),
+      persist_result=True, cache_policy=STAGE_CACHE)
 def sanas_train_task(candidate: dict[str, Any], data: Faces, latency: Latency, train: FaceTrainParams,
                      image_size: int, seed: int, ctx: StageContext) -> Trained:
     tokens = "".join(map(str, candidate["tokens"]))

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.runtime import task_run
 
 from data.coco import load_coco
 from engine.detector_fit import fit_steps, latency_ms, score, train_loader
@@ -21,6 +20,7 @@ from tasks.orchestration.caching import STAGE_CACHE
 from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
 from tasks.orchestration.handoff import StageResult
+from tasks.orchestration.pipeline import candidate_run_name
 from tasks.orchestration.tables import write_table
 from tasks.spnas.detectors import load_detector, measure, optim_from
 from tasks.spnas.split import Split
@@ -75,12 +75,8 @@ def train_full(candidate: dict[str, Any], data: Split, optimizer: DetectorTrainP
                    model_path=files[1], performance=performance, files=tuple(files))
 
 
-def _run_name() -> str:
-    cand = (task_run.parameters or {}).get("candidate", {})
-    return f"fully_train-{cand.get('role', '?')}"
-
-
-@task(name="fully_train", task_run_name=_run_name, persist_result=True, cache_policy=STAGE_CACHE)
+@task(name="fully_train", task_run_name=candidate_run_name(lambda c: f"fully_train-{c.get('role', '?')}"),
+      persist_result=True, cache_policy=STAGE_CACHE)
 def fully_train_task(candidate: dict[str, Any], data: Split, optimizer: DetectorTrainParams,
                      fully_train: FullyTrainParams, seed: int, ctx: StageContext) -> Trained:
     """`candidate`: {"role", "code", "neck_code", "desc", "model_path"} (the parallel winner's

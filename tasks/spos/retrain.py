@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.runtime import task_run
 
 from engine.runtime import configure_torch, resolve_device
 from nas_models.spos_shufflenet import build_subnet
@@ -20,6 +19,7 @@ from tasks.cifar.training import TrainedClassifier, measure, train_and_score
 from tasks.orchestration.caching import STAGE_CACHE
 from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
+from tasks.orchestration.pipeline import candidate_run_name
 from tasks.spos.search import FinalArchitecture
 from tasks.spos.supernet import TrainedSupernet
 from tracking import tracker
@@ -70,11 +70,8 @@ def retrain(candidate: dict[str, Any], supernet: TrainedSupernet, data: CifarSpl
                          performance=performance, files=tuple(files))
 
 
-def _run_name() -> str:
-    return f"retrain-{((task_run.parameters or {}).get('candidate') or {}).get('name', '?')}"
-
-
-@task(name="retrain", task_run_name=_run_name, persist_result=True, cache_policy=STAGE_CACHE)
+@task(name="retrain", task_run_name=candidate_run_name(lambda c: f"retrain-{c.get('name', '?')}"),
+      persist_result=True, cache_policy=STAGE_CACHE)
 def spos_retrain_task(candidate: dict[str, Any], supernet: TrainedSupernet, data: CifarSplit,
                       retrain_cfg: SposRetrainParams, convention: str, seed: int, ctx: StageContext) -> RetrainedPath:
     logger = get_run_logger()

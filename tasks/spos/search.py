@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import task_run
 
 from engine.runtime import configure_torch, resolve_device
 from params.models import EvolutionParams, Runtime
@@ -21,6 +20,7 @@ from tasks.cifar.data import CifarSplit
 from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import write_json
 from tasks.orchestration.handoff import StageResult
+from tasks.orchestration.pipeline import candidate_run_name
 from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
 from tasks.orchestration.tables import write_table
 from tasks.spos.shared import supernet_score
@@ -74,12 +74,8 @@ def evaluate_candidate(candidate: dict[str, Any], supernet: TrainedSupernet, dat
     return {**candidate, "performance": performance, "desc": desc, "files": files}
 
 
-def _run_name() -> str:
-    cand = (task_run.parameters or {}).get("candidate", {})
-    return f"path-{cand.get('id', '?')}-g{cand.get('generation', '?')}"
-
-
-@candidate_task(name="spos_candidate", task_run_name=_run_name)
+@candidate_task(name="spos_candidate",
+                task_run_name=candidate_run_name(lambda c: f"path-{c.get('id', '?')}-g{c.get('generation', '?')}"))
 def spos_candidate_task(candidate: dict[str, Any], supernet: TrainedSupernet, data: CifarSplit,
                         search: EvolutionParams, convention: str, seed: int, ctx: StageContext) -> dict[str, Any]:
     """One path scored with supernet weights; its MLflow run holds choices, MACs, params, accuracy."""

@@ -7,7 +7,6 @@ it. The run records how the sampled paths fell into the MACs bins (sampled_bins.
 "is the sampling really flat?" is answered in every run, not assumed."""
 from __future__ import annotations
 
-import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
