@@ -91,3 +91,10 @@ def lcnet_watched_run(running_stack, tmp_path_factory: pytest.TempPathFactory):
                           cwd=Path(__file__).resolve().parent.parent)
     print(proc.stdout)
     return running_stack, out, proc
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests on the shared stack run last, so its idle servers do not share the 2 cores with
+    every training test after the first of them (the stack lives until the session ends)."""
+    items.sort(key=lambda item: "running_stack" in getattr(item, "fixturenames", ()) or
+               "lcnet_watched_run" in getattr(item, "fixturenames", ()))
