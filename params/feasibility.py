@@ -1,7 +1,7 @@
 """A constraint window against the cost range a search space can reach: plain numbers in, a
 ValueError naming constraint.min/max out. The ranges themselves (built from networks and
-tables) are computed by the callers: tasks/sanas/preflight.py before any work, and the
-latency_table stage for a table measured on this machine."""
+tables) are computed by the callers: tasks/sanas/preflight.py before any work, and
+tasks/sanas/shared.constraint_window for a table measured on this machine."""
 from __future__ import annotations
 
 

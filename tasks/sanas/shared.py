@@ -4,6 +4,7 @@ the constraint value SANAS compares with its window, the window itself, and trai
 a BlazeFace of given tokens. Plain functions: no Prefect, no MLflow."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -89,6 +90,18 @@ def constraint_value(tokens: list[int], ctype: str, latency: LatencyFiles, image
     return predicted_ms(tokens, latency, image_size)
 
 
+def latency_range(cost: Callable[[list[int]], float]) -> tuple[float, float]:
+    """The least and the most latency (`cost`: tokens → ms) an architecture of the SANAS space has.
+
+    Widths (tokens 0-7) only add work, but the kernel token does not: two 3x3 depthwise convs +
+    BN can run slower than one 5x5 (fewer MACs, more ops). So both kernel choices at the
+    narrowest and at the widest end."""
+    *widths, kernels = RANGE_TABLE
+    narrow, wide = ([cost([*ends, k]) for k in range(kernels)] for ends in ([0] * len(widths),
+                                                                               [r - 1 for r in widths]))
+    return min(narrow), max(wide)
+
+
 def constraint_window(constraint: SanasConstraint, latency: LatencyFiles, image_size: int) -> Window:
     """SANAS's window: "start" resolved to the initial tokens' own MACs or predicted latency.
     A latency window no architecture of the space meets is one InputError naming
@@ -100,13 +113,7 @@ def constraint_window(constraint: SanasConstraint, latency: LatencyFiles, image_
     if high == "start":
         high = constraint_value(list(INIT_TOKENS), constraint.ctype, latency, image_size)
     if constraint.ctype == "latency":
-        # Widths (tokens 0-7) only add work, but the kernel token does not: two 3x3 depthwise
-        # convs + BN can run slower than one 5x5 (fewer MACs, more ops). So both kernel choices
-        # at the narrowest and at the widest end.
-        *widths, kernels = RANGE_TABLE
-        cost_of = [[constraint_value([*ends, k], "latency", latency, image_size) for k in range(kernels)]
-                   for ends in ([0] * len(widths), [r - 1 for r in widths])]
-        feasible = (min(cost_of[0]), max(cost_of[1]))
+        feasible = latency_range(lambda tokens: constraint_value(tokens, "latency", latency, image_size))
         try:
             check_range("latency", constraint.min, high, feasible, "ms")  # type: ignore[arg-type]
         except ValueError as exc:
