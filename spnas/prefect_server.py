@@ -1,13 +1,14 @@
-"""How the stack starts its Prefect server: the plain `prefect` CLI on PostgreSQL; on SQLite
-`python -m spnas.prefect_server server start ...`, the same CLI with one transaction of
-Prefect 3.8.8 made to wait for the write lock instead of failing (see _immediate_heartbeats)."""
+"""The stack's Prefect server: its command line and health check. On PostgreSQL it is the plain
+`prefect` CLI; on SQLite `python -m spnas.prefect_server server start ...`, the same CLI with one
+transaction of Prefect 3.8.8 made to wait for the write lock instead of failing (see
+_immediate_heartbeats)."""
 from __future__ import annotations
 
 from typing import Any
 
 from spnas import postgres
 from spnas.config import StackConfig
-from spnas.supervise import bin_path
+from spnas.supervise import bin_path, http_request
 
 
 def prefect_command(cfg: StackConfig) -> list[str]:
@@ -16,6 +17,20 @@ def prefect_command(cfg: StackConfig) -> list[str]:
     if postgres.resolve(cfg).kind == postgres.SQLITE:
         return [bin_path("python"), "-m", "spnas.prefect_server"]
     return [bin_path("prefect")]
+
+
+def argv(cfg: StackConfig) -> list[str]:
+    return [*prefect_command(cfg), "server", "start", "--host", cfg.host,
+            "--port", str(cfg.prefect_port), "--analytics-off"]
+
+
+def env(cfg: StackConfig) -> dict[str, str]:
+    return {}
+
+
+def healthy(cfg: StackConfig) -> bool:
+    code, body = http_request("GET", f"{cfg.prefect_api_url}/health", creds=cfg.credentials)
+    return code == 200 and body.strip() == b"true"
 
 
 def _immediate_heartbeats() -> None:

@@ -1,4 +1,6 @@
 """The local stack: a Prefect server, an MLflow server and one process worker on 127.0.0.1.
+One module per service says how it starts and when it is healthy (prefect_server, mlflow_server,
+worker, postgres); this one starts, reuses and stops them together.
 
 Everything lives under `state_dir()`: Prefect's home and database, MLflow's SQLite store and
 artifacts, one log file and one pidfile per service. `up` is idempotent (running services
@@ -17,99 +19,61 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from core import procs
 from core.errors import StackError
 from core.paths import REPO_ROOT
-from spnas import auth, postgres, prefect_server, server_auth
+from spnas import auth, mlflow_server, postgres, prefect_server, server_auth, worker
 from spnas.config import (MLFLOW, PREFECT, SERVICES, WORKER, WORKER_NAME, StackConfig, process_env,
                           stack_env)
-from spnas.supervise import (ServiceInfo, await_healthy, bin_path, http_request, live_pid,
-                             port_in_use, read_pid, recorded_pid, spawn, stop_group, wait_started)
+from spnas.supervise import (ServiceInfo, await_healthy, bin_path, live_pid, port_in_use, read_pid,
+                             recorded_pid, spawn, stop_group, wait_started)
 
 # Stopped in this order: a worker shutting down still talks to its server, and hangs in
 # retries if the server is already gone.
 _STOP_ORDER = (WORKER, MLFLOW, PREFECT)
-
-_http = http_request  # the name tests/test_concurrent_runs.py calls
 
 __all__ = ["MLFLOW", "PREFECT", "REPO_ROOT", "SERVICES", "WORKER", "WORKER_NAME", "ServiceInfo",
            "StackConfig", "StackError", "StackInfo", "deploy_all", "down", "process_env",
            "run_deployment", "stack_env", "status", "up"]
 
 
-# --------------------------------------------------------------------------- processes
+# --------------------------------------------------------------------------- services
+
+
+class _Service(Protocol):
+    """What stack.py needs of a service module (prefect_server, mlflow_server, worker)."""
+
+    def argv(self, cfg: StackConfig) -> list[str]: ...
+    def env(self, cfg: StackConfig) -> dict[str, str]: ...
+    def healthy(self, cfg: StackConfig) -> bool: ...
+
+
+_MODULES: dict[str, _Service] = {PREFECT: prefect_server, MLFLOW: mlflow_server, WORKER: worker}
 
 
 def _argv(cfg: StackConfig, service: str) -> list[str]:
-    if service == PREFECT:
-        return [*prefect_server.prefect_command(cfg), "server", "start", "--host", cfg.host,
-                "--port", str(cfg.prefect_port), "--analytics-off"]
-    if service == MLFLOW:
-        return [bin_path("mlflow"), "server", "--host", cfg.host, "--port", str(cfg.mlflow_port),
-                "--workers", str(cfg.mlflow_workers),
-                *postgres.mlflow_store_args(cfg),
-                # Proxied artifacts: clients upload over HTTP, files land in the state folder.
-                "--serve-artifacts", "--artifacts-destination", str(cfg.state / "mlartifacts"),
-                *(["--app-name", "basic-auth"] if cfg.credentials else [])]
-    return [bin_path("prefect"), "worker", "start", "--pool", cfg.pool, "--type", "process",
-            "--name", WORKER_NAME, "--limit", str(cfg.worker_limit)]
+    return _MODULES[service].argv(cfg)
+
+
+def _healthy(cfg: StackConfig, service: str) -> bool:
+    return _MODULES[service].healthy(cfg)
 
 
 def _start(cfg: StackConfig, service: str) -> subprocess.Popen[bytes]:
     env = process_env(cfg)
-    if service == MLFLOW and not cfg.mlflow_jobs:
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    env.update(_MODULES[service].env(cfg))
     server_auth.apply_server_env(cfg, service, env)
     env.update(postgres.service_env(cfg, service))  # database URLs; SQLite WAL
     return spawn(cfg, service, _argv(cfg, service), env, cfg.state)
-
-
-# --------------------------------------------------------------------------- health
-
-
-def _prefect_healthy(cfg: StackConfig) -> bool:
-    code, body = http_request("GET", f"{cfg.prefect_api_url}/health", creds=cfg.credentials)
-    return code == 200 and body.strip() == b"true"
-
-
-def _mlflow_healthy(cfg: StackConfig) -> bool:
-    code, body = http_request("GET", f"{cfg.mlflow_url}/health", creds=cfg.credentials)
-    return code == 200 and body.strip() == b"OK"
-
-
-def _worker_heartbeat(cfg: StackConfig) -> datetime | None:
-    """Last heartbeat of our worker if the server lists it ONLINE in the pool."""
-    code, body = http_request("POST", f"{cfg.prefect_api_url}/work_pools/{cfg.pool}/workers/filter", {},
-                       creds=cfg.credentials)
-    if code != 200:
-        return None
-    for worker in json.loads(body):
-        if worker.get("name") == WORKER_NAME and worker.get("status") == "ONLINE":
-            beat = worker.get("last_heartbeat_time")
-            return datetime.fromisoformat(beat.replace("Z", "+00:00")) if beat else None
-    return None
-
-
-def _worker_healthy(cfg: StackConfig, since: datetime | None = None) -> bool:
-    beat = _worker_heartbeat(cfg)
-    if beat is None:
-        return False
-    if since is not None:  # a fresh start must have checked in itself, not a predecessor
-        return beat >= since
-    return (datetime.now(timezone.utc) - beat).total_seconds() < 120
-
-
-_HEALTH: dict[str, Callable[[StackConfig], bool]] = {
-    PREFECT: _prefect_healthy, MLFLOW: _mlflow_healthy, WORKER: _worker_healthy}
 
 
 def _port_error(cfg: StackConfig, service: str) -> StackError:
     port, var = ((cfg.prefect_port, "SPNAS_PREFECT_PORT") if service == PREFECT
                  else (cfg.mlflow_port, "SPNAS_MLFLOW_PORT"))
     hint = ""
-    if _HEALTH[service](cfg):
+    if _healthy(cfg, service):
         label = "Prefect" if service == PREFECT else "MLflow"
         hint = f" (it answers like a {label} server, started outside {cfg.state})"
     return StackError(f"Port {port} on {cfg.host} is already in use by a process this stack "
@@ -176,23 +140,6 @@ def _reusable(cfg: StackConfig, service: str) -> int | None:
     return pid
 
 
-def _ensure_pool(cfg: StackConfig) -> None:
-    code, body = http_request("GET", f"{cfg.prefect_api_url}/work_pools/{cfg.pool}", timeout=10,
-                       creds=cfg.credentials)
-    if code == 200:
-        kind = json.loads(body).get("type")
-        if kind != "process":
-            raise StackError(f"Work pool {cfg.pool!r} exists with type {kind!r}; "
-                             "the stack needs a 'process' pool.")
-        return
-    done = subprocess.run([bin_path("prefect"), "--no-prompt", "work-pool", "create", cfg.pool,
-                           "--type", "process"], env=process_env(cfg), cwd=cfg.state,
-                          capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        raise StackError(f"Could not create work pool {cfg.pool!r}: "
-                         f"{(done.stderr or done.stdout).strip()[-2000:]}")
-
-
 def up(cfg: StackConfig | None = None) -> StackInfo:
     """Start (or reuse) the Prefect server, the MLflow server and the worker."""
     cfg = cfg or StackConfig()
@@ -203,7 +150,7 @@ def up(cfg: StackConfig | None = None) -> StackInfo:
         # and replace it if it never answers.
         for svc in (PREFECT, MLFLOW):
             pid = running[svc]
-            if pid is not None and not await_healthy(cfg, lambda s=svc: _HEALTH[s](cfg), pid):
+            if pid is not None and not await_healthy(cfg, lambda s=svc: _healthy(cfg, s), pid):
                 stop_group(cfg, svc, pid)
                 running[svc] = None
         # Check both ports before starting anything, so a conflict leaves nothing half-up.
@@ -232,9 +179,9 @@ def up(cfg: StackConfig | None = None) -> StackInfo:
                 infos[svc] = ServiceInfo(svc, pid, cfg.service_url(svc), cfg.log_file(svc),
                                          True, 0.0)
 
-        finish(PREFECT, lambda: _prefect_healthy(cfg))
-        _ensure_pool(cfg)
-        if running[WORKER] is not None and not _worker_healthy(cfg):
+        finish(PREFECT, lambda: prefect_server.healthy(cfg))
+        worker.ensure_pool(cfg)
+        if running[WORKER] is not None and not worker.healthy(cfg):
             # Alive but not checking in (e.g. wedged while the server was away): replace it.
             stop_group(cfg, WORKER, running[WORKER])
             running[WORKER] = None
@@ -243,8 +190,8 @@ def up(cfg: StackConfig | None = None) -> StackInfo:
             started[WORKER] = (_start(cfg, WORKER), time.monotonic())
         else:
             since = None
-        finish(WORKER, lambda: _worker_healthy(cfg, since))
-        finish(MLFLOW, lambda: _mlflow_healthy(cfg))
+        finish(WORKER, lambda: worker.healthy(cfg, since))
+        finish(MLFLOW, lambda: mlflow_server.healthy(cfg))
         if (why := server_auth.sync_mlflow_admin(cfg)) is not None:  # SPNAS_AUTH changed since
             raise StackError(why)
         if pg_info is not None:
@@ -278,7 +225,7 @@ def status(cfg: StackConfig | None = None) -> dict[str, dict[str, Any]]:
     for svc in SERVICES:
         pid = read_pid(cfg, svc)
         alive = live_pid(pid, cfg)
-        report[svc] = {"pid": pid, "alive": alive, "healthy": alive and _HEALTH[svc](cfg),
+        report[svc] = {"pid": pid, "alive": alive, "healthy": alive and _healthy(cfg, svc),
                        "url": cfg.service_url(svc), "log": str(cfg.log_file(svc))}
     if (pg := postgres.status(cfg)) is not None:
         report[postgres.SERVICE] = pg

@@ -14,6 +14,7 @@ import pytest
 
 from spnas import stack
 from spnas.stack import StackConfig
+from spnas.supervise import http_request
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ def _free_port() -> int:
 
 
 def _api(cfg: StackConfig, path: str, body: dict[str, Any]) -> Any:
-    code, raw = stack._http("POST", f"{cfg.prefect_api_url}{path}", body, timeout=30, creds=cfg.credentials)
+    code, raw = http_request("POST", f"{cfg.prefect_api_url}{path}", body, timeout=30, creds=cfg.credentials)
     assert code in (200, 201), (path, code, raw[:500])
     return json.loads(raw)
 

@@ -10,7 +10,7 @@ import pytest
 
 from core.errors import InputError
 from core.procs import pid_alive
-from spnas import stack, supervise
+from spnas import mlflow_server, prefect_server, stack, supervise, worker
 from spnas.stack import StackConfig, StackError
 
 
@@ -199,7 +199,7 @@ def test_database_config_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setenv("SPNAS_WORKER_LIMIT", "2")
     cfg = _cfg(tmp_path)
-    assert cfg.worker_limit == 2 and stack._argv(cfg, stack.WORKER)[-2:] == ["--limit", "2"]
+    assert cfg.worker_limit == 2 and worker.argv(cfg)[-2:] == ["--limit", "2"]
     for bad in ("0", "two", "-1", "1.5"):
         monkeypatch.setenv("SPNAS_WORKER_LIMIT", bad)
         with pytest.raises(InputError, match="^SPNAS_WORKER_LIMIT: "):
@@ -232,7 +232,7 @@ def test_database_choice_and_server_settings(tmp_path: Path, monkeypatch: pytest
     state = str(tmp_path.resolve())
     # SQLite: MLflow's file on the command line, switched to WAL before the server opens it.
     cfg = _cfg(tmp_path, db="sqlite")
-    argv = stack._argv(cfg, stack.MLFLOW)
+    argv = mlflow_server.argv(cfg)
     assert argv[argv.index("--backend-store-uri") + 1] == f"sqlite:///{state}/mlflow.db"
     assert postgres.service_env(cfg, stack.PREFECT) == {}
     assert postgres.service_env(cfg, stack.MLFLOW) == {}
@@ -253,7 +253,7 @@ def test_database_choice_and_server_settings(tmp_path: Path, monkeypatch: pytest
     assert postgres.service_env(cfg, stack.MLFLOW) == {
         "MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg://spnas:s3cret@127.0.0.1:{cfg.postgres_port}/mlflow"}
     assert postgres.service_env(cfg, stack.WORKER) == {}
-    mlflow_argv = stack._argv(cfg, stack.MLFLOW)
+    mlflow_argv = mlflow_server.argv(cfg)
     assert "--backend-store-uri" not in mlflow_argv and "s3cret" not in " ".join(mlflow_argv)
     assert "s3cret" not in postgres.describe(cfg)
     argv = postgres._argv(cfg)
@@ -329,12 +329,10 @@ def test_prefect_on_sqlite_starts_heartbeats_immediate(tmp_path: Path, monkeypat
     from prefect.server.database.configurations import SQLITE_BEGIN_MODE
     from prefect.server.utilities import worker_channel
 
-    from spnas import prefect_server
-
     monkeypatch.delenv("SPNAS_DATABASE_URL", raising=False)
-    argv = stack._argv(_cfg(tmp_path, db="sqlite"), stack.PREFECT)
+    argv = prefect_server.argv(_cfg(tmp_path, db="sqlite"))
     assert argv[1:5] == ["-m", "spnas.prefect_server", "server", "start"]
-    assert stack._argv(_cfg(tmp_path, db="postgres"), stack.PREFECT)[0].endswith("/prefect")
+    assert prefect_server.argv(_cfg(tmp_path, db="postgres"))[0].endswith("/prefect")
 
     seen: list[str | None] = []
 

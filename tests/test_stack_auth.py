@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import InputError
-from spnas import auth, cli, server_auth, stack
+from spnas import auth, cli, mlflow_server, server_auth, stack
 from spnas.stack import StackConfig, StackError
 
 PASSWORD = "s3cret%pass:with-colon"  # '%' and ':' on purpose (ini escaping, first-colon split)
@@ -71,7 +71,7 @@ def test_loopback_needs_no_credentials(clean_env: Path, host: str, connect: str,
     assert cfg.mlflow_url == f"http://{connect}:15321"
     env = stack.stack_env(cfg)
     assert not set(auth.CLIENT_VARS) & set(env)
-    assert "--app-name" not in stack._argv(cfg, stack.MLFLOW)
+    assert "--app-name" not in mlflow_server.argv(cfg)
     server_env: dict[str, str] = {}
     server_auth.apply_server_env(cfg, stack.PREFECT, server_env)
     server_auth.apply_server_env(cfg, stack.MLFLOW, server_env)
@@ -152,7 +152,7 @@ def test_env_with_credentials(clean_env: Path, monkeypatch: pytest.MonkeyPatch) 
     # Server-only settings stay out of the client environment.
     assert "PREFECT_SERVER_API_AUTH_STRING" not in env and "MLFLOW_AUTH_CONFIG_PATH" not in env
 
-    argv = stack._argv(cfg, stack.MLFLOW)
+    argv = mlflow_server.argv(cfg)
     assert argv[-2:] == ["--app-name", "basic-auth"] and PASSWORD not in " ".join(argv)
     prefect_env: dict[str, str] = {}
     server_auth.apply_server_env(cfg, stack.PREFECT, prefect_env)
