@@ -115,6 +115,15 @@ def _evaluate(model: nn.Module, loader: DataLoader, topk: int, device: torch.dev
     return {"top1": top1 / seen, f"top{topk}": topk_hits / seen, "loss": loss / seen, "count": seen}
 
 
+def hits(model: nn.Module, loader: DataLoader, *, device: torch.device | None = None) -> torch.Tensor:
+    """Per image of `loader`, in its order: 1 where the top-1 prediction is right, else 0."""
+    with model_on(model, device) as dev, torch.inference_mode():
+        model.eval()
+        out = [(model(images.to(dev)).argmax(1) == labels.to(dev)).to("cpu", torch.uint8)
+               for images, labels in loader]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.uint8)
+
+
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None, cfg: TrainConfig,
         checkpoint_path: Path | None = None, topk: int = 5,
         on_epoch: Callable[[dict[str, float]], None] | None = None, *,

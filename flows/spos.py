@@ -52,10 +52,15 @@ def spos(params_file: str = SPOS.params_file, overrides: dict[str, Any] | None =
                                             "(test accuracy; r_c = MACs / winner's MACs)")
         rows = {r["model"]: r for r in exported.rows}
         final = searched.final
+        rank = {f"kendall_{k}_{name}": getattr(a, k) for name, a in (("recalib", ranked.recalib),
+                                                                    ("no_recalib", ranked.no_recalib)) if a
+                for k in ("tau", "p_value", "ci_low", "ci_high", "verdict")}
         summary = {"winner_choices": "".join(map(str, final.choices)), "macs_limit": final.macs_limit,
                    "winner_supernet_acc": final.supernet_acc,
-                   "kendall_tau_recalib": ranked.kendall_tau_recalib,
-                   "kendall_tau_no_recalib": ranked.kendall_tau_no_recalib,
+                   "supernet_final_loss": supernet.loss, "supernet_warm_start": p.supernet.warm_start is not None,
+                   # Random paths spread over MACs: with the supernet's weights vs a short stand-alone training.
+                   "supernet_path_acc_mean": ranked.supernet_acc_mean,
+                   "standalone_path_acc_mean": ranked.standalone_acc_mean, **rank,
                    **{f"{name}_{k}": r[k] for name, r in rows.items() for k in ("acc", "macs", "params", "ort_ms_batch1")}}
         return finish(pipe, summary, table=list(exported.rows))
 

@@ -63,6 +63,7 @@ __all__ = [
     "block_layout",
     "build_subnet",
     "build_supernet",
+    "copy_reference_kernels",
     "from_desc",
     "get_preset",
     "path_parameters",
@@ -251,11 +252,17 @@ class ShuffleUnit(nn.Module):
         self.branch = nn.Sequential(*layers)
         self.proj = nn.Sequential(dw(in_ch, kernel, 2), pw(in_ch, in_ch)) if stride == 2 else None
 
+    def branch_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the branch sees of the unit's input (the odd half at stride 1)."""
+        return x if self.proj is not None else channel_split(x)[1]
+
+    def join(self, x: torch.Tensor, branch_out: torch.Tensor) -> torch.Tensor:
+        """The unit's output from its input and its branch's output on `branch_input(x)`."""
+        side = channel_split(x)[0] if self.proj is None else self.proj(x)
+        return torch.cat((side, branch_out), 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.proj is None:
-            kept, x = channel_split(x)
-            return torch.cat((kept, self.branch(x)), 1)
-        return torch.cat((self.proj(x), self.branch(x)), 1)
+        return self.join(x, self.branch(self.branch_input(x)))
 
 
 class ChoiceBlock(nn.Module):
@@ -436,6 +443,34 @@ def path_parameters(supernet: SposSupernet, choices: Sequence[int]) -> set[str]:
     chosen = tuple(f"blocks.{i}.choices.{c}." for i, c in enumerate(choices))
     return {name for name, _ in supernet.named_parameters()
             if not name.startswith("blocks.") or name.startswith(chosen)}
+
+
+@torch.no_grad()
+def _copy_padded(source: nn.Module, target: nn.Module) -> None:
+    """Same-named tensors of two same-structured modules; a smaller depthwise kernel lands in
+    the centre of a larger one, zeros around it (with padding k//2 the output is the same)."""
+    theirs = dict(target.state_dict())
+    for name, src in source.state_dict().items():
+        dst = theirs[name]
+        if src.shape == dst.shape:
+            dst.copy_(src)
+        else:
+            dst.zero_()
+            off = (dst.shape[-1] - src.shape[-1]) // 2
+            dst[..., off:off + src.shape[-2], off:off + src.shape[-1]].copy_(src)
+
+
+def copy_reference_kernels(supernet: SposSupernet) -> None:
+    """Make choices 1 and 2 (shufflenet 5×5, 7×7) of every block compute what choice 0 (3×3)
+    computes: its 1×1 convs and BN statistics as they are, its depthwise kernels zero-padded.
+    Xception (choice 3) shares only the stride-2 projection's shape with choice 0; that is
+    copied, its branch is left to be fitted (engine/supernet.py's warm start)."""
+    for block in supernet.blocks:
+        reference = block.choices[0]
+        for c in (1, 2):
+            _copy_padded(reference, block.choices[c])
+        if reference.proj is not None:
+            _copy_padded(reference.proj, block.choices[3].proj)
 
 
 def from_desc(desc: Mapping[str, Any]) -> SposSubnet:

@@ -41,6 +41,35 @@ def prefect_api():
         yield
 
 
+# --- real prune-ea runs, made once: the flow tests check them, `spnas compare` compares them ----
+
+PRUNE_EA_D20 = {"base": {"epochs": 1}, "retrain": {"epochs": 1, "count": 2},
+                "search": {"num_generation": 2, "num_individual": 4, "random_models": 6, "finetune_steps": 3}}
+PRUNE_EA_D56 = {"depth": 56, "base": {"epochs": 1}, "retrain": {"epochs": 1, "count": 1},
+                "search": {"num_generation": 1, "num_individual": 2, "random_models": 2, "finetune_steps": 1}}
+
+
+@pytest.fixture(scope="session")
+def prune_ea_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("prune-ea-out")
+
+
+@pytest.fixture(scope="session")
+def prune_ea_d20(prefect_api, prune_ea_out: Path) -> dict:
+    """A tiny real prune-ea/full run of ResNet-20 (its summary)."""
+    from flows.prune_ea import prune_ea
+
+    return prune_ea(params_file="params/prune_ea.yaml", overrides={**PRUNE_EA_D20, "output_root": str(prune_ea_out)})
+
+
+@pytest.fixture(scope="session")
+def prune_ea_d56(prefect_api, prune_ea_out: Path) -> dict:
+    """The same flow on ResNet-56, smaller search (its summary)."""
+    from flows.prune_ea import prune_ea
+
+    return prune_ea(params_file="params/prune_ea.yaml", overrides={**PRUNE_EA_D56, "output_root": str(prune_ea_out)})
+
+
 # --- one real stack for the tests that only need one running ------------------------------------
 
 def free_port() -> int:

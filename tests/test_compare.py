@@ -216,24 +216,23 @@ def test_cli_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 
 
 @pytest.mark.slow
-def test_compare_two_real_prune_ea_runs(prefect_api, tmp_path: Path) -> None:
-    """Two tiny prune-ea runs that differ in the search's fine-tuning rate: the second reuses the
-    first one's data and base training (same inputs), so the test pays for one base training."""
-    from flows.prune_ea import prune_ea
-
-    tiny = {"base": {"epochs": 1}, "retrain": {"epochs": 1, "count": 1}, "output_root": str(tmp_path / "out"),
-            "search": {"num_generation": 1, "num_individual": 2, "random_models": 4, "finetune_steps": 1}}
-    first = prune_ea(params_file="params/prune_ea.yaml", overrides=tiny)
-    higher_lr = {**tiny, "search": {**tiny["search"], "finetune_lr": 0.05}}
-    second = prune_ea(params_file="params/prune_ea.yaml", overrides=higher_lr)
+def test_compare_two_real_prune_ea_runs(prune_ea_d20: dict, prune_ea_d56: dict, tmp_path: Path) -> None:
+    """The two real prune-ea runs test_prune_ea_flow.py checks (ResNet-20 and ResNet-56, conftest's
+    session fixtures), compared as a user would: by their run folders' names."""
+    first, second = prune_ea_d20, prune_ea_d56
     names = [Path(s["run_dir"]).name for s in (first, second)]
     c = compare(names, tmp_path / "cmp")
     assert [r.run_id for r in c.runs] == [first["mlflow_run_id"], second["mlflow_run_id"]]
-    assert _by_name(c, "params") == {"search.finetune_lr": ["0.01", "0.05"]}
+    # Exactly the fields the two runs' overrides set differently (conftest.PRUNE_EA_D20 / _D56).
+    assert _by_name(c, "params") == {
+        "depth": ["20", "56"], "retrain.count": ["2", "1"], "search.num_generation": ["2", "1"],
+        "search.num_individual": ["4", "2"], "search.random_models": ["6", "2"],
+        "search.finetune_steps": ["3", "1"]}
     final = _by_name(c, "final")
     assert final["baseline_acc"] == [first["baseline_acc"], second["baseline_acc"]]
+    assert final["baseline_macs"] == [40_813_184, 125_747_840]
     front = _by_name(c, "front")
-    assert front["candidates"] == [first["candidates"], second["candidates"]] == [6, 6]
+    assert front["candidates"] == [first["candidates"], second["candidates"]] == [14, 4]
     # The front computed from the logged table is the run's own 2-objective NSGA-III front.
     assert front["front size"] == [first["front_size"], second["front_size"]]
     assert (tmp_path / "cmp" / "pareto_fronts.png").stat().st_size > 10_000

@@ -12,21 +12,17 @@ from tasks.orchestration.tables import read_table
 
 pytestmark = pytest.mark.slow
 
-TINY = {"base": {"epochs": 1}, "retrain": {"epochs": 1, "count": 2},
-        "search": {"num_generation": 2, "num_individual": 4, "random_models": 6, "finetune_steps": 3}}
-
-
 def _dominated(row, others) -> bool:
     return any(o["macs"] <= row["macs"] and o["acc"] >= row["acc"] and (o["macs"] < row["macs"] or o["acc"] > row["acc"])
                for o in others)
 
 
-def test_prune_ea_end_to_end(prefect_api, tmp_path: Path) -> None:
-    from flows.prune_ea import prune_ea
+def test_prune_ea_end_to_end(prune_ea_d20: dict) -> None:
+    """The run: conftest's prune_ea_d20 (2 generations of 4 after 6 random models, 2 retrained)."""
     from latency.flops import count_macs_params
     from nas_models.prune_resnet import build_prune_resnet
 
-    summary = prune_ea(params_file="params/prune_ea.yaml", overrides={**TINY, "output_root": str(tmp_path)})
+    summary = prune_ea_d20
     run = Path(summary["run_dir"])
     result = read_table(run / "prune_search/result.csv")
     assert len(result) == 6 + 2 * 4 == summary["candidates"]
@@ -54,13 +50,8 @@ def test_prune_ea_end_to_end(prefect_api, tmp_path: Path) -> None:
     assert len(list((run / "retrain").glob("model_retrained_*.pth"))) == len(comparison) - 1
 
 
-def test_prune_ea_depth_56_same_flow(prefect_api, tmp_path: Path) -> None:
-    from flows.prune_ea import prune_ea
-
-    summary = prune_ea(params_file="params/prune_ea.yaml", overrides={
-        "depth": 56, "base": {"epochs": 1}, "retrain": {"epochs": 1, "count": 1},
-        "search": {"num_generation": 1, "num_individual": 2, "random_models": 2, "finetune_steps": 1},
-        "output_root": str(tmp_path)})
+def test_prune_ea_depth_56_same_flow(prune_ea_d56: dict) -> None:
+    summary = prune_ea_d56
     result = read_table(Path(summary["run_dir"]) / "prune_search/result.csv")
     assert len(result) == 4 and (result["encoding"].str.len() == 1136).all()
     assert summary["baseline_macs"] == 125_747_840

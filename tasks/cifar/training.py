@@ -105,9 +105,26 @@ def finetune_and_score(model: torch.nn.Module, data: CifarSplit, steps: int, lr:
                        seed: int, device: torch.device, convention: str = "rgb") -> float:
     """A short training at constant lr (a candidate's fine-tune on inherited weights, or a short
     equal budget from scratch), then val accuracy."""
+    finetune(model, data, steps, lr, batch_size, seed, device, convention)
+    _, val, _ = loaders(data, batch_size, seed, convention)
+    return evaluate(model, val, 1, device=device)["top1"]
+
+
+def held_out_hits(model: torch.nn.Module, data: CifarSplit, device: torch.device, convention: str = "rgb"
+                  ) -> torch.Tensor:
+    """Per held-out image (the val split, then the test set): 1 where `model` is right."""
+    from engine.classification import hits
+
+    _, val, test = loaders(data, EVAL_BATCH, 0, convention)
+    return torch.cat([hits(model, val, device=device), hits(model, test, device=device)])
+
+
+def finetune(model: torch.nn.Module, data: CifarSplit, steps: int, lr: float, batch_size: int,
+             seed: int, device: torch.device, convention: str = "rgb") -> None:
+    """`steps` SGD steps at constant lr (momentum 0.9, weight decay 5e-4) on the train part."""
     from engine.classification import train_one_epoch
 
-    train, val, _ = loaders(data, batch_size, seed, convention)
+    train, _, _ = loaders(data, batch_size, seed, convention)
     if steps > 0:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
@@ -116,7 +133,6 @@ def finetune_and_score(model: torch.nn.Module, data: CifarSplit, steps: int, lr:
             take = min(steps - done, len(train))
             train_one_epoch(model, train, optimizer, None, torch.nn.CrossEntropyLoss(), max_steps=take, device=device)
             done += take
-    return evaluate(model, val, 1, device=device)["top1"]
 
 
 PREDICT_IMAGES = 8

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from engine.supernet import score_subnet
+from engine.supernet import recalibrate_bn, score_subnet
 from latency.macs_table import MacsTable, build_or_load
 from nas_models.spos_shufflenet import build_supernet, subnet_from_supernet
 from tasks.cifar.data import CifarSplit
@@ -42,3 +42,13 @@ def supernet_score(supernet: torch.nn.Module, choices: list[int], data: CifarSpl
     subnet = subnet_from_supernet(supernet, choices)
     train, val, _ = loaders(data, batch_size, seed, convention)
     return score_subnet(subnet, train, recalib_batches, val, device)
+
+
+def supernet_path(supernet: torch.nn.Module, choices: list[int], data: CifarSplit, recalib_batches: int,
+                  batch_size: int, seed: int, convention: str, device: torch.device) -> torch.nn.Module:
+    """The path as a stand-alone net with the supernet's weights, its BN recalibrated on the same
+    training batches supernet_score uses (0 = the supernet's statistics), in eval mode."""
+    subnet = subnet_from_supernet(supernet, choices)
+    train, _, _ = loaders(data, batch_size, seed, convention)
+    recalibrate_bn(subnet, train, recalib_batches, device)
+    return subnet.eval()
