@@ -78,23 +78,46 @@ def module_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+# On CPU every conv network here runs in channels_last inside the engine: measured side by side
+# (benchmarks/memory_format.py, 2 threads) a training step takes 0.75x (SPOS path), 0.86x
+# (CIFAR ResNet-20), 0.85x (BlazeFace), 0.97x (LCNet) and 1.01x (serial-backbone detector) the
+# time, inference 0.59-0.91x. Only the weights change format: a conv with channels_last weights
+# gives channels_last outputs, so the batches stay as the loaders make them.
+CHANNELS_LAST_ON_CPU = True
+_IN_CHANNELS_LAST = "_spnas_channels_last"  # set while a model_on block holds it in that format
+
+
+def _has_conv_weights(model: nn.Module) -> bool:
+    return any(p.dim() == 4 for p in model.parameters())
+
+
 @contextmanager
 def model_on(model: nn.Module, device: torch.device | str | None) -> Iterator[torch.device]:
-    """Run a block with `model` on `device` and put it back where it was afterwards (also on error).
+    """Run a block with `model` on `device` (in the engine's memory format) and put it back where
+    and as it was afterwards (also on error).
 
     None leaves the model where it is. Restoring keeps every engine call's contract simple: the
-    caller's model comes back on the device it went in on (CPU in the tasks), so state dicts it
-    saves and `latency_ms` stay on CPU. Parameters keep their identity (`Module.to` swaps
-    `.data`), so an optimizer built on them stays valid. Call outside inference mode: moving
-    parameters inside it would turn them into inference tensors that cannot train again.
+    caller's model comes back on the device it went in on (CPU in the tasks) in the default
+    memory format, so state dicts it saves and `latency_ms` stay on CPU. Parameters keep their
+    identity (`Module.to` swaps `.data`), so an optimizer built on them stays valid. Call outside
+    inference mode: moving parameters inside it would turn them into inference tensors that
+    cannot train again. Nested blocks leave the format to the outermost one.
     """
     home = module_device(model)
     target = home if device is None else torch.device(device)
     if target != home:
         model.to(target)
+    convert = (CHANNELS_LAST_ON_CPU and target.type == "cpu" and not getattr(model, _IN_CHANNELS_LAST, False)
+               and _has_conv_weights(model))
+    if convert:
+        model.to(memory_format=torch.channels_last)
+        setattr(model, _IN_CHANNELS_LAST, True)
     try:
         yield target
     finally:
+        if convert:
+            model.to(memory_format=torch.contiguous_format)
+            delattr(model, _IN_CHANNELS_LAST)
         if target != home:
             model.to(home)
 

@@ -82,6 +82,51 @@ def test_model_on_restores_after_error() -> None:
     assert next(model.parameters()).device == torch.device("cpu")
 
 
+@pytest.mark.parametrize("family", ["spos", "resnet"])
+def test_channels_last_trains_the_same_up_to_float_noise(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's channels_last (engine/runtime.py): the same steps give the same weights and
+    outputs within float tolerance, and the model comes back in the default memory format."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from engine import runtime
+    from engine.classification import evaluate, train_one_epoch
+    from nas_models.prune_resnet import build_prune_resnet
+    from nas_models.spos_shufflenet import build_subnet
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(24, 3, 32, 32, generator=g), torch.randint(0, 10, (24,), generator=g))
+
+    def trained(channels_last: bool) -> nn.Module:
+        monkeypatch.setattr(runtime, "CHANNELS_LAST_ON_CPU", channels_last)
+        torch.manual_seed(0)
+        model = build_subnet([0, 1, 2, 3] * 5, "small") if family == "spos" else build_prune_resnet(20)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        # One step: the SPOS space is chaotic at initialisation (a 1e-6 change of the weights moves
+        # the next loss by 1e-4), so later steps would compare its chaos, not the memory format.
+        train_one_epoch(model, DataLoader(data, batch_size=8), opt, None, nn.CrossEntropyLoss(), max_steps=1)
+        assert all(p.is_contiguous() for p in model.parameters())  # back in the default format
+        return model
+
+    default, channels_last = trained(False), trained(True)
+    for (name, a), b in zip(default.state_dict().items(), channels_last.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-3), name
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(default.eval()(x), channels_last.eval()(x), atol=1e-3)
+    loader = DataLoader(data, batch_size=8)
+    assert abs(evaluate(default, loader, 1)["loss"] - evaluate(channels_last, loader, 1)["loss"]) < 1e-3
+
+
+def test_nested_model_on_leaves_the_format_to_the_outer_block() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with model_on(model, None):
+        assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+        with model_on(model, None):
+            pass
+        assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model[0].weight.is_contiguous()
+
+
 # -- detector: fit_steps checkpoints ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
