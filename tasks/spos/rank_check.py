@@ -6,8 +6,8 @@ are scored with the supernet's weights, with and without BN recalibration. Every
 all held-out images (the val split, then the test set), kept per image, so the check reports
 Kendall tau with its p-value, a paired bootstrap interval over those images and a verdict
 (core/stats.py: ranks / does not rank / inconclusive), beside the published one-shot figure
-(about 0.50-0.53 on NAS-Bench-201). With 10 paths a tau of 0.5 is just significant (p 0.047);
-with 4, not even tau 1 is (p 0.08). Each finished path is saved (rank_<i>.json), so a killed
+(about 0.50-0.53 on NAS-Bench-201). With 10 paths a tau of 0.51 is just significant, with 8 it
+takes 0.64; with 4, not even tau 1 is (p 0.08). Each finished path is saved (rank_<i>.json), so a killed
 check continues where it was."""
 from __future__ import annotations
 
