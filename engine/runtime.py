@@ -78,13 +78,14 @@ def module_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-# On CPU every conv network here runs in channels_last inside the engine: measured side by side
-# (benchmarks/memory_format.py, 2 threads) a training step takes 0.75x (SPOS path), 0.86x
-# (CIFAR ResNet-20), 0.85x (BlazeFace), 0.97x (LCNet) and 1.01x (serial-backbone detector) the
-# time, inference 0.59-0.91x. Only the weights change format: a conv with channels_last weights
-# gives channels_last outputs, so the batches stay as the loaders make them.
+# On CPU conv networks run in channels_last inside the engine where it pays: measured side by
+# side (benchmarks/memory_format.py, 2 threads, two runs) a training step takes 0.75-0.76x (SPOS
+# path), 0.84-0.86x (CIFAR ResNet-20), 0.83-0.85x (BlazeFace), 0.97-0.99x (LCNet) the time, and
+# inference 0.55-0.92x for all five families; training the serial-backbone detector took
+# 1.01-1.04x, so its training loops pass channels_last=False. Only the weights change format: a
+# conv with channels_last weights gives channels_last outputs, so batches stay as loaders make them.
 CHANNELS_LAST_ON_CPU = True
-_IN_CHANNELS_LAST = "_spnas_channels_last"  # set while a model_on block holds it in that format
+_FORMAT_CHOSEN = "_spnas_memory_format"  # set while an outer model_on block owns the model's format
 
 
 def _has_conv_weights(model: nn.Module) -> bool:
@@ -92,7 +93,8 @@ def _has_conv_weights(model: nn.Module) -> bool:
 
 
 @contextmanager
-def model_on(model: nn.Module, device: torch.device | str | None) -> Iterator[torch.device]:
+def model_on(model: nn.Module, device: torch.device | str | None,
+             channels_last: bool = True) -> Iterator[torch.device]:
     """Run a block with `model` on `device` (in the engine's memory format) and put it back where
     and as it was afterwards (also on error).
 
@@ -101,23 +103,27 @@ def model_on(model: nn.Module, device: torch.device | str | None) -> Iterator[to
     memory format, so state dicts it saves and `latency_ms` stay on CPU. Parameters keep their
     identity (`Module.to` swaps `.data`), so an optimizer built on them stays valid. Call outside
     inference mode: moving parameters inside it would turn them into inference tensors that
-    cannot train again. Nested blocks leave the format to the outermost one.
+    cannot train again. Nested blocks leave the format to the outermost one; `channels_last=False`
+    keeps the default format (where it does not pay).
     """
     home = module_device(model)
     target = home if device is None else torch.device(device)
     if target != home:
         model.to(target)
-    convert = (CHANNELS_LAST_ON_CPU and target.type == "cpu" and not getattr(model, _IN_CHANNELS_LAST, False)
+    outermost = not hasattr(model, _FORMAT_CHOSEN)
+    convert = (outermost and channels_last and CHANNELS_LAST_ON_CPU and target.type == "cpu"
                and _has_conv_weights(model))
+    if outermost:
+        setattr(model, _FORMAT_CHOSEN, convert)
     if convert:
         model.to(memory_format=torch.channels_last)
-        setattr(model, _IN_CHANNELS_LAST, True)
     try:
         yield target
     finally:
         if convert:
             model.to(memory_format=torch.contiguous_format)
-            delattr(model, _IN_CHANNELS_LAST)
+        if outermost:
+            delattr(model, _FORMAT_CHOSEN)
         if target != home:
             model.to(home)
 

@@ -11,6 +11,7 @@ from params.loader import load_params
 from params.models import PruneEaParams
 from params.registry import PRUNE_EA
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.orchestration.search import control_fields, own_rows
 from tasks.prune_ea.data import CifarSplit, data_task
 from tasks.prune_ea.export import Exported, export_task
 from tasks.prune_ea.preflight import preflight
@@ -43,7 +44,8 @@ def prune_ea(params_file: str = PRUNE_EA.params_file, overrides: dict[str, Any] 
                                       table_key="prune-ea-comparison",
                                       title="baseline vs retrained front members (test accuracy; r_c = MACs / baseline MACs)")
         rows = exported.rows
-        summary = {"depth": p.depth, "candidates": len(searched.rows), "front_size": len(searched.front),
+        summary = {"depth": p.depth, "candidates": len(own_rows(searched.rows)), "front_size": len(searched.front),
+                   **control_fields(searched.control),
                    "baseline_acc": rows[0]["acc"], "baseline_macs": rows[0]["macs"],
                    **{f"{r['model']}_{k}": r[k] for r in rows[1:] for k in ("acc", "macs", "r_c")}}
         return finish(pipe, summary, table=list(rows))

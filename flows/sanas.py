@@ -14,6 +14,7 @@ from params.loader import load_params
 from params.models import SanasParams
 from params.registry import SANAS
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.orchestration.search import control_fields
 from tasks.sanas.data import Faces, face_data_task
 from tasks.sanas.export import Exported, export_faces_task
 from tasks.sanas.latency_table import Latency, latency_table_task
@@ -53,6 +54,7 @@ def sanas(params_file: str = SANAS.params_file, overrides: dict[str, Any] | None
         summary = {"ctype": window.ctype, "constraint_max": window.max,
                    "found_tokens": rows["found"]["tokens"], "skipped_outside_constraint": searched.skipped,
                    "predictor_within_10pct": latency.within_10pct, "predictor_rmse_ms": latency.rmse_ms,
+                   **control_fields(searched.control),
                    **{f"{name}_{k}": r[k] for name, r in rows.items()
                       for k in ("AP50", "macs", "params", "predicted_ms", "measured_ms")}}
         return finish(pipe, summary, table=[dict(r) for r in exported.rows])

@@ -11,6 +11,7 @@ from params.loader import load_params
 from params.models import SpnasParams
 from params.registry import SPNAS
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.orchestration.search import control_fields, own_rows
 from tasks.spnas.data import Sources, detection_data_task
 from tasks.spnas.export import Exported, export_detector_task
 from tasks.spnas.fine_tune import FineTuned, fine_tune_task
@@ -71,8 +72,10 @@ def summarize(trained: list[Trained], compared: Compared, serial: SerialSearched
     summary = {"final_code": final.code, "final_neck_code": final.neck_text,
                "final_mAP": best["mAP"], "final_mAP50": best["mAP50"], "final_params": best["params"],
                "final_macs": best["macs"], "final_within_limit": compared.rows[0]["within_limit"],
-               "serial_candidates": len(serial.rows), "mutation_kinds": ",".join(serial.mutation_kinds),
-               "parallel_candidates": len(parallel.rows)}
+               "serial_candidates": len(own_rows(serial.rows)), "mutation_kinds": ",".join(serial.mutation_kinds),
+               "parallel_candidates": len(own_rows(parallel.rows)),
+               **{f"{name}_{k}": v for name, stage in (("serial", serial), ("parallel", parallel))
+                  for k, v in control_fields(stage.control).items()}}
     if len(trained) > 1:
         base = trained[1].performance or {}
         summary |= {"baseline_mAP": base["mAP"], "baseline_mAP50": base["mAP50"], "baseline_params": base["params"],

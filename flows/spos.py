@@ -12,6 +12,7 @@ from params.loader import load_params
 from params.models import SposParams
 from params.registry import SPOS
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
+from tasks.orchestration.search import control_fields
 from tasks.spos.data import CifarSplit, data_task
 from tasks.spos.export import Exported, export_task
 from tasks.spos.preflight import preflight
@@ -60,7 +61,7 @@ def spos(params_file: str = SPOS.params_file, overrides: dict[str, Any] | None =
                    "supernet_final_loss": supernet.loss, "supernet_warm_start": p.supernet.warm_start is not None,
                    # Random paths spread over MACs: with the supernet's weights vs a short stand-alone training.
                    "supernet_path_acc_mean": ranked.supernet_acc_mean,
-                   "standalone_path_acc_mean": ranked.standalone_acc_mean, **rank,
+                   "standalone_path_acc_mean": ranked.standalone_acc_mean, **rank, **control_fields(searched.control),
                    **{f"{name}_{k}": r[k] for name, r in rows.items() for k in ("acc", "macs", "params", "ort_ms_batch1")}}
         return finish(pipe, summary, table=list(exported.rows))
 

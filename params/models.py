@@ -242,7 +242,16 @@ class FineTuneParams(Section):
     epochs: int = Field(3, ge=0, le=10_000)
 
 
-class ResourceLimit(Section):
+class SearchControl(Section):
+    """What every search stage shares: `random` also evaluates a same-size random sample of the
+    stage's space (same evaluator, limits and training budget; never chosen) and reports search
+    vs control. It costs as many trainings again as the search."""
+
+    control: Literal["none", "random"] = Field(
+        "none", description="none | random: also run a same-budget random control and report search vs control")
+
+
+class ResourceLimit(SearchControl):
     """Vega: "the best network under a given resource limit". "start" = the starting network's
     own figure (the default: a better detector at no greater size); null = no limit."""
 
@@ -335,7 +344,7 @@ class ClassifierTrain(Section):
     warmup_epochs: int = Field(0, ge=0)
 
 
-class PruneSearchParams(Section):
+class PruneSearchParams(SearchControl):
     """NSGA-III over channel masks (Vega PruneEA names). The seed's values are in
     params/prune_ea_seed.yaml (31 generations of 32, 64 random models)."""
 
@@ -397,7 +406,7 @@ class SupernetTrain(Section):
     """Single-path supernet training: one path per batch, SGD with cosine decay over `steps`
     (after the warm start's own steps)."""
 
-    steps: int = Field(800, ge=1, le=10_000_000, description="uniform-phase steps (after the warm start)")
+    steps: int = Field(600, ge=1, le=10_000_000, description="uniform-phase steps (after the warm start)")
     warm_start: SupernetWarmStart | None = Field(
         SupernetWarmStart(), description="null = the paper's recipe (uniform from random initialisation)")
     batch_size: int = Field(64, ge=2, le=4096)
@@ -417,7 +426,7 @@ class SupernetTrain(Section):
         return v
 
 
-class EvolutionParams(Section):
+class EvolutionParams(SearchControl):
     """SPOS evolution (seed values in params/spos_seed.yaml: 50, 10, 25 + 25, p 0.1, 20 generations)."""
 
     population: int = Field(12, ge=2, le=100_000)
@@ -449,7 +458,7 @@ class RankCheckParams(Section):
     count: int = Field(8, ge=0, le=1000, description="architectures trained stand-alone; 0 = skip the check "
                                                      "(8 paths need tau >= 0.64 for p < 0.05, 10 need 0.51; "
                                                      "4 cannot reach it at all)")
-    steps: int = Field(120, ge=1, le=1_000_000)
+    steps: int = Field(100, ge=1, le=1_000_000)
     bootstrap: int = Field(1000, ge=10, le=100_000, description="resamples of the held-out images for tau's interval")
     learning_rate: float = Field(0.05, gt=0, le=10)
     batch_size: int = Field(64, ge=2, le=4096)
@@ -537,7 +546,7 @@ class LatencyParams(Section):
         return _resolved(v)
 
 
-class SanasSearchParams(Section):
+class SanasSearchParams(SearchControl):
     """PaddleSlim SANAS (seed values in params/sanas_seed.yaml: T0 10.24, reduce_rate 0.85, 300 steps)."""
 
     search_steps: int = Field(12, ge=1, le=100_000)

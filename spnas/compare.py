@@ -39,6 +39,7 @@ from rich.text import Text
 from core.errors import InputError
 from params.registry import PIPELINES, FrontSpec
 from strategies import pareto
+from tasks.orchestration.search import CONTROL
 from tracking import tracker
 
 COMPARE_TAG = "spnas.compare.run_ids"
@@ -220,8 +221,8 @@ def load_points(run: RunInfo, spec: FrontSpec, tmp: Path) -> list[dict[str, Any]
     points = []
     for row in rows:
         x, y = _number(row.get(spec.x)), _number(row.get(spec.y))
-        if x is None or y is None or row.get("status", "ok") != "ok":
-            continue
+        if x is None or y is None or row.get("status", "ok") != "ok" or row.get("origin") == CONTROL:
+            continue  # a random control's candidates are not the run's (summary.json has search vs control)
         points.append({"x": x, "y": y, "chosen": _truthy(row.get("chosen"))})
     return points
 

@@ -50,10 +50,17 @@ class AskTellSearch(ABC, Generic[C]):
     # silently loaded into another.
     _STRATEGY: ClassVar[str]
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, fits: Callable[[Any], bool] | None = None) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InputError("seed", f"must be an integer, got {seed!r}")
+        if fits is not None and not callable(fits):
+            raise InputError("fits", "must be a function architecture -> bool (within the size limits) or None")
         self.seed = seed
+        # Limit-aware proposals: an architecture `fits` refuses is skipped (counted, never
+        # proposed), so the whole budget goes to candidates that can be chosen. Not saved in
+        # the state (a function), like a MACs table.
+        self._fits = fits
+        self._refused: set[str] = set()  # repr of every architecture `fits` refused
         # The only source of randomness, so a restored RNG state replays the search exactly.
         self._rng = random.Random(seed)
         self._candidates: list[C] = []
@@ -73,6 +80,24 @@ class AskTellSearch(ABC, Generic[C]):
     @abstractmethod
     def _propose(self, n: int) -> list[C]:
         """Up to n new candidates, already appended to `_candidates`."""
+
+    def _admit(self, arch: Any) -> bool:
+        """Whether a drawn architecture is within the size limits; one that is not is remembered
+        (asked about once) and counted as skipped."""
+        if self._fits is None:
+            return True
+        key = repr(arch)
+        if key in self._refused:
+            return False
+        if self._fits(arch):
+            return True
+        self._refused.add(key)
+        return False
+
+    @property
+    def skipped(self) -> int:
+        """Distinct architectures drawn and dropped for exceeding the size limits (never trained)."""
+        return len(self._refused)
 
     # ---- ask / tell
 
@@ -140,13 +165,14 @@ class AskTellSearch(ABC, Generic[C]):
 
     def best(self, limits: Mapping[str, float] | None = None) -> C:
         """The candidate best on the first objective among the successful ones whose metrics stay
-        within `limits` (metric -> maximum, e.g. {"params": 15.7e6}); lowest id on ties. Without
-        limits that is the front member best on the first objective. ValueError if none qualifies."""
+        within `limits` (metric -> maximum, e.g. {"params": 15.7e6}); ties broken by the other
+        objectives, then the lowest id, so the pick is on the front of what qualifies. ValueError
+        if none qualifies."""
         keys, maximize = self._objectives()
         ok = self.within(limits)
         if not ok:
             raise ValueError(f"no successful candidate within the limits {dict(limits or {})}")
-        return self._candidates[best_on_objective(self._metrics, ok, keys[0], maximize[0])]
+        return self._candidates[best_on_objective(self._metrics, ok, keys, maximize)]
 
     def within(self, limits: Mapping[str, float] | None) -> list[int]:
         """Ids of successful candidates whose metrics stay within `limits` (all of them without)."""
@@ -158,6 +184,15 @@ class AskTellSearch(ABC, Generic[C]):
         """How many candidates the search proposes in total."""
         return self._budget()
 
+    def goals(self) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+        """(objective keys, maximize flags): the first is what `best` ranks by."""
+        return self._objectives()
+
+    def told_points(self, limits: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+        """Metrics of the successful candidates within `limits` (all without), in id order."""
+        ok = set(self.within(limits))
+        return [dict(m) for cid, m in self._successes() if cid in ok]
+
     # ---- persistence: subclasses put their settings in front of these keys
 
     def _progress_state(self) -> dict[str, Any]:
@@ -166,6 +201,7 @@ class AskTellSearch(ABC, Generic[C]):
             "candidates": [c.to_dict() for c in self._candidates],
             "metrics": [[cid, m] for cid, m in sorted(self._metrics.items())],
             "stalled": self._stalled,
+            "refused": sorted(self._refused),
             "rng": rng_state_to_json(self._rng),
         }
 
@@ -190,6 +226,7 @@ class AskTellSearch(ABC, Generic[C]):
         self._candidates = candidates
         self._metrics = {int(cid): (None if m is None else dict(m)) for cid, m in state["metrics"]}
         self._stalled = bool(state["stalled"])
+        self._refused = set(state.get("refused", []))  # absent in states saved before limit-aware proposals
         self._rng.setstate(rng_state_from_json(state["rng"]))
 
 

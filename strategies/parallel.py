@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,11 +122,14 @@ class ParallelSearch(AskTellSearch[ParallelCandidate]):
         objective_keys: Sequence[str] = ("mAP", "macs"),
         maximize: Sequence[bool] = (True, False),
         include_plain: bool = False,
+        fits: Callable[[list[int]], bool] | None = None,
     ) -> None:
+        """`fits(neck_code)`: whether a neck is within the size limits; sampled necks that are not
+        are skipped before training (the plain candidate 0 is always evaluated)."""
         self.num_stages = _check_int("num_stages", num_stages, 1)
         self.extra_cost = _check_costs(extra_cost, num_stages)
         self.max_sample = _check_int("max_sample", max_sample, 0 if include_plain else 1)
-        super().__init__(seed)
+        super().__init__(seed, fits)
         self.max_per_stage = _check_int("max_per_stage", max_per_stage, 1)
         self.max_additions = _check_int("max_additions", max_additions, 1)
         if max_additions > num_stages * max_per_stage:
@@ -161,14 +164,14 @@ class ParallelSearch(AskTellSearch[ParallelCandidate]):
         for _ in range(n - len(out)):
             for _attempt in range(MAX_ATTEMPTS):
                 code = sample_neck_code(self._rng, self.extra_cost, self.max_per_stage, self.max_additions)
-                if tuple(code) not in seen:
+                if tuple(code) not in seen and self._admit(code):
                     seen.add(tuple(code))
                     cand = ParallelCandidate(id=len(self._candidates), code=code)
                     self._candidates.append(cand)
                     out.append(cand)
                     break
             else:
-                break  # unseen codes are very unlikely under these weights; yield what we have
+                break  # unseen codes within the limits are very unlikely now; yield what we have
         return out
 
     def _settings(self) -> dict[str, Any]:

@@ -172,6 +172,22 @@ def hypervolume(
     return float(HV(ref_point=ref)(inside))
 
 
+def common_reference(point_sets: Sequence[Sequence[Sequence[float]]], maximize: Sequence[bool],
+                     margin: float = 0.1) -> list[float]:
+    """One reference point for comparing several point sets' hypervolumes: per objective, the
+    worst value over every set, moved `margin` of that objective's range further out (so the
+    worst points still count). ValueError when no set holds a point."""
+    pts = [list(map(float, p)) for points in point_sets for p in points]
+    if not pts:
+        raise ValueError("no points to place a reference point by")
+    ref = []
+    for j, up in enumerate(maximize):
+        column = [p[j] for p in pts]
+        spread = (max(column) - min(column)) or abs(column[0]) or 1.0
+        ref.append(min(column) - margin * spread if up else max(column) + margin * spread)
+    return ref
+
+
 def select_parents(
     records: Sequence[Mapping[str, Any]],
     objective_keys: Sequence[str],
@@ -211,10 +227,13 @@ def select_parents(
 
 
 def best_on_objective(
-    metrics: Mapping[int, Mapping[str, Any] | None], ids: Sequence[int], key: str, maximize: bool
+    metrics: Mapping[int, Mapping[str, Any] | None], ids: Sequence[int], keys: Sequence[str],
+    maximize: Sequence[bool],
 ) -> int:
-    """The id among `ids` best on one objective (lowest id on ties); ValueError if `ids` is empty."""
+    """The id among `ids` best on the first objective; ties broken by the next objectives in
+    turn, then by the lowest id, so the pick is never dominated by another of `ids` (a tie at
+    accuracy 1.0 goes to the smaller network). ValueError if `ids` is empty."""
     if not ids:
         raise ValueError("no successful result has been told yet")
-    sign = -1.0 if maximize else 1.0
-    return min(ids, key=lambda i: (sign * float(metrics[i][key]), i))  # type: ignore[index]
+    signs = [-1.0 if up else 1.0 for up in maximize]
+    return min(ids, key=lambda i: (*(s * float(metrics[i][k]) for s, k in zip(signs, keys)), i))  # type: ignore[index]

@@ -104,7 +104,13 @@ class SASearch(AskTellSearch[SACandidate]):
         low: float | None = None,
         high: float | None = None,
         max_tries: int = MAX_TRIES,
+        proposal: str = "neighbour",
     ) -> None:
+        """`proposal`: "neighbour" (SANAS: one token of the current tokens changed) or "uniform"
+        (every token drawn uniformly, within the window: the random control)."""
+        if proposal not in ("neighbour", "uniform"):
+            raise InputError("proposal", f"must be 'neighbour' or 'uniform', got {proposal!r}")
+        self.proposal = proposal
         self.range_table = self._check_range_table(range_table)
         self.init_tokens = self._check_tokens(init_tokens, self.range_table)
         self.init_temperature = _finite("search.init_temperature", init_temperature)
@@ -199,11 +205,17 @@ class SASearch(AskTellSearch[SACandidate]):
         if step == 0:
             return [self._add(list(self.init_tokens), self._init_constraint, 0)]
         skipped = 0
+        seen = {tuple(c.tokens) for c in self._candidates}
         for _ in range(self.max_tries):
-            tokens = list(self._current_tokens)
-            pos = self._mutable[self._rng.randrange(len(self._mutable))]
-            value = self._rng.randrange(self.range_table[pos] - 1)
-            tokens[pos] = value + (value >= tokens[pos])  # uniform over the other values
+            if self.proposal == "uniform":
+                tokens = [self._rng.randrange(r) for r in self.range_table]
+                if tuple(tokens) in seen:
+                    continue
+            else:
+                tokens = list(self._current_tokens)
+                pos = self._mutable[self._rng.randrange(len(self._mutable))]
+                value = self._rng.randrange(self.range_table[pos] - 1)
+                tokens[pos] = value + (value >= tokens[pos])  # uniform over the other values
             constraint = self._constraint(tokens)
             if self._outside(constraint) is None:
                 return [self._add(tokens, constraint, skipped)]
@@ -299,6 +311,7 @@ class SASearch(AskTellSearch[SACandidate]):
             "init_temperature": self.init_temperature, "reduce_rate": self.reduce_rate,
             "search_steps": self.search_steps, "max_tries": self.max_tries,
             "constraint": self.constraint_of is not None, "low": self.low, "high": self.high,
+            "proposal": self.proposal,
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ All randomness goes through one `random.Random` whose state is part of `state_di
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -188,6 +188,9 @@ class SerialSearchConfig:
     objective_keys: tuple[str, ...] = ("mAP", "params")
     maximize: tuple[bool, ...] = (True, False)
     max_blocks: int = 60          # the seed's depth range tops out at 60 blocks
+    # Where children's parents come from: "front" (SpNasS: the Pareto front so far) or "start"
+    # (every child mutates an initial code: a random sample around the start, the random control).
+    parents: str = "front"
 
     def __post_init__(self) -> None:
         for name in ("max_sample", "max_optimal", "num_mutate", "max_stages", "max_blocks"):
@@ -195,6 +198,8 @@ class SerialSearchConfig:
         self.add_stage_ratio = _check_ratio("add_stage_ratio", self.add_stage_ratio)
         self.expend_ratio = _check_ratio("expend_ratio", self.expend_ratio)
         self.objective_keys, self.maximize = check_objectives(self.objective_keys, self.maximize)
+        if self.parents not in ("front", "start"):
+            raise InputError("parents", f"must be 'front' or 'start', got {self.parents!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -243,11 +248,14 @@ class SerialSearch(AskTellSearch[Candidate]):
 
     _STRATEGY = "SerialSearch"
 
-    def __init__(self, init_codes: Sequence[str], config: SerialSearchConfig | None = None, seed: int = 0) -> None:
+    def __init__(self, init_codes: Sequence[str], config: SerialSearchConfig | None = None, seed: int = 0,
+                 fits: Callable[[str], bool] | None = None) -> None:
+        """`fits(code)`: whether a code is within the size limits; children that are not are
+        skipped before training (the initial codes are always evaluated)."""
         self.config = config if config is not None else SerialSearchConfig()
         if not isinstance(self.config, SerialSearchConfig):
             raise InputError("config", f"must be a SerialSearchConfig, got {type(self.config).__name__}")
-        super().__init__(seed)
+        super().__init__(seed, fits)
         if isinstance(init_codes, str) or not isinstance(init_codes, Sequence) or not init_codes:
             raise InputError("init_codes", "must be a non-empty list of codes like ['11-21-21-21']")
         cfg = self.config
@@ -283,8 +291,13 @@ class SerialSearch(AskTellSearch[Candidate]):
         told = self._successes()
         if not told:
             return []
-        picks = select_parents([m for _, m in told], cfg.objective_keys, cfg.maximize, cfg.max_optimal)
-        parents = [self._candidates[told[i][0]] for i in picks]
+        if cfg.parents == "start":
+            parents = [self._candidates[cid] for cid, _ in told if self._candidates[cid].parent_id is None]
+        else:
+            picks = select_parents([m for _, m in told], cfg.objective_keys, cfg.maximize, cfg.max_optimal)
+            parents = [self._candidates[told[i][0]] for i in picks]
+        if not parents:
+            return []
         seen = {c.code for c in self._candidates}
         out: list[Candidate] = []
         for _ in range(n):
@@ -295,8 +308,9 @@ class SerialSearch(AskTellSearch[Candidate]):
                 ok = num_blocks(code) <= cfg.max_blocks and code_problem(code, cfg.max_stages) is None
                 if ok and code not in seen:
                     seen.add(code)
-                    out.append(self._add(code, parent.id, kinds))
-                    break
+                    if self._admit(code):
+                        out.append(self._add(code, parent.id, kinds))
+                        break
             else:
                 break  # neighbourhood of the front looks exhausted; yield what we have
         return out

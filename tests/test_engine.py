@@ -125,6 +125,12 @@ def test_nested_model_on_leaves_the_format_to_the_outer_block() -> None:
             pass
         assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert model[0].weight.is_contiguous()
+    # where channels_last does not pay (detector training), an inner block keeps the default too
+    with model_on(model, None, channels_last=False):
+        with model_on(model, None):
+            assert model[0].weight.is_contiguous() and not model[0].weight.is_contiguous(
+                memory_format=torch.channels_last)
+    assert not hasattr(model, "_spnas_memory_format")
 
 
 # -- detector: fit_steps checkpoints ---------------------------------------------------------

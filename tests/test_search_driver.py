@@ -101,3 +101,105 @@ def test_keep_weights_keeps_the_front_and_what_is_needed(tmp_path: Path) -> None
     assert results[2]["model_path"] is None and results[2]["files"] == []
     assert keep_weights(outcome, "best", {3}) == [0, 1]
     assert [p.name for p in tmp_path.iterdir()] == ["model_3.pth"]
+
+
+@task
+def slow_or_failing(candidate: dict, ctx: StageContext) -> dict:
+    import time
+
+    time.sleep(candidate["sleep"])
+    if candidate.get("fail"):
+        raise ValueError("this candidate fails")
+    FINISHED.append(candidate["id"])
+    return {"id": candidate["id"]}
+
+
+FINISHED: list[int] = []
+
+
+@flow(task_runner=ThreadPoolTaskRunner(max_workers=3))
+def map_flow(work_dir: str) -> tuple[list, list]:
+    from tasks.orchestration.pipeline import map_candidates
+
+    seen: list[tuple[int, list[int]]] = []
+    ctx = StageContext("serial", work_dir, "no-run", Runtime())
+    results = map_candidates(slow_or_failing, [{"id": 0, "sleep": 1.5}, {"id": 1, "sleep": 0.0},
+                                               {"id": 2, "sleep": 0.3, "fail": True}], ctx,
+                             on_done=lambda n: seen.append((n, list(FINISHED))))
+    return results, seen
+
+
+def test_progress_counts_candidates_as_they_finish(prefect_api, tmp_path: Path) -> None:
+    FINISHED.clear()
+    results, seen = map_flow(str(tmp_path))
+    assert results == [{"id": 0}, {"id": 1}, None]  # in the candidates' order, failed = None
+    # one call per candidate, in finishing order: the quick one is counted before the slow one ends
+    assert [n for n, _ in seen] == [1, 2, 3] and seen[0][1] == [1] and seen[-1][1] == [1, 0]
+
+
+def test_control_report_compares_best_within_limits_and_hypervolume() -> None:
+    from tasks.orchestration.search import control_report
+
+    def told(points: list[tuple[float, float]], seed: int) -> SerialSearch:
+        s = SerialSearch(["11-21"], SerialSearchConfig(max_sample=len(points), max_stages=4), seed=seed)
+        it = iter(points)
+        while not s.done:
+            for c in s.ask(1):
+                mAP, params = next(it)
+                s.tell(c.id, {"mAP": mAP, "params": params})
+        return s
+
+    search = told([(0.5, 10.0), (0.7, 12.0), (0.9, 30.0)], 0)
+    control = told([(0.5, 10.0), (0.6, 11.0), (0.95, 40.0)], 1)
+    report = control_report(search, control, {"params": 20.0})
+    assert (report.best_search, report.best_control) == (0.7, 0.6) and report.best_gain == pytest.approx(0.1)
+    # reference point: worst mAP 0.5 - 10 % of 0.45, worst params 40 + 10 % of 30 (the same for both sides)
+    ref_map, ref_params = 0.5 - 0.045, 43.0
+    hv = lambda pts: sum((m - prev) * (ref_params - p) for (m, p), prev in
+                         zip(sorted(pts), [ref_map] + [m for m, _ in sorted(pts)][:-1]))
+    assert report.hv_search == pytest.approx(hv([(0.5, 10.0), (0.7, 12.0), (0.9, 30.0)]))
+    assert report.hv_control == pytest.approx(hv([(0.5, 10.0), (0.6, 11.0), (0.95, 40.0)]))
+    assert report.hv_ratio == pytest.approx(report.hv_search / report.hv_control)
+    assert set(report.figures()) >= {"best_search", "best_control", "hv_ratio"}
+    nothing = control_report(search, control, {"params": 1.0})
+    assert nothing.best_search is None and "best_gain" not in nothing.figures()
+
+
+@flow(task_runner=ThreadPoolTaskRunner(max_workers=1))
+def controlled_flow(work_dir: str, run_id: str) -> dict:
+    from dataclasses import replace
+
+    from tasks.orchestration.search import choose, finalize, run_control
+
+    strategy = _strategy()
+    control = lambda n: SerialSearch(["11-21"], SerialSearchConfig(max_sample=n, max_stages=4, parents="start"), seed=11)
+    spec = replace(_spec(), control=control)
+    ctx = StageContext("serial", work_dir, run_id, Runtime())
+    outcome = run_search(strategy, spec, ctx, run_id, refresh=False)
+    report = run_control(strategy, spec, outcome, ctx, run_id, False, {"params": 4000.0})
+    best = choose(strategy, {"params": 4000.0}, "serial")
+    rows = finalize(strategy, spec, outcome, work_dir, best.id, "all", set())
+    return {"rows": rows, "report": report.figures(), "control_resumed": outcome.control.resumed_from}
+
+
+def test_control_runs_beside_the_search_and_is_never_chosen(prefect_api, tmp_path: Path) -> None:
+    from tasks.orchestration.tables import read_table
+    from tracking import tracker
+
+    run_id = tracker.start_run(tracker.ensure_experiment("driver-test"), "control")
+    CALLS.clear()
+    KILL_AT["id"] = None
+    out = controlled_flow(str(tmp_path), run_id)
+    rows = out["rows"]
+    search, control = [r for r in rows if r["origin"] == "search"], [r for r in rows if r["origin"] == "control"]
+    assert len(search) == len(control) == 6 and sum(r["chosen"] for r in rows) == 1
+    assert not any(r["chosen"] for r in control)
+    assert (tmp_path / "control" / "search_state.json").exists() and (tmp_path / "control" / "model_5.pth").exists()
+    table = read_table(tmp_path / "output.csv")
+    assert list(table["origin"]) == [r["origin"] for r in rows]
+    best_control = max(r["mAP"] for r in control if r["params"] <= 4000.0)
+    assert out["report"]["best_control"] == pytest.approx(best_control)
+    # Started again on the same folder: both the search and its control resume, nothing trains again.
+    CALLS.clear()
+    again = controlled_flow(str(tmp_path), run_id)
+    assert CALLS == [] and again["control_resumed"] == 6 and again["report"] == out["report"]

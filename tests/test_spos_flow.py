@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 TINY = {"supernet": {"steps": 30, "macs_range": [3_400_000, 5_200_000], "bins": 3,
                      "warm_start": {"reference_steps": 4, "align_steps": 3}},
         "search": {"population": 4, "topk": 2, "mutation_count": 2, "crossover_count": 2, "generations": 2,
-                   "macs_limit": 4_300_000, "recalib_batches": 2},
+                   "macs_limit": 4_300_000, "recalib_batches": 2, "control": "random"},
         "rank_check": {"count": 3, "steps": 5}, "retrain": {"epochs": 1},
         "model": {"input_convention": "bgr255"}}
 
@@ -33,10 +33,18 @@ def test_spos_end_to_end(prefect_api, tmp_path: Path) -> None:
     macs, params = count_macs_params(build_subnet(final["choices"], "small", num_classes=10), (1, 3, 32, 32))
     assert (macs, params) == (final["macs"], final["params"])  # the table's figures are the built network's
 
-    table = read_table(run / "search/output.csv")
+    everything = read_table(run / "search/output.csv")
+    control = everything[everything["origin"] == "control"]
+    table = everything[everything["origin"] != "control"]
     assert len(table) == 4 + 4 and set(table["status"]) == {"ok"}
     assert (table["macs"] <= 4_300_000).all()
     assert table.loc[table["acc"].idxmax(), "id"] == final["candidate_id"]
+    # The random control: as many paths, same limit, never chosen; summary = the table's figures.
+    assert len(control) == 8 and (control["macs"] <= 4_300_000).all() and not control["chosen"].any()
+    assert set(table["origin"]) <= {"random", "mutation", "crossover"}
+    assert summary["control_best_search"] == pytest.approx(table["acc"].max())
+    assert summary["control_best_control"] == pytest.approx(control["acc"].max())
+    assert "control_hv_ratio" not in summary and (run / "search/control/output.csv").exists()  # one objective
     topk = read_table(run / "search/topk.csv")
     assert set(topk["generation"]) == {0, 1} and (topk.groupby("generation").size() == 2).all()
 

@@ -32,6 +32,8 @@ from strategies.serial import (
     code_problem,
     expand,
     mutate,
+    num_blocks,
+    num_stages,
     swap,
     swap_moves,
 )
@@ -577,3 +579,99 @@ def test_parallel_search_validation(kwargs: dict, field: str) -> None:
     assert err.value.field == field
     with pytest.raises(ValueError):  # InputError is a ValueError, as NNI-style callers expect
         ParallelSearch(**args)
+
+
+# --------------------------------------------------------------------------- limit-aware proposals
+
+def test_serial_search_never_proposes_a_code_the_size_gate_refuses() -> None:
+    asked: list[str] = []
+
+    def small(code: str) -> bool:  # stands in for "params within the start network's"
+        return num_blocks(code) <= 9 and num_stages(code) <= 4
+
+    def fits(code: str) -> bool:
+        asked.append(code)
+        return small(code)
+
+    search = SerialSearch(["11-21-21-21"], SerialSearchConfig(max_sample=12), seed=5, fits=fits)
+    run(search, 2, fake_metrics)
+    children = [c for c, _ in search.history if c.parent_id is not None]
+    assert children and all(small(c.code) for c in children)
+    assert search.skipped > 0 and len(asked) == len(set(asked))  # each code asked about once
+    refused = set(search.state_dict()["refused"])
+    assert len(refused) == search.skipped and not refused & {c.code for c, _ in search.history}
+    resumed = SerialSearch.from_state_dict(json.loads(json.dumps(search.state_dict())))
+    assert resumed.skipped == search.skipped
+
+
+def test_serial_search_without_a_gate_is_unchanged() -> None:
+    gated = SerialSearch(["11-21-21-21"], SerialSearchConfig(max_sample=10), seed=2, fits=lambda code: True)
+    plain = SerialSearch(["11-21-21-21"], SerialSearchConfig(max_sample=10), seed=2)
+    run(gated, 2, fake_metrics)
+    run(plain, 2, fake_metrics)
+    assert [c.code for c, _ in gated.history] == [c.code for c, _ in plain.history] and gated.skipped == 0
+
+
+def test_parallel_search_skips_necks_over_the_limit_and_stops_when_none_fit() -> None:
+    search = ParallelSearch(4, [8.0, 4.0, 2.0, 1.0], max_sample=30, seed=2, include_plain=True,
+                            fits=lambda code: sum(code) <= 1)
+    run(search, 4, neck_metrics)
+    codes = [tuple(c.code) for c, _ in search.history]
+    # the plain neck, then only the four single additions: everything else is skipped, untrained
+    assert codes[0] == (0, 0, 0, 0) and sorted(codes[1:]) == [(0, 0, 0, 1), (0, 0, 1, 0), (0, 1, 0, 0), (1, 0, 0, 0)]
+    assert search.done and search.skipped > 0
+    nothing_fits = ParallelSearch(4, [8.0, 4.0, 2.0, 1.0], max_sample=5, seed=0, include_plain=True,
+                                  fits=lambda code: False)
+    run(nothing_fits, 2, neck_metrics)
+    assert [tuple(c.code) for c, _ in nothing_fits.history] == [(0, 0, 0, 0)] and nothing_fits.done
+
+
+def test_best_breaks_ties_on_the_first_objective_by_the_others() -> None:
+    # The prune-ea case: accuracy 1.0 at 35.8 M MACs told first, 1.0 at 3.8 M later.
+    search = SerialSearch(["11-21-21-21"], SerialSearchConfig(max_sample=4), seed=0)
+    told = iter([{"mAP": 1.0, "params": 35.8e6}, {"mAP": 1.0, "params": 3.8e6},
+                 {"mAP": 0.9, "params": 1e6}, {"mAP": 1.0, "params": 3.8e6}])
+    run(search, 1, lambda code: next(told))
+    assert search.best().id == 1 and search.best().id in search.pareto_ids()  # the smaller, then lowest id
+    assert search.best({"params": 2e6}).id == 2
+
+
+@given(st.lists(st.tuples(st.sampled_from([0.5, 0.8, 1.0]), st.integers(1, 5)), min_size=1, max_size=12))
+@FAST
+def test_best_is_never_dominated(points: list[tuple[float, int]]) -> None:
+    search = SerialSearch(["11-21-21-21"], SerialSearchConfig(max_sample=len(points)), seed=1)
+    told = iter([{"mAP": a, "params": float(p)} for a, p in points])
+    run(search, 1, lambda code: next(told))
+    if len(search.history) < len(points):
+        return  # the mutation neighbourhood ran out before every point was told
+    best = dict(search.history[search.best().id][1])
+    assert not any(m["mAP"] >= best["mAP"] and m["params"] <= best["params"] and m != best
+                   and (m["mAP"] > best["mAP"] or m["params"] < best["params"]) for _, m in search.history)
+
+
+# --------------------------------------------------------------------------- random controls
+
+def test_serial_control_mutates_only_the_start_code() -> None:
+    search = SerialSearch(["11-21-21-21"], SerialSearchConfig(max_sample=10, parents="start"), seed=4)
+    run(search, 3, fake_metrics)
+    assert len(search.history) == 10 and all(c.parent_id in (None, 0) for c, _ in search.history)
+    with pytest.raises(InputError, match="parents"):
+        SerialSearchConfig(parents="best")
+
+
+def test_sa_uniform_proposals_stay_in_the_window_and_never_repeat() -> None:
+    from strategies.sa import SASearch
+
+    search = SASearch([4, 4, 4], [0, 0, 0], seed=1, search_steps=20, constraint_of=lambda t: float(sum(t)),
+                      low=0.0, high=6.0, proposal="uniform")
+    while not search.done:
+        for c in search.ask():
+            search.tell(c.id, {"reward": float(c.tokens[0])})
+    tokens = [tuple(c.tokens) for c, _ in search.history]
+    assert tokens[0] == (0, 0, 0) and len(set(tokens)) == len(tokens) == 20 and all(sum(t) <= 6 for t in tokens)
+    # not neighbours: uniform draws change several tokens at once
+    assert any(sum(a != b for a, b in zip(x, y)) > 1 for x, y in zip(tokens, tokens[1:]))
+    annealing = SASearch([4, 4, 4], [0, 0, 0], seed=1, search_steps=20, constraint_of=lambda t: float(sum(t)),
+                         low=0.0, high=6.0)
+    with pytest.raises(ValueError, match="proposal"):  # a control's state never resumes the search
+        annealing.load_state_dict(search.state_dict())

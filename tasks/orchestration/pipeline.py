@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, tags, unmapped
+from prefect.futures import as_completed
 from prefect.runtime import flow_run, task_run
 
 from core.errors import InputError
@@ -217,10 +218,12 @@ def candidate_run_name(fmt: Callable[[Mapping[str, Any]], str]) -> Callable[[], 
 
 
 def map_candidates(task: Any, candidates: list[dict[str, Any]], ctx: StageContext | list[StageContext],
-                   refresh: bool = False, **common: Any) -> list[Any]:
+                   refresh: bool = False, on_done: Callable[[int], None] | None = None, **common: Any) -> list[Any]:
     """`task.map` over candidates (a task runner may spread them); a failed candidate gives None
     (the search is told it failed) instead of failing the stage. `ctx`: one per candidate (each
-    with its own work folder), or one shared by all (a search stage's)."""
+    with its own work folder), or one shared by all (a search stage's). `on_done(n)` is called as
+    each candidate finishes, in finishing order, with how many have finished so far (progress
+    counts candidates, not batches). Results come back in the candidates' order."""
     logger = get_run_logger()
     mapped: dict[str, list[Any]] = {"candidate": candidates}
     if isinstance(ctx, StageContext):
@@ -228,20 +231,23 @@ def map_candidates(task: Any, candidates: list[dict[str, Any]], ctx: StageContex
     else:
         mapped["ctx"] = list(ctx)
     runner = task.with_options(refresh_cache=refresh)
-    futures = runner.map(**mapped, **{k: unmapped(v) for k, v in common.items()})
-    results: list[Any] = []
-    for i, (candidate, future) in enumerate(zip(candidates, futures)):
-        future.wait()
+    futures = list(runner.map(**mapped, **{k: unmapped(v) for k, v in common.items()}))
+    index = {id(future): i for i, future in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    for finished, future in enumerate(as_completed(futures), start=1):
+        i = index[id(future)]
+        future.wait()  # done already; a wrapped (Dask) future records its final state here
         state = future.state
         if not state.is_completed():
-            logger.warning("candidate %s failed: %s", candidate.get("id"), state.message)
-            results.append(None)
-            continue
-        result = future.result()
-        if state.name == "Cached" and missing_files(result):
-            one = {k: v[i] for k, v in mapped.items()}
-            result = task.with_options(refresh_cache=True)(**one, **common)
-        results.append(result)
+            logger.warning("candidate %s failed: %s", candidates[i].get("id"), state.message)
+        else:
+            result = future.result()
+            if state.name == "Cached" and missing_files(result):
+                one = {k: v[i] for k, v in mapped.items()}
+                result = task.with_options(refresh_cache=True)(**one, **common)
+            results[i] = result
+        if on_done:
+            on_done(finished)
     return results
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from prefect.exceptions import MissingContextError
 
 from core.errors import InputError
 from engine.runtime import dask_worker
+from strategies.pareto import common_reference, hypervolume, objective_vector
 from tasks.orchestration.caching import STAGE_CACHE
 from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import read_json, write_json
@@ -33,6 +34,7 @@ from tracking import tracker
 
 STATE_FILE = "search_state.json"
 TABLE_FILE = "output.csv"
+CONTROL = "control"  # the random control's rows' origin, and its work folder inside the stage's
 KEEP_ALL_UP_TO = 100  # keep_weights "auto": every candidate's weights up to this many, the front above
 
 
@@ -76,6 +78,8 @@ class Strategy(Protocol):
     def tell(self, candidate_id: int, metrics: dict[str, Any] | None) -> None: ...
     def pending_ids(self) -> list[int]: ...
     def pareto_ids(self) -> list[int]: ...
+    def goals(self) -> tuple[tuple[str, ...], tuple[bool, ...]]: ...
+    def told_points(self, limits: Mapping[str, float] | None = None) -> list[dict[str, Any]]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
@@ -99,6 +103,88 @@ class SearchSpec:
     # More files a stage writes after every batch from the strategy and the rows (e.g. the
     # Pareto front and per-generation fronts); returns their paths.
     extra_outputs: Callable[[Any, list[dict[str, Any]], Path], list[str]] | None = None
+    # `control: random`: given how many candidates the search evaluated, a strategy of the same
+    # space that samples that many at random (its own seed stream); see run_control.
+    control: Callable[[int], Any] | None = None
+
+
+@dataclass(frozen=True)
+class ControlReport:
+    """A search against its same-budget random control: the best first-objective value within
+    the stage's limits on each side and, with two or more objectives, each side's hypervolume on
+    one common reference point (pymoo's HV, strategies/pareto.common_reference)."""
+
+    objective: str                   # what "best" ranks by, e.g. "mAP"
+    maximize: bool
+    search_candidates: int
+    control_candidates: int
+    best_search: float | None        # None: no candidate within the limits
+    best_control: float | None
+    hv_search: float | None = None   # None with a single objective
+    hv_control: float | None = None
+
+    @property
+    def hv_ratio(self) -> float | None:
+        if self.hv_search is None or not self.hv_control:
+            return None
+        return self.hv_search / self.hv_control
+
+    @property
+    def best_gain(self) -> float | None:
+        """How much better the search's best is than the control's (positive = search ahead)."""
+        if self.best_search is None or self.best_control is None:
+            return None
+        return (self.best_search - self.best_control) * (1 if self.maximize else -1)
+
+    def figures(self) -> dict[str, float]:
+        """The figures as flat numbers (MLflow metrics, summary fields), missing ones left out."""
+        out = {"control_candidates": float(self.control_candidates), "best_search": self.best_search,
+               "best_control": self.best_control, "best_gain": self.best_gain, "hv_search": self.hv_search,
+               "hv_control": self.hv_control, "hv_ratio": self.hv_ratio}
+        return {k: float(v) for k, v in out.items() if v is not None}
+
+    def describe(self) -> str:
+        text = (f"search best {self.objective} {_num(self.best_search)} vs random control {_num(self.best_control)} "
+                f"({self.search_candidates} vs {self.control_candidates} candidates)")
+        return text if self.hv_ratio is None else f"{text}; hypervolume ratio search/control {self.hv_ratio:.3f}"
+
+
+def candidate_files(outcome: SearchOutcome) -> list[str]:
+    """Every file the search's candidates wrote, and its control's (weights, descs, performance)."""
+    outcomes = [outcome] + ([outcome.control] if outcome.control else [])
+    return [f for o in outcomes for r in o.results.values() for f in r.get("files", [])]
+
+
+def own_rows(rows: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    """A search table's rows without its random control's."""
+    return [r for r in rows if r.get("origin") != CONTROL]
+
+
+def control_fields(report: ControlReport | None) -> dict[str, float]:
+    """A control report as `control_*` fields (MLflow metrics, summary.json); none without one."""
+    return {} if report is None else {f"control_{k}": v for k, v in report.figures().items()}
+
+
+def _num(value: float | None) -> str:
+    return "none within the limits" if value is None else f"{value:.4g}"
+
+
+def control_report(search: Strategy, control: Strategy, limits: Mapping[str, float] | None) -> ControlReport:
+    """Compare a finished search with its finished control (pure: no Prefect, no files)."""
+    keys, maximize = search.goals()
+
+    def best(strategy: Strategy) -> float | None:
+        values = [float(m[keys[0]]) for m in strategy.told_points(limits)]
+        return (max(values) if maximize[0] else min(values)) if values else None
+
+    hv_search = hv_control = None
+    if len(keys) > 1:
+        sides = [[objective_vector(m, keys) for m in s.told_points()] for s in (search, control)]
+        if any(sides):
+            ref = common_reference(sides, maximize)
+            hv_search, hv_control = (hypervolume(points, maximize, ref) for points in sides)
+    return ControlReport(keys[0], maximize[0], len(search.history), len(control.history), best(search),
+                         best(control), hv_search, hv_control)
 
 
 @dataclass
@@ -107,17 +193,25 @@ class SearchOutcome:
     front: list[int]
     resumed_from: int                            # candidates already told when this run started
     files: list[str] = field(default_factory=list)
+    control: SearchOutcome | None = None         # the random control's own outcome (control: random)
+    report: ControlReport | None = None
 
     def ok(self, cid: int) -> bool:
         return self.results[cid].get("status") != "failed"
 
 
 def _rows(spec: SearchSpec, results: dict[int, dict[str, Any]], front: list[int],
-          chosen: int | None = None) -> list[dict[str, Any]]:
+          chosen: int | None = None, control: bool | None = None) -> list[dict[str, Any]]:
+    """Table rows; with a control run (`control` not None) every row says its `origin`: "control"
+    for the control's, the search's own origin (e.g. SPOS's random/mutation/crossover) or "search"."""
     rows = []
     on_dask = any(r.get("worker") for r in results.values())  # the column only when a cluster was used
     for cid in sorted(results):
         row = {"id": cid, **spec.row_of(results[cid]), "pareto": cid in front}
+        if control:
+            row["origin"] = CONTROL
+        elif control is not None:
+            row["origin"] = row.get("origin") or "search"
         if on_dask:
             row["worker"] = results[cid].get("worker")
         if chosen is not None:
@@ -170,7 +264,14 @@ def run_search(strategy: Strategy, spec: SearchSpec, ctx: StageContext, stage_ru
     resumed_from = len(results)
     progress = tracker.Progress(f"{spec.stage}-search-progress", f"{spec.stage} search: candidates evaluated")
     def evaluate(inputs: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
-        return map_candidates(spec.task, inputs, candidate_ctx, refresh=refresh, **common)
+        before = len(results)
+
+        def finished(n: int) -> None:  # progress as each candidate finishes, not per batch
+            done = before + n
+            progress.update(done / max(1, strategy.budget), done=done, total=strategy.budget, best=best)
+
+        best = tracker.Progress.best_of(_rows(spec, results, []), spec.plot[1])
+        return map_candidates(spec.task, inputs, candidate_ctx, refresh=refresh, on_done=finished, **common)
 
     for _ in drive(strategy, spec, results, evaluate):
         front = strategy.pareto_ids()
@@ -190,6 +291,31 @@ def run_search(strategy: Strategy, spec: SearchSpec, ctx: StageContext, stage_ru
     progress.update(1.0, done=len(results), total=len(results),
                     best=tracker.Progress.best_of(_rows(spec, results, []), spec.plot[1]))
     return SearchOutcome(results, strategy.pareto_ids(), resumed_from, [str(state_path)])
+
+
+def run_control(search: Strategy, spec: SearchSpec, outcome: SearchOutcome, ctx: StageContext, stage_run_id: str,
+                refresh: bool, limits: Mapping[str, float] | None, **common: Any) -> ControlReport | None:
+    """`control: random`: after the search, evaluate a same-size random sample of its space with
+    the same candidate task, limits and training budget, in `control/` under the stage's work
+    folder (resumable like the search), and report search vs control (log line, MLflow metrics,
+    a Prefect table). Control candidates are never chosen: they are kept in `outcome.control`,
+    and finalize adds them to the table as `origin=control`. None when the stage has no control."""
+    if spec.control is None:
+        return None
+    control = spec.control(len(outcome.results))
+    control_spec = replace(spec, stage=f"{spec.stage}-control", title=f"{spec.title}: random control",
+                           on_result=None, extra_outputs=None, control=None)
+    work = ctx.work / CONTROL
+    work.mkdir(parents=True, exist_ok=True)
+    outcome.control = run_search(control, control_spec, replace(ctx, work_dir=str(work)), stage_run_id, refresh,
+                                 **common)
+    outcome.report = report = control_report(search, control, limits)
+    _logger().info("%s: %s", spec.stage, report.describe())
+    tracker.log_metrics(stage_run_id, control_fields(report))
+    tracker.publish_table(f"{spec.stage}-search-vs-control",
+                          [{"figure": k, "value": v} for k, v in report.figures().items()],
+                          f"{spec.title}: search vs a same-budget random control")
+    return report
 
 
 def keep_weights(outcome: SearchOutcome, policy: str, needed: set[int]) -> list[int]:
@@ -224,10 +350,15 @@ def finalize(strategy: Strategy, spec: SearchSpec, outcome: SearchOutcome, work_
         _logger().info("%s: removed the weights of %d candidate(s) off the front (keep_weights=%s)",
                        spec.stage, len(removed), policy)
     save_state(work / STATE_FILE, strategy, outcome.results)
-    rows = _rows(spec, outcome.results, outcome.front, chosen)
-    outcome.files += [str(p) for p in write_table(rows, work / spec.table)]
-    if spec.extra_outputs:
+    control = outcome.control
+    rows = _rows(spec, outcome.results, outcome.front, chosen, False if control else None)
+    if spec.extra_outputs:  # fronts and per-generation files: the search's own candidates
         outcome.files += spec.extra_outputs(strategy, rows, work)
+    if control is not None:
+        keep_weights(control, policy, set())
+        rows += _rows(spec, control.results, control.front, -1, True)  # never the chosen one
+        outcome.files += control.files
+    outcome.files += [str(p) for p in write_table(rows, work / spec.table)]
     return rows
 
 

@@ -31,7 +31,8 @@ from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.pipeline import candidate_run_name
-from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
+from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_task, finalize, own_rows, run_control,
+                                        run_search)
 from tasks.orchestration.tables import write_table
 from tasks.prune_ea.train_base import TrainedBase
 from tracking import tracker
@@ -48,6 +49,7 @@ class PruneSearched(StageResult):
 
     rows: tuple[dict[str, Any], ...]
     front: tuple[dict[str, Any], ...]
+    control: ControlReport | None = None   # search vs a same-budget random control (search.control: random)
 
 
 def load_base(base: TrainedBase) -> torch.nn.Module:
@@ -131,23 +133,35 @@ def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneS
                  ) -> PruneSearched:
     logger = get_run_logger()
     full_state = load_base(base).state_dict()
-    strategy = PruneEASearch(
-        encoding_length(depth), seed, num_generation=search.num_generation, num_individual=search.num_individual,
-        random_models=search.random_models,
-        objectives=("macs", "error", "params") if search.with_params else ("macs", "error"),
+    objectives = ("macs", "error", "params") if search.with_params else ("macs", "error")
+
+    def repair(bits: Sequence[int]) -> list[int]:
         # Never an all-zero channel group: keep the group's largest-norm channel of the base model.
-        repair=lambda bits: [int(b) for b in repair_encoding(bits, depth, full_state)])
+        return [int(b) for b in repair_encoding(bits, depth, full_state)]
+
+    strategy = PruneEASearch(encoding_length(depth), seed, num_generation=search.num_generation,
+                             num_individual=search.num_individual, random_models=search.random_models,
+                             objectives=objectives, repair=repair)
+
+    def control(n: int) -> PruneEASearch:
+        # The space's own sampler: PruneEA's first generation (random encodings, same repair), n of them.
+        return PruneEASearch(encoding_length(depth), derive_seed(seed, "prune_ea.control"), num_generation=1,
+                             num_individual=min(n, search.num_individual), random_models=n,
+                             objectives=objectives, repair=repair)
+
     spec = SearchSpec(STAGE, prune_candidate_task, max(search.random_models, search.num_individual),
                       lambda c: {"id": c.id, "generation": c.generation, "encoding": c.code},
                       lambda r: {k: r["performance"][k] for k in ("acc", "macs", "params")}, _row, ("macs", "acc"),
-                      f"PruneEA ResNet-{depth}", table=TABLE, extra_outputs=front_files)
+                      f"PruneEA ResNet-{depth}", table=TABLE, extra_outputs=front_files,
+                      control=control if search.control == "random" else None)
     with tracker.child_run(ctx.parent_run_id, "prune_search", {"depth": depth, **search.model_dump()}) as run_id:
-        outcome = run_search(strategy, spec, ctx, run_id, refresh, base=base, data=data, search=search,
-                             batch_size=batch_size, seed=seed)
+        common = dict(base=base, data=data, search=search, batch_size=batch_size, seed=seed)
+        outcome = run_search(strategy, spec, ctx, run_id, refresh, **common)
+        report = run_control(strategy, spec, outcome, ctx, run_id, refresh, None, **common)
         best = strategy.best()
         rows = finalize(strategy, spec, outcome, ctx.work, best.id, search.keep_weights, needed=set(strategy.pareto_ids()))
-        front = [r for r in rows if r["pareto"]]
-        first = [r for r in rows if r["id"] in set(strategy.front_of_generation(0))]
+        front = [r for r in own_rows(rows) if r["pareto"]]
+        first = [r for r in own_rows(rows) if r["id"] in set(strategy.front_of_generation(0))]
         tracker.log_fronts_plot(run_id, {"generation 0": first, f"generation {strategy.generation}": front},
                                 "macs", "acc", "prune_search/fronts.png", f"PruneEA ResNet-{depth}: first vs last front")
         tracker.log_files(run_id, outcome.files, STAGE)
@@ -158,4 +172,4 @@ def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneS
                           "final Pareto front: MACs vs accuracy (val split, inherited weights + short fine-tune)")
     logger.info("prune search: %d candidates over %d generations, front of %d", len(rows), strategy.generation + 1,
                 len(front))
-    return PruneSearched(rows=tuple(rows), front=tuple(front), files=tuple(outcome.files))
+    return PruneSearched(rows=tuple(rows), front=tuple(front), control=report, files=tuple(outcome.files))

@@ -25,7 +25,7 @@ from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff, write_json
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.pipeline import candidate_run_name
-from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
+from tasks.orchestration.search import ControlReport, SearchSpec, candidate_task, finalize, run_control, run_search
 from tasks.orchestration.tables import write_table
 from tasks.sanas.data import Faces
 from tasks.sanas.latency_table import Latency
@@ -44,6 +44,7 @@ class Searched(StageResult):
     best_reward: float                   # the best candidate's AP@0.5 after its short training
     skipped: int                         # proposals outside the window, skipped untrained
     structure: str                       # the best network's printout (best_structure.txt)
+    control: ControlReport | None = None  # search vs a same-budget random control (search.control: random)
 
 
 def evaluate_candidate(candidate: dict[str, Any], data: Faces, latency: Latency,
@@ -107,20 +108,29 @@ def sanas_search(data: Faces, latency: Latency, constraint: Window, search: Sana
     c = constraint
     ctx.work.mkdir(parents=True, exist_ok=True)
     window_file = write_json(ctx.work / "constraint.json", c.to_dict())
-    strategy = SASearch(list(RANGE_TABLE), list(INIT_TOKENS), seed, init_temperature=search.init_temperature,
-                        reduce_rate=search.reduce_rate, search_steps=search.search_steps,
+
+    def annealing(steps: int, own_seed: int, proposal: str) -> SASearch:
+        return SASearch(list(RANGE_TABLE), list(INIT_TOKENS), own_seed, init_temperature=search.init_temperature,
+                        reduce_rate=search.reduce_rate, search_steps=steps,
                         constraint_of=lambda t: constraint_value(t, c.ctype, latency, image_size),
-                        low=c.min, high=c.max)
+                        low=c.min, high=c.max, proposal=proposal)
+
+    strategy = annealing(search.search_steps, seed, "neighbour")
+
+    def control(n: int) -> SASearch:
+        # Uniform tokens within the same window (the initial tokens first, as in the search), n in all.
+        return annealing(n, derive_seed(seed, "sanas.control"), "uniform")
     spec = SearchSpec(STAGE, sanas_candidate_task, 1,
                       lambda k: {"id": k.id, "tokens": list(k.tokens), "temperature": k.temperature,
                                  "skipped_before": k.skipped_before},
                       lambda r: {"reward": r["performance"]["AP50"], "macs": r["performance"]["macs"]}, _row,
                       ("macs", "AP50"), f"SANAS ({c.ctype} in [{c.min}, {c.max}] {c.unit})",
-                      extra_outputs=trace_file)
+                      extra_outputs=trace_file, control=control if search.control == "random" else None)
     window_params = {f"constraint_{k}": v for k, v in c.to_dict().items()}
     with tracker.child_run(ctx.parent_run_id, STAGE, {**search.model_dump(), **window_params}) as run_id:
-        outcome = run_search(strategy, spec, ctx, run_id, refresh, data=data, latency=latency, search=search,
-                             train=train, image_size=image_size, seed=seed)
+        common = dict(data=data, latency=latency, search=search, train=train, image_size=image_size, seed=seed)
+        outcome = run_search(strategy, spec, ctx, run_id, refresh, **common)
+        report = run_control(strategy, spec, outcome, ctx, run_id, refresh, None, **common)
         best_id = next(k.id for k in strategy.candidates if list(k.tokens) == list(strategy.best_tokens))
         rows = finalize(strategy, spec, outcome, ctx.work, best_id, "best", needed=set())
         structure = describe(strategy.best_tokens)
@@ -128,12 +138,12 @@ def sanas_search(data: Faces, latency: Latency, constraint: Window, search: Sana
         path.write_text(structure + "\n")
         outcome.files += [str(path), str(window_file)]
         tracker.log_files(run_id, outcome.files, STAGE)
-        tracker.log_metrics(run_id, {"evaluated": len(rows), "skipped_outside_constraint": strategy.skipped,
+        tracker.log_metrics(run_id, {"evaluated": len(outcome.results), "skipped_outside_constraint": strategy.skipped,
                                      "accepted": strategy.accepted_count, "best_AP50": strategy.best_reward})
     tracker.publish_markdown("sanas-structure", f"```\n{structure}\n```",
                              f"found BlazeFace structure (tokens {list(strategy.best_tokens)})")
     logger.info("SANAS: %d candidates trained, %d proposals outside the constraint skipped untrained, %d accepted; "
-                "best tokens %s (AP@0.5 %.4f)\n%s", len(rows), strategy.skipped, strategy.accepted_count,
+                "best tokens %s (AP@0.5 %.4f)\n%s", len(outcome.results), strategy.skipped, strategy.accepted_count,
                 list(strategy.best_tokens), strategy.best_reward, structure)
     return Searched(rows=tuple(rows), best_tokens=tuple(strategy.best_tokens), best_reward=strategy.best_reward,
-                    skipped=strategy.skipped, structure=structure, files=tuple(outcome.files))
+                    skipped=strategy.skipped, structure=structure, control=report, files=tuple(outcome.files))

@@ -4,13 +4,13 @@ measure it, and the optimizer settings a stage trains with. Plain functions over
 no Prefect, no MLflow."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from engine.detector_fit import DetectorOptim
-from latency.flops import count_macs_params
+from latency.flops import count_macs_params, count_params
 from nas_models.detector import build_detector
 from nas_models.registry import build_from_desc
 from params.models import DetectorModel, DetectorTrainParams
@@ -63,3 +63,22 @@ def limits_of(max_params: int | str | None, max_macs: int | str | None,
         elif value is not None:
             limits[key] = float(value)
     return limits
+
+
+def size_gate(model: DetectorModel, num_classes: int, limits: Mapping[str, float],
+              code: str | None = None) -> Callable[[Any], bool] | None:
+    """`fits(arch)` for a limit-aware search: builds the detector a proposal describes (a serial
+    code, or a neck code on the fixed serial `code`) and checks it against `limits` before any
+    training: parameters first (no forward pass), MACs only when a MACs limit is set and the
+    parameters fit. None without limits (every proposal fits)."""
+    if not limits:
+        return None
+
+    def fits(arch: Any) -> bool:
+        serial, neck = (arch, None) if isinstance(arch, str) else (code, list(arch))
+        detector = detector_for(model, num_classes, serial, neck)
+        if "params" in limits and count_params(detector) > limits["params"]:
+            return False
+        return "macs" not in limits or measure(detector, model.image_size)["macs"] <= limits["macs"]
+
+    return fits

@@ -14,13 +14,15 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from core.seeds import derive_seed
 from latency.branch_costs import extra_macs_per_stage
 from params.models import DetectorModel, DetectorTrainParams, ParallelSearchParams
 from strategies.parallel import ParallelSearch
 from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
-from tasks.orchestration.search import SearchSpec, choose, finalize, run_search
-from tasks.spnas.detectors import desc_for, limits_of
+from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_files, choose, finalize, run_control,
+                                        run_search)
+from tasks.spnas.detectors import desc_for, limits_of, size_gate
 from tasks.spnas.fine_tune import FineTuned
 from tasks.spnas.reignite import Reignited
 from tasks.spnas.split import Split
@@ -40,6 +42,7 @@ class ParallelSearched(StageResult):
     rows: tuple[dict[str, Any], ...]
     extra_macs_per_stage: tuple[float, ...]   # what one more sub-network adds to each stage
     limits: Mapping[str, float]               # the resource limits the winner respects
+    control: ControlReport | None = None      # search vs a same-budget random control (parallel.control: random)
 
 
 def objectives(result: dict[str, Any]) -> dict[str, Any]:
@@ -62,9 +65,19 @@ def parallel_setup(data: Split, base: Reignited, start: FineTuned, model: Detect
     num_stages = len(base.code.split("-"))
     cost = extra_macs_per_stage(base.code, model.block, model.image_size)
     limits = limits_of(parallel.max_params, parallel.max_macs, start.performance or {})
-    search = ParallelSearch(num_stages, cost, parallel.max_sample, seed, max_per_stage=parallel.max_per_stage,
-                            max_additions=min(parallel.max_additions, num_stages * parallel.max_per_stage),
-                            objective_keys=("mAP", "macs"), maximize=(True, False), include_plain=True)
+    fits = size_gate(model, data.num_classes, limits, base.code)
+
+    def sampler(max_sample: int, own_seed: int) -> ParallelSearch:
+        return ParallelSearch(num_stages, cost, max_sample, own_seed, max_per_stage=parallel.max_per_stage,
+                              max_additions=min(parallel.max_additions, num_stages * parallel.max_per_stage),
+                              objective_keys=("mAP", "macs"), maximize=(True, False), include_plain=True, fits=fits)
+
+    search = sampler(parallel.max_sample, seed)
+
+    def control(n: int) -> ParallelSearch:
+        # SpNasP itself samples at random: the control is the same sampler on its own stream (n - 1 necks
+        # beside the plain one, which both share), so it measures how much the draw alone decides.
+        return sampler(max(0, n - 1), derive_seed(seed, "spnas.parallel.control"))
 
     def to_input(c: Any) -> dict[str, Any]:
         return {"id": c.id, "code": base.code, "neck_code": list(c.code),
@@ -72,7 +85,8 @@ def parallel_setup(data: Split, base: Reignited, start: FineTuned, model: Detect
                 "parent_model": base.model_path}
 
     spec = SearchSpec(STAGE, train_candidate_task, parallel.batch, to_input, objectives, _row, ("macs", "mAP"),
-                      "SpNasP: neck codes (0 = no extra sub-networks)")
+                      "SpNasP: neck codes (0 = no extra sub-networks)",
+                      control=control if parallel.control == "random" else None)
     return search, spec, limits, cost
 
 
@@ -84,8 +98,9 @@ def parallel_search(data: Split, base: Reignited, start: FineTuned, model: Detec
     search, spec, limits, cost = parallel_setup(data, base, start, model, parallel, seed)
     with tracker.child_run(ctx.parent_run_id, "parallel_search",
                            {**parallel.model_dump(), "extra_macs_per_stage": cost, "limits": limits}) as run_id:
-        outcome = run_search(search, spec, ctx, run_id, refresh, data=data, optimizer=optimizer,
-                             steps=parallel.candidate_steps, seed=seed, stage=STAGE)
+        common = dict(data=data, optimizer=optimizer, steps=parallel.candidate_steps, seed=seed, stage=STAGE)
+        outcome = run_search(search, spec, ctx, run_id, refresh, **common)
+        report = run_control(search, spec, outcome, ctx, run_id, refresh, limits, **common)
         if not outcome.ok(0):
             raise RuntimeError("the reignited net (candidate 0) failed to train in the parallel stage; see its log")
         best = choose(search, limits, STAGE)
@@ -93,9 +108,10 @@ def parallel_search(data: Split, base: Reignited, start: FineTuned, model: Detec
         chosen = outcome.results[best.id]
         tracker.log_files(run_id, outcome.files, STAGE)
         tracker.set_tags(run_id, {"best_neck_code": str(chosen["neck_code"])})
-        tracker.log_metrics(run_id, {"candidates": len(rows), "best_mAP": chosen["performance"]["mAP"],
-                                     "resumed_candidates": outcome.resumed_from})
-    logger.info("parallel search chose neck %s (mAP %.4f; plain FPN %.4f; limits %s)", chosen["neck_code"],
-                chosen["performance"]["mAP"], outcome.results[0]["performance"]["mAP"], limits)
+        tracker.log_metrics(run_id, {"candidates": len(outcome.results), "best_mAP": chosen["performance"]["mAP"],
+                                     "resumed_candidates": outcome.resumed_from, "skipped_over_limit": search.skipped})
+    logger.info("parallel search chose neck %s (mAP %.4f; plain FPN %.4f; limits %s; %d neck(s) over them skipped "
+                "untrained)", chosen["neck_code"], chosen["performance"]["mAP"],
+                outcome.results[0]["performance"]["mAP"], limits, search.skipped)
     return ParallelSearched(best=chosen, rows=tuple(rows), extra_macs_per_stage=tuple(cost), limits=limits,
-                            files=(*outcome.files, *(f for r in outcome.results.values() for f in r.get("files", []))))
+                            control=report, files=(*outcome.files, *candidate_files(outcome)))

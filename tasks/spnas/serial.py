@@ -10,17 +10,19 @@ other tasks' futures.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prefect import flow, get_run_logger
 
+from core.seeds import derive_seed
 from params.models import DetectorModel, DetectorTrainParams, SerialSearchParams
 from strategies.serial import SerialSearch, SerialSearchConfig
 from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
-from tasks.orchestration.search import SearchSpec, choose, finalize, run_search
-from tasks.spnas.detectors import desc_for, limits_of
+from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_files, choose, finalize, own_rows,
+                                        run_control, run_search)
+from tasks.spnas.detectors import desc_for, limits_of, size_gate
 from tasks.spnas.fine_tune import FineTuned
 from tasks.spnas.split import Split
 from tasks.spnas.train_candidate import train_candidate_task
@@ -39,6 +41,7 @@ class SerialSearched(StageResult):
     rows: tuple[dict[str, Any], ...]
     mutation_kinds: tuple[str, ...]     # the mutation kinds the candidates used, sorted
     limits: Mapping[str, float]         # the resource limits the winner respects
+    control: ControlReport | None = None  # search vs a same-budget random control (serial.control: random)
 
 
 def search_config(serial: SerialSearchParams) -> SerialSearchConfig:
@@ -65,8 +68,15 @@ def serial_setup(data: Split, start: FineTuned, model: DetectorModel, serial: Se
                  seed: int) -> tuple[SerialSearch, SearchSpec, dict[str, float]]:
     """The serial search, its driver spec and the size limits: shared by the subflow and by
     benchmarks/plain_spnas.py, which drives the same search without Prefect."""
-    search = SerialSearch([model.backbone_code], search_config(serial), seed=seed)
     limits = limits_of(serial.max_params, serial.max_macs, start.performance or {})
+    fits = size_gate(model, data.num_classes, limits)
+    search = SerialSearch([model.backbone_code], search_config(serial), seed=seed, fits=fits)
+
+    def control(n: int) -> SerialSearch:
+        # The same mutations, always of the start code (no front): a random sample around it, n in all.
+        config = replace(search_config(serial), max_sample=n, parents="start")
+        return SerialSearch([model.backbone_code], config, seed=derive_seed(seed, "spnas.serial.control"), fits=fits)
+
     model_of: dict[int | None, str] = {None: start.model_path}  # the start net inherits fine_tune's weights
 
     def to_input(c: Any) -> dict[str, Any]:
@@ -78,7 +88,8 @@ def serial_setup(data: Split, start: FineTuned, model: DetectorModel, serial: Se
         model_of[result["id"]] = result["model_path"]  # children inherit from their parent's file
 
     spec = SearchSpec(STAGE, train_candidate_task, serial.batch, to_input, objectives, _row, ("params", "mAP"),
-                      "SpNasS: backbone codes", on_result=remember)
+                      "SpNasS: backbone codes", on_result=remember,
+                      control=control if serial.control == "random" else None)
     return search, spec, limits
 
 
@@ -88,18 +99,20 @@ def serial_search(data: Split, start: FineTuned, model: DetectorModel, optimizer
     logger = get_run_logger()
     search, spec, limits = serial_setup(data, start, model, serial, seed)
     with tracker.child_run(ctx.parent_run_id, "serial_search", {**serial.model_dump(), "limits": limits}) as run_id:
-        outcome = run_search(search, spec, ctx, run_id, refresh, data=data, optimizer=optimizer,
-                             steps=serial.candidate_steps, seed=seed, stage=STAGE)
+        common = dict(data=data, optimizer=optimizer, steps=serial.candidate_steps, seed=seed, stage=STAGE)
+        outcome = run_search(search, spec, ctx, run_id, refresh, **common)
+        report = run_control(search, spec, outcome, ctx, run_id, refresh, limits, **common)
         best = choose(search, limits, STAGE)
         rows = finalize(search, spec, outcome, ctx.work, best.id, serial.keep_weights, needed=set())
-        kinds = sorted({k for r in rows for k in str(r["mutations"]).split("+") if k})
+        kinds = sorted({k for r in own_rows(rows) for k in str(r["mutations"]).split("+") if k})
         chosen = outcome.results[best.id]
         tracker.log_files(run_id, outcome.files, STAGE)
-        tracker.log_metrics(run_id, {"candidates": len(rows), "best_mAP": chosen["performance"]["mAP"],
-                                     "resumed_candidates": outcome.resumed_from})
+        tracker.log_metrics(run_id, {"candidates": len(outcome.results), "best_mAP": chosen["performance"]["mAP"],
+                                     "resumed_candidates": outcome.resumed_from, "skipped_over_limit": search.skipped})
         tracker.set_tags(run_id, {"best_code": best.code, "mutation_kinds": ",".join(kinds)})
-    logger.info("serial search chose %s (mAP %.4f, %.2fM params; limits %s); mutation kinds seen: %s", best.code,
-                chosen["performance"]["mAP"], chosen["performance"]["params"] / 1e6, limits, kinds)
-    return SerialSearched(best=chosen, rows=tuple(rows), mutation_kinds=tuple(kinds), limits=limits,
-                          files=(*outcome.files, *(f for r in outcome.results.values() for f in r.get("files", []))))
+    logger.info("serial search chose %s (mAP %.4f, %.2fM params; limits %s; %d proposal(s) over them skipped "
+                "untrained); mutation kinds seen: %s", best.code, chosen["performance"]["mAP"],
+                chosen["performance"]["params"] / 1e6, limits, search.skipped, kinds)
+    return SerialSearched(best=chosen, rows=tuple(rows), mutation_kinds=tuple(kinds), limits=limits, control=report,
+                          files=(*outcome.files, *candidate_files(outcome)))
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from core.seeds import derive_seed
 from engine.runtime import configure_torch, resolve_device
 from params.models import EvolutionParams, Runtime
 from strategies.evolution import EvolutionSearch
@@ -21,7 +22,8 @@ from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import write_json
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.pipeline import candidate_run_name
-from tasks.orchestration.search import SearchSpec, candidate_task, finalize, run_search
+from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_task, finalize, own_rows, run_control,
+                                        run_search)
 from tasks.orchestration.tables import write_table
 from tasks.spos.shared import supernet_score
 from tasks.spos.supernet import TrainedSupernet
@@ -51,6 +53,7 @@ class SposSearched(StageResult):
 
     rows: tuple[dict[str, Any], ...]
     final: FinalArchitecture
+    control: ControlReport | None = None   # search vs a same-budget random control (search.control: random)
 
 
 def choices_text(choices: list[int]) -> str:
@@ -126,30 +129,39 @@ def spos_search(supernet: TrainedSupernet, data: CifarSplit, search: EvolutionPa
         population=search.population, topk=search.topk, mutation_count=search.mutation_count,
         mutation_prob=search.mutation_prob, crossover_count=search.crossover_count, generations=search.generations,
         min_macs=table.min_macs())
+
+    def control(n: int) -> EvolutionSearch:
+        # The space's own sampler: evolution's generation 0 (uniform paths within the limit), n of them.
+        return EvolutionSearch(table.macs, limit, derive_seed(seed, "spos.control"), num_blocks=table.n_blocks,
+                               num_choices=len(table.per_block[0]), population=n, topk=min(search.topk, n),
+                               mutation_count=0, crossover_count=0, generations=1, min_macs=table.min_macs())
+
     spec = SearchSpec(STAGE, spos_candidate_task, max(search.population, search.mutation_count + search.crossover_count),
                       lambda c: {"id": c.id, "generation": c.generation, "choices": list(c.choices), "macs": c.macs,
                                  "origin": c.origin},
                       lambda r: {k: r["performance"][k] for k in ("acc", "macs", "params")}, _row, ("macs", "acc"),
-                      f"SPOS evolution (MACs <= {limit / 1e6:.2f}M)", extra_outputs=topk_file)
+                      f"SPOS evolution (MACs <= {limit / 1e6:.2f}M)", extra_outputs=topk_file,
+                      control=control if search.control == "random" else None)
     params = {**search.model_dump(), "macs_limit_used": limit}
     with tracker.child_run(ctx.parent_run_id, STAGE, params) as run_id:
-        outcome = run_search(strategy, spec, ctx, run_id, refresh, supernet=supernet, data=data, search=search,
-                             convention=convention, seed=seed)
+        common = dict(supernet=supernet, data=data, search=search, convention=convention, seed=seed)
+        outcome = run_search(strategy, spec, ctx, run_id, refresh, **common)
+        report = run_control(strategy, spec, outcome, ctx, run_id, refresh, {"macs": limit}, **common)
         best = strategy.best()
         rows = finalize(strategy, spec, outcome, ctx.work, best.id, "all", needed=set())
-        winner = next(r for r in rows if r["id"] == best.id)
+        winner = next(r for r in own_rows(rows) if r["id"] == best.id)
         final = FinalArchitecture(choices=tuple(best.choices), macs=winner["macs"], params=winner["params"],
                                   supernet_acc=winner["acc"], macs_limit=limit, preset=supernet.preset,
                                   candidate_id=best.id, generation=winner["generation"])
         final_path = write_json(ctx.work / "architecture_final.json", asdict(final))
         outcome.files.append(str(final_path))
         tracker.log_files(run_id, outcome.files, STAGE)
-        tracker.log_metrics(run_id, {"candidates": len(rows), "best_supernet_acc": winner["acc"],
+        tracker.log_metrics(run_id, {"candidates": len(own_rows(rows)), "best_supernet_acc": winner["acc"],
                                      "best_macs": winner["macs"], "macs_limit": limit,
                                      "rejected_over_limit": sum(strategy.rejected_over_limit),
                                      "resumed_candidates": outcome.resumed_from})
     tracker.publish_table("spos-topk", topk_rows(strategy, rows), "top-k per generation (supernet accuracy on val)")
     logger.info("search: %d paths over %d generations under %.2fM MACs (%d proposals over the limit never "
-                "evaluated); winner %s  %.2fM MACs  supernet acc %.4f", len(rows), strategy.generation + 1,
+                "evaluated); winner %s  %.2fM MACs  supernet acc %.4f", len(own_rows(rows)), strategy.generation + 1,
                 limit / 1e6, sum(strategy.rejected_over_limit), winner["choices"], winner["macs"] / 1e6, winner["acc"])
-    return SposSearched(rows=tuple(rows), final=final, files=tuple(outcome.files))
+    return SposSearched(rows=tuple(rows), final=final, control=report, files=tuple(outcome.files))
