@@ -293,7 +293,7 @@ def run_search(strategy: Strategy, spec: SearchSpec, ctx: StageContext, stage_ru
     return SearchOutcome(results, strategy.pareto_ids(), resumed_from, [str(state_path)])
 
 
-def run_control(search: Strategy, spec: SearchSpec, outcome: SearchOutcome, ctx: StageContext, stage_run_id: str,
+def run_control(strategy: Strategy, spec: SearchSpec, outcome: SearchOutcome, ctx: StageContext, stage_run_id: str,
                 refresh: bool, limits: Mapping[str, float] | None, **common: Any) -> ControlReport | None:
     """`control: random`: after the search, evaluate a same-size random sample of its space with
     the same candidate task, limits and training budget, in `control/` under the stage's work
@@ -309,7 +309,7 @@ def run_control(search: Strategy, spec: SearchSpec, outcome: SearchOutcome, ctx:
     work.mkdir(parents=True, exist_ok=True)
     outcome.control = run_search(control, control_spec, replace(ctx, work_dir=str(work)), stage_run_id, refresh,
                                  **common)
-    outcome.report = report = control_report(search, control, limits)
+    outcome.report = report = control_report(strategy, control, limits)
     _logger().info("%s: %s", spec.stage, report.describe())
     tracker.log_metrics(stage_run_id, control_fields(report))
     tracker.publish_table(f"{spec.stage}-search-vs-control",
