@@ -93,11 +93,10 @@ def _check_args(num_train: int, num_val: int, image_size: int, seed: int) -> Non
         raise InputError("seed", f"must be a non-negative integer, got {seed!r}")
 
 
-def _load_sources() -> tuple[np.ndarray, list[np.ndarray]]:
-    """(LFW crops uint8 [200, 25, 25], background images as HWC uint8 RGB arrays)."""
+def load_backgrounds() -> list[np.ndarray]:
+    """scikit-image's bundled photographs (BACKGROUNDS) as HWC uint8 RGB arrays."""
     from skimage import data as skdata  # heavy import, only needed when generating
 
-    crops = np.clip(np.rint(skdata.lfw_subset() * 255.0), 0, 255).astype(np.uint8)
     backgrounds = []
     for name in BACKGROUNDS:
         image = np.asarray(getattr(skdata, name)())
@@ -106,7 +105,15 @@ def _load_sources() -> tuple[np.ndarray, list[np.ndarray]]:
         if image.ndim == 2:
             image = np.stack([image] * 3, axis=-1)
         backgrounds.append(np.ascontiguousarray(image[..., :3].astype(np.uint8)))
-    return crops, backgrounds
+    return backgrounds
+
+
+def _load_sources() -> tuple[np.ndarray, list[np.ndarray]]:
+    """(LFW crops uint8 [200, 25, 25], background images as HWC uint8 RGB arrays)."""
+    from skimage import data as skdata  # heavy import, only needed when generating
+
+    crops = np.clip(np.rint(skdata.lfw_subset() * 255.0), 0, 255).astype(np.uint8)
+    return crops, load_backgrounds()
 
 
 def _write_dataset(folder: Path, num_train: int, num_val: int, image_size: int, seed: int) -> None:

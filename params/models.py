@@ -251,6 +251,12 @@ class SearchControl(Section):
         "none", description="none | random: also run a same-budget random control and report search vs control")
 
 
+def search_sections(model: type[BaseModel]) -> list[str]:
+    """The sections of a pipeline's params model that configure a search (they take `control`)."""
+    return [name for name, f in model.model_fields.items()
+            if isinstance(f.annotation, type) and issubclass(f.annotation, SearchControl)]
+
+
 class ResourceLimit(SearchControl):
     """Vega: "the best network under a given resource limit". "start" = the starting network's
     own figure (the default: a better detector at no greater size); null = no limit."""
@@ -326,6 +332,9 @@ class CifarData(Section):
     dataset_dir: str | None = Field(None, description="cifar-10-batches-py folder or ImageNet-format folder; "
                                                       "null = embedded digits")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of the training images that scores candidates")
+    embedded: Literal["digits", "photo_digits"] = Field(
+        "digits", description="the embedded set when dataset_dir is null: digits (plain, saturates near 0.95+) or "
+                              "photo_digits (the same digits at random size, place and contrast on photo patches)")
 
     @field_validator("dataset_dir")
     @classmethod

@@ -385,3 +385,26 @@ def test_default_folder_is_the_embedded_set_in_batches_format(digits, tmp_path, 
     assert (folder / "data_batch_5").is_file()
     assert_same_set(load_cifar(folder), digits)
     assert default_cifar_folder(seed=0) == folder  # built once, reused
+
+
+def test_photo_digits_keep_labels_and_split_and_are_seeded() -> None:
+    from data.cifar import embedded_digits_cifar, embedded_photo_digits_cifar
+
+    plain, photo = embedded_digits_cifar(0), embedded_photo_digits_cifar(0)
+    assert photo.train_images.shape == plain.train_images.shape and photo.test_images.shape == (300, 32, 32, 3)
+    assert np.array_equal(photo.train_labels, plain.train_labels) and np.array_equal(photo.test_labels, plain.test_labels)
+    assert np.array_equal(photo.train_images, embedded_photo_digits_cifar(0).train_images)
+    assert not np.array_equal(photo.train_images, embedded_photo_digits_cifar(1).train_images)
+    # colour photographs behind the strokes: the plain set is grey on black, this one is neither
+    spread = photo.train_images.reshape(len(photo.train_images), -1, 3).std(axis=1).mean()
+    assert (plain.train_images[..., 0] == plain.train_images[..., 2]).all()
+    assert (photo.train_images[..., 0] != photo.train_images[..., 2]).mean() > 0.5 and spread > 10
+    assert (plain.train_images.reshape(len(plain.train_images), -1).min(axis=1) == 0).mean() > 0.9
+    assert (photo.train_images.reshape(len(photo.train_images), -1).min(axis=1) == 0).mean() < 0.2
+
+
+def test_unknown_embedded_set_names_the_field() -> None:
+    from data.cifar import default_cifar_folder
+
+    with pytest.raises(InputError, match="data.embedded"):
+        default_cifar_folder(0, "cifar100")

@@ -130,3 +130,15 @@ def test_stage_tags_round_trip() -> None:
     assert stage_tag("fine_tune") == "stage:fine_tune"
     assert stage_from_tags(["team:a", stage_tag("fine_tune")]) == "fine_tune"
     assert stage_from_tags(["team:a"]) is None and stage_from_tags(None) is None
+
+
+def test_every_search_section_takes_a_random_control() -> None:
+    from params.models import search_sections
+
+    found = {name: search_sections(spec.model) for name, spec in PIPELINES.items()}
+    assert found == {"lcnet": [], "spnas": ["serial", "parallel"], "prune-ea": ["search"], "spos": ["search"],
+                     "sanas": ["search"]}
+    for name, sections in found.items():
+        for section in sections:
+            field = PIPELINES[name].model.model_fields[section].annotation.model_fields["control"]
+            assert field.default == "none"

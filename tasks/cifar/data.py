@@ -44,7 +44,9 @@ def cifar_sources(data: CifarData, seed: int, out_dir: Path) -> CifarSplit:
                             write_cifar_set)
 
     if data.dataset_dir is None:
-        folder, source = default_cifar_folder(seed), "embedded digits as 32x32 CIFAR-format images"
+        folder = default_cifar_folder(seed, data.embedded)
+        source = ("embedded digits as 32x32 CIFAR-format images" if data.embedded == "digits" else
+                  "embedded digits on photo patches (random size, place, contrast) as 32x32 CIFAR-format images")
         cifar = read_cifar_batches(folder, "data.dataset_dir")
     else:
         cifar = load_cifar(data.dataset_dir, seed=seed, field="data.dataset_dir")
