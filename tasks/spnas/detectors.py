@@ -70,15 +70,23 @@ def size_gate(model: DetectorModel, num_classes: int, limits: Mapping[str, float
     """`fits(arch)` for a limit-aware search: builds the detector a proposal describes (a serial
     code, or a neck code on the fixed serial `code`) and checks it against `limits` before any
     training: parameters first (no forward pass), MACs only when a MACs limit is set and the
-    parameters fit. None without limits (every proposal fits)."""
+    parameters fit. None without limits (every proposal fits). Answers are remembered, so a search
+    and its random control never build the same network twice to size it."""
     if not limits:
         return None
+    answers: dict[Any, bool] = {}
 
-    def fits(arch: Any) -> bool:
+    def measured(arch: Any) -> bool:
         serial, neck = (arch, None) if isinstance(arch, str) else (code, list(arch))
         detector = detector_for(model, num_classes, serial, neck)
         if "params" in limits and count_params(detector) > limits["params"]:
             return False
         return "macs" not in limits or measure(detector, model.image_size)["macs"] <= limits["macs"]
+
+    def fits(arch: Any) -> bool:
+        key = arch if isinstance(arch, str) else tuple(arch)
+        if key not in answers:
+            answers[key] = measured(arch)
+        return answers[key]
 
     return fits
