@@ -92,7 +92,7 @@ def evaluate(model: nn.Module, loader: DataLoader, topk: int = 5, *,
              device: torch.device | None = None) -> dict[str, float]:
     """top-1 / top-k accuracy and mean cross-entropy over `loader`. `device`: where to run
     (None: where the model is); the model comes back where it was."""
-    with model_on(model, device) as dev:  # outside inference mode (see model_on)
+    with model_on(model, device, channels_last=True) as dev:  # outside inference mode (see model_on)
         return _evaluate(model, loader, topk, dev)
 
 
@@ -117,7 +117,7 @@ def _evaluate(model: nn.Module, loader: DataLoader, topk: int, device: torch.dev
 
 def hits(model: nn.Module, loader: DataLoader, *, device: torch.device | None = None) -> torch.Tensor:
     """Per image of `loader`, in its order: 1 where the top-1 prediction is right, else 0."""
-    with model_on(model, device) as dev, torch.inference_mode():
+    with model_on(model, device, channels_last=True) as dev, torch.inference_mode():
         model.eval()
         out = [(model(images.to(dev)).argmax(1) == labels.to(dev)).to("cpu", torch.uint8)
                for images, labels in loader]

@@ -61,7 +61,7 @@ def train_one_epoch(
     `device`: where to train (None: where the model is); the model comes back where it was.
     `first_step` numbers the steps (on_step, errors) when this call continues a longer run.
     """
-    with model_on(model, device, channels_last=False) as dev:  # slower for this detector (engine/runtime.py)
+    with model_on(model, device) as dev:
         return _train_one_epoch(model, optimizer, loader, max_steps, on_step, max_grad_norm, dev, first_step)
 
 
@@ -123,7 +123,7 @@ def evaluate(
     `device`: where to run (None: where the model is); the model comes back where it was.
     """
     # The move happens outside inference mode (see model_on).
-    with model_on(model, device) as dev:
+    with model_on(model, device, channels_last=True) as dev:
         return _evaluate(model, loader, dev)
 
 

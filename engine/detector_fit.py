@@ -154,7 +154,7 @@ def fit_steps(model: nn.Module, loader: DataLoader, steps: int, optim: DetectorO
         return {"steps": 0.0}
     if checkpoint_every < 1:
         raise InputError("checkpoint_every", f"must be a positive number of steps, got {checkpoint_every!r}.")
-    with model_on(model, device, channels_last=False) as dev:  # slower for this detector (engine/runtime.py)
+    with model_on(model, device) as dev:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=optim.learning_rate, momentum=optim.momentum,
                                     weight_decay=optim.weight_decay)
@@ -240,7 +240,7 @@ def latency_ms(model: nn.Module, image_size: int, runs: int = 10, warmup: int = 
 
     Always on CPU (the deployment target the tables compare), wherever the model lives.
     """
-    with model_on(model, torch.device("cpu")):  # moved outside inference mode (see model_on)
+    with model_on(model, torch.device("cpu"), channels_last=True):  # moved outside inference mode (see model_on)
         return _cpu_latency_ms(model, image_size, runs, warmup)
 
 

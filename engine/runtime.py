@@ -78,12 +78,14 @@ def module_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-# On CPU conv networks run in channels_last inside the engine where it pays: measured side by
-# side (benchmarks/memory_format.py, 2 threads, two runs) a training step takes 0.75-0.76x (SPOS
-# path), 0.84-0.86x (CIFAR ResNet-20), 0.83-0.85x (BlazeFace), 0.97-0.99x (LCNet) the time, and
-# inference 0.55-0.92x for all five families; training the serial-backbone detector took
-# 1.01-1.04x, so its training loops pass channels_last=False. Only the weights change format: a
-# conv with channels_last weights gives channels_last outputs, so batches stay as loaders make them.
+# On CPU, inference runs in channels_last (the blocks that only run the model forward ask for it):
+# measured side by side (benchmarks/memory_format.py, 2 threads, two runs) 0.55-0.92x the time for
+# all five families. Training stays in the default format: oneDNN's channels_last backward (torch
+# 2.14 CPU) corrupts memory or spins forever on some strided 1x1 convolutions with few channels,
+# which pruned networks have (a ResNet-56 candidate with a 6->19 shortcut hung a search;
+# tests/test_engine.py keeps that case), and it saved at most a quarter of a step. Only the
+# weights change format: a conv with channels_last weights gives channels_last outputs, so
+# batches stay as loaders make them.
 CHANNELS_LAST_ON_CPU = True
 _FORMAT_CHOSEN = "_spnas_memory_format"  # set while an outer model_on block owns the model's format
 
@@ -94,7 +96,7 @@ def _has_conv_weights(model: nn.Module) -> bool:
 
 @contextmanager
 def model_on(model: nn.Module, device: torch.device | str | None,
-             channels_last: bool = True) -> Iterator[torch.device]:
+             channels_last: bool = False) -> Iterator[torch.device]:
     """Run a block with `model` on `device` (in the engine's memory format) and put it back where
     and as it was afterwards (also on error).
 
@@ -103,8 +105,8 @@ def model_on(model: nn.Module, device: torch.device | str | None,
     memory format, so state dicts it saves and `latency_ms` stay on CPU. Parameters keep their
     identity (`Module.to` swaps `.data`), so an optimizer built on them stays valid. Call outside
     inference mode: moving parameters inside it would turn them into inference tensors that
-    cannot train again. Nested blocks leave the format to the outermost one; `channels_last=False`
-    keeps the default format (where it does not pay).
+    cannot train again. Nested blocks leave the format to the outermost one; `channels_last=True`
+    (forward-only blocks: evaluation, BN re-estimation, timing) holds the weights in channels_last on CPU.
     """
     home = module_device(model)
     target = home if device is None else torch.device(device)

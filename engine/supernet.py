@@ -241,7 +241,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[Any], count: int, device:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: every batch weighs the same
     used = 0
-    with model_on(model, device) as dev, torch.no_grad():
+    with model_on(model, device, channels_last=True) as dev, torch.no_grad():
         model.train()
         for images, _ in batches:
             if used >= count:
