@@ -7,20 +7,24 @@ torchvision detector is built with `num_classes = C + 1`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from core.errors import InputError
-from data.transforms import load_rgb
+from core.text import excerpt
+from data.transforms import bomb_message, bombs_as_errors, load_rgb
 
 BOX_TOLERANCE = 1.0  # px a box may stick out of its image (rounding in annotation tools)
+MAX_SIDE = 2**31 - 1  # px; a larger width/height is no image (and overflows float arithmetic)
 
 
 @dataclass
@@ -57,11 +61,16 @@ class CocoSet:
 
 
 def load_coco(images_dir: Path, ann_file: Path, images_field: str | None = None,
-              json_field: str | None = None) -> CocoSet:
+              json_field: str | None = None, user_files: bool = False) -> CocoSet:
     """Parse and validate a COCO instances file; one InputError names the first problem.
 
     With `images_field`/`json_field` (the parameter names the user set), errors name those
-    fields; without them they name the offending file or folder.
+    fields; without them they name the offending file or folder. Every `file_name` must lie
+    inside `images_dir` (no absolute path, no `..`, no symlink leading out). `user_files` (the
+    parameter edge): each image file's header (never its pixels) is read — its size must be the
+    listed width x height and within PIL's decompression-bomb limit — and the file must hold at
+    least one non-crowd box (a run's own subsets may have none: a sparse user set's search-val
+    split is scored as it is, not refused mid-run).
     """
     images_dir, ann_file = Path(images_dir), Path(ann_file)
     fail = _Reporter(images_dir, ann_file, images_field, json_field)
@@ -71,8 +80,10 @@ def load_coco(images_dir: Path, ann_file: Path, images_field: str | None = None,
     by_id = {im["id"]: im for im in images}
     cat_ids = [c["id"] for c in categories]
     anns_by_image: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in images}
-    for ann in _check_annotations(data["annotations"], by_id, set(cat_ids), fail):
+    for ann in _check_annotations(data["annotations"], by_id, set(cat_ids), fail, require_boxes=user_files):
         anns_by_image[ann["image_id"]].append(ann)
+    if user_files:
+        _check_image_sizes(images, images_dir, fail)
     return CocoSet(images_dir=images_dir, ann_file=ann_file, cat_ids=cat_ids,
                    cat_names=[str(c["name"]) for c in categories], images=images,
                    anns_by_image=anns_by_image, dataset=data)
@@ -80,12 +91,15 @@ def load_coco(images_dir: Path, ann_file: Path, images_field: str | None = None,
 
 def check_coco_files(images_dir: str | Path, ann_file: str | Path, images_field: str,
                      json_field: str) -> None:
-    """Validate a COCO pair at the parameter edge (same checks as `load_coco`, no image decoding).
+    """Validate a COCO pair at the parameter edge: `load_coco`'s checks plus each image file's
+    header (size as listed, within PIL's pixel limit; no pixel is decoded).
 
-    Raises InputError naming `json_field` for a bad annotation file and `images_field` for a
-    missing folder or image file.
+    Raises InputError naming `json_field` for a bad annotation file (including a file_name
+    leading out of the images folder or a width/height the file does not have) and
+    `images_field` for a missing folder or a missing, unreadable or oversized image file.
     """
-    load_coco(Path(images_dir), Path(ann_file), images_field=images_field, json_field=json_field)
+    load_coco(Path(images_dir), Path(ann_file), images_field=images_field, json_field=json_field,
+              user_files=True)
 
 
 class CocoDetection(Dataset):
@@ -108,7 +122,7 @@ class CocoDetection(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         info = self.images[index]
         path = self.coco.images_dir / info["file_name"]
-        image = load_rgb(path)
+        image = load_rgb(path)  # a decompression bomb is one InputError too
         if image.size != (info["width"], info["height"]):
             raise InputError(str(path), f"is {image.size[0]}x{image.size[1]} but "
                                         f"{self.coco.ann_file} says {info['width']}x{info['height']}")
@@ -187,38 +201,126 @@ def _check_images(images: list, images_dir: Path, fail: _Reporter) -> list[dict[
     if not images_dir.is_dir():
         raise fail.images(f"images folder {images_dir} does not exist", str(images_dir))
     seen: set = set()
-    exists = _FileLookup(images_dir)
+    folder = ImagesFolder(images_dir)
     for i, im in enumerate(images):
         if not (isinstance(im, dict) and _is_int(im.get("id")) and isinstance(im.get("file_name"), str)
                 and _is_int(im.get("width")) and _is_int(im.get("height"))
-                and im["width"] > 0 and im["height"] > 0):
-            raise fail.json(f"images[{i}] needs integer id, file_name, positive width and height")
+                and 0 < im["width"] <= MAX_SIDE and 0 < im["height"] <= MAX_SIDE):
+            raise fail.json(f"images[{i}] needs integer id, file_name, positive width and height "
+                            f"(at most {MAX_SIDE})")
         if im["id"] in seen:
             raise fail.json(f"images[{i}] repeats image id {im['id']}; image ids must be unique")
         seen.add(im["id"])
-        if not exists(im["file_name"]):
-            raise fail.images(f"image {im['file_name']!r} (id {im['id']}) listed in {fail.ann_file} "
+        escape = folder.escape(im["file_name"])
+        if escape:
+            raise fail.json(f"images[{i}] (image id {im['id']}) field file_name {excerpt(im['file_name'])} "
+                            f"{escape}; file_name must name a file inside the images folder {images_dir}")
+        if not folder.exists(im["file_name"]):
+            raise fail.images(f"image {excerpt(im['file_name'])} (id {im['id']}) listed in {fail.ann_file} "
                               f"is missing from {images_dir}", str(fail.ann_file))
     return images
 
 
-class _FileLookup:
-    """`file_name` exists under a folder: one directory listing per folder instead of one stat
-    per image, so big sets (100k+ images) check in a fraction of a second."""
+def _check_image_sizes(images: list[dict[str, Any]], images_dir: Path, fail: _Reporter) -> None:
+    for im in images:
+        path = images_dir / im["file_name"]
+        try:
+            width, height = image_header_size(path)
+        except UnreadableImage as exc:
+            raise fail.images(f"image {excerpt(im['file_name'])} (id {im['id']}) listed in {fail.ann_file}: "
+                              f"{path} {exc}", str(path)) from None
+        if (width, height) != (im["width"], im["height"]):
+            raise fail.json(f"image id {im['id']} ({excerpt(im['file_name'])}) has width x height "
+                            f"{im['width']}x{im['height']}, but the file {path} is {width}x{height}")
+
+
+# --- image files: containment and headers, shared with the WIDER FACE reader (data/faces.py) ---
+
+class ImagesFolder:
+    """Image paths named by an annotation file, checked against the images folder `root`.
+
+    `escape(name)` says why `name` may not be used (absolute, `..` components, or a symlink,
+    itself or a folder above it, that resolves outside the resolved root); `exists(name)` says
+    whether it is a file. One directory listing per folder instead of one stat per image, so
+    big sets (100k+ images) check in a fraction of a second; only symlinks are resolved one by one.
+    """
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self._listings: dict[Path, frozenset[str]] = {}
+        self.root = Path(root)
+        self.real_root = self.root.resolve()
+        self._parents: dict[PurePosixPath, str | None] = {}           # parent -> escape reason
+        self._listings: dict[PurePosixPath, tuple[frozenset[str], frozenset[str]]] = {}  # files, links
 
-    def __call__(self, file_name: str) -> bool:
-        path = self.root / file_name
-        parent = path.parent
+    def escape(self, name: str) -> str | None:
+        """None when `name` stays inside the folder, else what is wrong (a phrase)."""
+        if not name or "\x00" in name:
+            return "is empty or holds a NUL character"
+        rel = PurePosixPath(name)
+        if rel.is_absolute():
+            return "is an absolute path"
+        if ".." in rel.parts:
+            return "has '..' components"
+        parent = rel.parent
+        if parent not in self._parents:
+            self._parents[parent] = self._outside(self.root / parent, "lies under a symlinked folder")
+        if self._parents[parent]:
+            return self._parents[parent]
+        if rel.name in self._listing(parent)[1]:
+            return self._outside(self.root / rel, "is a symlink")
+        return None
+
+    def exists(self, name: str) -> bool:
+        rel = PurePosixPath(name)
+        return rel.name in self._listing(rel.parent)[0]
+
+    def _outside(self, path: Path, what: str) -> str | None:
+        try:
+            real = path.resolve()
+        except (OSError, RuntimeError, ValueError):  # a symlink loop, a name the OS refuses
+            return f"{what} that cannot be resolved"
+        if real.is_relative_to(self.real_root):
+            return None
+        return f"{what} that resolves to {real}, outside the images folder"
+
+    def _listing(self, parent: PurePosixPath) -> tuple[frozenset[str], frozenset[str]]:
         if parent not in self._listings:
+            files, links = set(), set()
             try:
-                self._listings[parent] = frozenset(e.name for e in os.scandir(parent) if e.is_file())
+                entries = list(os.scandir(self.root / parent))
             except OSError:
-                self._listings[parent] = frozenset()
-        return path.name in self._listings[parent]
+                entries = []
+            for entry in entries:
+                try:
+                    if entry.is_symlink():
+                        links.add(entry.name)
+                    if entry.is_file():  # follows symlinks; a symlink loop raises
+                        files.add(entry.name)
+                except OSError:
+                    pass
+            self._listings[parent] = frozenset(files), frozenset(links)
+        return self._listings[parent]
+
+
+class UnreadableImage(Exception):
+    """An image file whose header cannot be used; the message completes "<path> ..."."""
+
+
+def image_header_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header (no pixel is decoded); UnreadableImage when the
+    file is missing, not an image, or declares more pixels than PIL's decompression-bomb limit."""
+    try:
+        with bombs_as_errors(), open(path, "rb") as handle, Image.open(handle) as image:
+            width, height = image.size
+    except FileNotFoundError:
+        raise UnreadableImage("does not exist") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UnreadableImage(bomb_message(None)) from None
+    except Exception as exc:  # hostile bytes: any plugin error is "not an image", never a traceback
+        raise UnreadableImage(f"cannot be read as an image ({type(exc).__name__})") from None
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise UnreadableImage(bomb_message((width, height)))
+    return width, height
 
 
 def _check_categories(categories: list, fail: _Reporter) -> list[dict[str, Any]]:
@@ -233,11 +335,20 @@ def _check_categories(categories: list, fail: _Reporter) -> list[dict[str, Any]]
 
 
 def _check_annotations(annotations: list, images: dict[int, dict], cat_ids: set[int],
-                       fail: _Reporter) -> list[dict[str, Any]]:
+                       fail: _Reporter, require_boxes: bool = False) -> list[dict[str, Any]]:
+    if require_boxes and not annotations:
+        raise fail.json("has no annotations; a detection set needs at least one object box")
+    seen: set = set()
     for i, ann in enumerate(annotations):
-        label = f"annotation {ann.get('id', i) if isinstance(ann, dict) else i}"
         if not isinstance(ann, dict):
-            raise fail.json(f"{label} is not an object")
+            raise fail.json(f"annotations[{i}] is not an object")
+        if not _is_int(ann.get("id")):
+            raise fail.json(f"annotations[{i}] needs an integer id, got {excerpt(ann.get('id'))}")
+        label = f"annotation {ann['id']}"
+        if ann["id"] in seen:
+            raise fail.json(f"annotations[{i}] repeats annotation id {ann['id']}; annotation ids must be "
+                            "unique (pycocotools would silently keep only the last one)")
+        seen.add(ann["id"])
         if not _is_int(ann.get("image_id")) or ann["image_id"] not in images:
             raise fail.json(f"{label} refers to unknown image_id {ann.get('image_id')!r}; "
                             "it must be the id of an entry in images")
@@ -245,12 +356,21 @@ def _check_annotations(annotations: list, images: dict[int, dict], cat_ids: set[
             raise fail.json(f"{label} has unknown category_id {ann.get('category_id')!r}; "
                             f"known: {_preview(sorted(cat_ids))}")
         _check_bbox(ann.get("bbox"), images[ann["image_id"]], label, fail)
+        if ann.get("iscrowd", 0) not in (0, 1):
+            raise fail.json(f"{label} has iscrowd {excerpt(ann['iscrowd'])}; it must be 0 or 1")
+        if "area" not in ann:  # pycocotools' evaluation needs one: a box's own area
+            ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+        elif not (_is_number(ann["area"]) and ann["area"] >= 0):
+            raise fail.json(f"{label} has area {excerpt(ann['area'])}; it must be a number >= 0")
+    if require_boxes and all(ann.get("iscrowd", 0) for ann in annotations):
+        raise fail.json(f"has only crowd annotations (iscrowd=1, {len(annotations)} of them); "
+                        "at least one non-crowd object box is needed to train and evaluate")
     return annotations
 
 
 def _check_bbox(bbox: Any, image: dict[str, Any], label: str, fail: _Reporter) -> None:
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-        raise fail.json(f"{label} needs bbox [x, y, width, height] of numbers, got {bbox!r}")
+        raise fail.json(f"{label} needs bbox [x, y, width, height] of finite numbers, got {excerpt(bbox)}")
     x, y, w, h = bbox
     if w <= 0 or h <= 0:
         raise fail.json(f"{label} has bbox {bbox} with non-positive width or height; both must be > 0")
@@ -269,4 +389,10 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    """A finite JSON number that float arithmetic can hold (a 400-digit integer is not one)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

@@ -199,8 +199,8 @@ def _write(folder: Path, coco: CocoSet, plan: _Plan, images_field: str, min_size
         path = coco.images_dir / info["file_name"]
         try:
             image = load_rgb(path)
-        except InputError as exc:
-            raise InputError(images_field, f"{path} cannot be read as an image") from exc
+        except InputError as exc:  # its field is the path; the message says what is wrong
+            raise InputError(images_field, f"{path} {exc.message}") from exc
         if image.size != (info["width"], info["height"]):
             raise InputError(images_field, f"{path} is {image.size[0]}x{image.size[1]} but "
                                            f"{coco.ann_file} says {info['width']}x{info['height']}")

@@ -24,16 +24,18 @@ past the image are clipped to it.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from core.errors import InputError
 from core.paths import data_cache_dir
+from core.text import excerpt
 from data._build import CocoFolder, build_once
-from data.coco import CocoSet, load_coco
+from data.coco import CocoSet, ImagesFolder, UnreadableImage, image_header_size, load_coco
 from data.coco_eval import coco_map, to_coco_detections
 
 __all__ = [
@@ -58,6 +60,9 @@ PLACEMENT_TRIES = 50
 BACKGROUNDS = ("coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
                "retina", "brick", "grass", "gravel", "coins", "moon", "clock", "page", "text", "cell")
 WIDER_FIELDS = ("x", "y", "w", "h", "blur", "expression", "illumination", "invalid", "occlusion", "pose")
+MAX_WIDER_FACES = 100_000          # faces in one image; WIDER's most crowded image has about 1,968
+MAX_NUMBER_CHARS = 40              # characters in one number of a face line
+_COUNT = re.compile(r"[0-9]+")     # ASCII digits only: str.isdigit() also accepts "²"
 
 
 # --- the embedded set ------------------------------------------------------------------------
@@ -249,8 +254,10 @@ def face_ap(coco_set: CocoSet, image_ids: Sequence[int], outputs: Sequence[dict[
 def read_wider_face(ann_file: Path | str, images_dir: Path | str) -> dict[str, Any]:
     """Parse a WIDER FACE `*_bbx_gt.txt` file into a COCO instances dict (one category "face").
 
-    Image sizes come from the image files' headers. Each annotation keeps the WIDER attributes
-    under "wider". One InputError (field: the file) names the first problem and its line.
+    Image sizes come from the image files' headers (an image over PIL's decompression-bomb
+    limit is refused). Image paths must lie inside `images_dir` (no absolute path, no `..`, no
+    symlink leading out). Each annotation keeps the WIDER attributes under "wider". One
+    InputError (field: the file) names the first problem and its line.
     """
     ann_file, images_dir = Path(ann_file), Path(images_dir)
     if not ann_file.is_file():
@@ -262,11 +269,16 @@ def read_wider_face(ann_file: Path | str, images_dir: Path | str) -> dict[str, A
     except UnicodeDecodeError as exc:
         raise InputError(str(ann_file), "is not UTF-8 text; give a WIDER FACE *_bbx_gt.txt file") from exc
     reader = _WiderLines(ann_file, lines)
+    folder = ImagesFolder(images_dir)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     skipped = 0
     while reader.more():
         path_line, file_name = reader.next_path()
+        escape = folder.escape(file_name)
+        if escape:
+            raise reader.fail(path_line, f"image path {excerpt(file_name)} {escape}; image paths must "
+                                         f"lie inside the images folder {images_dir}")
         count = reader.next_count(file_name)
         width, height = _image_size(images_dir / file_name, ann_file, path_line)
         image_id = len(images) + 1
@@ -287,6 +299,14 @@ def read_wider_face(ann_file: Path | str, images_dir: Path | str) -> dict[str, A
                                 "wider": attrs})
     if not images:
         raise InputError(str(ann_file), "holds no images; expected WIDER FACE *_bbx_gt.txt lines")
+    # The COCO file made from it must hold a box to train and score on (load_coco refuses it
+    # otherwise, naming the converted file instead of this one).
+    if not annotations:
+        raise InputError(str(ann_file), f"holds no usable face ({len(images)} images, {skipped} zero-size "
+                                        "boxes dropped); at least one face box is needed")
+    if all(a["iscrowd"] for a in annotations):
+        raise InputError(str(ann_file), f"has only faces flagged invalid ({len(annotations)}), which "
+                                        "training and evaluation ignore; at least one valid face is needed")
     return {"info": {"description": f"WIDER FACE annotations from {ann_file.name}",
                      "degenerate_boxes_dropped": skipped},
             "licenses": [], "images": images, "annotations": annotations,
@@ -356,26 +376,37 @@ class _WiderLines:
     def next_path(self) -> tuple[int, str]:
         line_no, text = self._take("an image path")
         if _is_number_line(text):
-            raise self.fail(line_no, f"expected an image path (e.g. 0--Parade/0_Parade_1.jpg), got {text!r}")
+            raise self.fail(line_no, f"expected an image path (e.g. 0--Parade/0_Parade_1.jpg), "
+                                     f"got {excerpt(text)}")
         return line_no, text.replace("\\", "/")
 
     def next_count(self, file_name: str) -> int:
-        line_no, text = self._take(f"the face count of {file_name}")
-        if not text.isdigit():
-            raise self.fail(line_no, f"expected the face count of {file_name} (an integer >= 0), got {text!r}")
-        return int(text)
+        line_no, text = self._take(f"the face count of {excerpt(file_name)}")
+        if not _COUNT.fullmatch(text):
+            raise self.fail(line_no, f"expected the face count of {excerpt(file_name)} (an integer >= 0), "
+                                     f"got {excerpt(text)}")
+        # Compared as text first: int() of a 5,000-digit string is refused by Python itself.
+        digits = text.lstrip("0") or "0"
+        if len(digits) > len(str(MAX_WIDER_FACES)) or int(digits) > MAX_WIDER_FACES:
+            raise self.fail(line_no, f"face count of {excerpt(file_name)} is {excerpt(text, 30)}, more "
+                                     f"than {MAX_WIDER_FACES:,} faces in one image; not a WIDER FACE count")
+        return int(digits)
 
     def next_face(self, file_name: str, count: int) -> list[float]:
-        line_no, text = self._take(f"one of the {count} faces of {file_name}")
+        line_no, text = self._take(f"one of the {count} faces of {excerpt(file_name)}")
         parts = text.split()
         if len(parts) < len(WIDER_FIELDS) or not _is_number_line(text):
             raise self.fail(line_no, f"expected {len(WIDER_FIELDS)} numbers "
-                                     f"'{' '.join(WIDER_FIELDS)}' for a face of {file_name} "
-                                     f"(count says {count}), got {text!r}")
+                                     f"'{' '.join(WIDER_FIELDS)}' for a face of {excerpt(file_name)} "
+                                     f"(count says {count}), got {excerpt(text)}")
+        long = next((p for p in parts[:len(WIDER_FIELDS)] if len(p) > MAX_NUMBER_CHARS), None)
+        if long is not None:
+            raise self.fail(line_no, f"a number of a face of {excerpt(file_name)} has {len(long):,} "
+                                     f"characters (at most {MAX_NUMBER_CHARS}): {excerpt(long, 30)}")
         values = [float(p) for p in parts[:len(WIDER_FIELDS)]]
         if any(not np.isfinite(v) for v in values) or any(not v.is_integer() for v in values[4:]):
-            raise self.fail(line_no, f"face attributes of {file_name} must be integers and the box "
-                                     f"finite, got {text!r}")
+            raise self.fail(line_no, f"face attributes of {excerpt(file_name)} must be integers and the box "
+                                     f"finite, got {excerpt(text)}")
         return values
 
     def skip_placeholder(self) -> None:
@@ -397,14 +428,11 @@ def _is_number_line(text: str) -> bool:
 
 
 def _image_size(path: Path, ann_file: Path, line_no: int) -> tuple[int, int]:
+    """The header's size (no decoding); missing, unreadable and oversized images name the line."""
     try:
-        with Image.open(path) as image:  # reads the header only
-            return image.size
-    except FileNotFoundError as exc:
-        raise InputError(str(ann_file), f"line {line_no}: image {path} does not exist") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputError(str(ann_file), f"line {line_no}: image {path} cannot be read "
-                                        f"({type(exc).__name__})") from exc
+        return image_header_size(path)
+    except UnreadableImage as exc:
+        raise InputError(str(ann_file), f"line {line_no}: image {path} {exc}") from None
 
 
 def _clip_box(box: Sequence[float], width: int, height: int) -> list[float] | None:

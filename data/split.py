@@ -18,9 +18,9 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from PIL import Image
 
 from core.errors import InputError
+from data.transforms import check_image
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 LIST_NAMES = {"train": "train_list.txt", "val": "val_list.txt", "test": "test_list.txt"}
@@ -57,8 +57,7 @@ def split_imagenet_folder(dataset_dir: Path, val_value: float, test_value: float
     _check_ratios(val_value, test_value)
     dataset_dir = _check_dataset_dir(dataset_dir)
     output_dir = _check_output_dir(dataset_dir if output_dir is None else Path(output_dir))
-    classes = _scan_classes(dataset_dir)
-    _verify_images(dataset_dir, classes)
+    classes = check_image_folder(dataset_dir)
 
     rng = random.Random(seed)  # one generator across classes in sorted order (reproducible)
     lines: dict[str, list[str]] = {name: [] for name in SUBSETS}
@@ -95,6 +94,20 @@ def format_split_summary(result: SplitResult) -> str:
     return "\n".join(rows)
 
 
+def check_image_folder(dataset_dir: Path | str, field: str = "dataset_dir") -> dict[str, list[str]]:
+    """An ImageNet-format folder, checked as a run would read it, writing nothing: at least two
+    class sub-folders, each with images, every image decodable (truncated files and
+    decompression bombs included). Returns class name -> sorted image file names; one
+    InputError under `field` naming the folder or file otherwise."""
+    folder = _check_dataset_dir(Path(dataset_dir), field)
+    classes = _scan_classes(folder, field)
+    if len(classes) < 2:
+        raise InputError(field, f"{folder} has one class sub-folder ({next(iter(classes))!r}); a classifier "
+                                "needs at least two")
+    _verify_images(folder, classes, field)
+    return classes
+
+
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
@@ -115,12 +128,12 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_dataset_dir(dataset_dir: Path) -> Path:
+def _check_dataset_dir(dataset_dir: Path, field: str = "dataset_dir") -> Path:
     path = Path(dataset_dir)
     if not path.exists():
-        raise InputError("dataset_dir", f"{path} does not exist; give a folder of class sub-folders")
+        raise InputError(field, f"{path} does not exist; give a folder of class sub-folders")
     if not path.is_dir():
-        raise InputError("dataset_dir", f"{path} is not a directory; give a folder of class sub-folders")
+        raise InputError(field, f"{path} is not a directory; give a folder of class sub-folders")
     return path.resolve()
 
 
@@ -130,42 +143,36 @@ def _check_output_dir(output_dir: Path) -> Path:
     return output_dir.resolve()
 
 
-def _scan_classes(dataset_dir: Path) -> dict[str, list[str]]:
+def _scan_classes(dataset_dir: Path, field: str = "dataset_dir") -> dict[str, list[str]]:
     """Sorted class name -> sorted image file names; hidden folders are ignored."""
     class_dirs = sorted((p for p in dataset_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
                         key=lambda p: p.name)
     if not class_dirs:
-        raise InputError("dataset_dir", f"{dataset_dir} has no class sub-folders; expected "
+        raise InputError(field, f"{dataset_dir} has no class sub-folders; expected "
                                         "<dataset_dir>/<class>/<image> (ImageNet format)")
     classes: dict[str, list[str]] = {}
     for class_dir in class_dirs:
-        _check_name(class_dir)
+        _check_name(class_dir, field)
         files = sorted(p.name for p in class_dir.iterdir() if is_image_file(p))
         if not files:
-            raise InputError("dataset_dir", f"class folder {class_dir} holds no images "
+            raise InputError(field, f"class folder {class_dir} holds no images "
                                             f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
         for file in files:
-            _check_name(class_dir / file)
+            _check_name(class_dir / file, field)
         classes[class_dir.name] = files
     return classes
 
 
-def _check_name(path: Path) -> None:
+def _check_name(path: Path, field: str = "dataset_dir") -> None:
     # A list line is "<path> <label>": a line break inside a name would corrupt the file.
     if any(ch in path.name for ch in "\n\r"):
-        raise InputError("dataset_dir", f"{path!r} has a line break in its name; rename it")
+        raise InputError(field, f"{path!r} has a line break in its name; rename it")
 
 
-def _verify_images(dataset_dir: Path, classes: dict[str, list[str]]) -> None:
+def _verify_images(dataset_dir: Path, classes: dict[str, list[str]], field: str = "dataset_dir") -> None:
     for class_name, files in classes.items():
         for file in files:
-            path = dataset_dir / class_name / file
-            try:
-                with Image.open(path) as image:
-                    image.verify()
-            except Exception as exc:  # PIL raises many types for corrupt files
-                raise InputError("dataset_dir", f"image {path} cannot be read "
-                                                f"({type(exc).__name__}); remove or replace it") from exc
+            check_image(dataset_dir / class_name / file, field)
 
 
 # --- splitting and writing ------------------------------------------------------------------
@@ -181,23 +188,58 @@ def _split_class(files: list[str], val_value: float, test_value: float,
 
 
 def _write_outputs(output_dir: Path, lines: dict[str, list[str]], labels: list[str]) -> dict[str, Path]:
-    """Write every file to a temp name first, then swap them all in with os.replace."""
-    output_dir.mkdir(parents=True, exist_ok=True)
+    """All or nothing: every file is written to a temp name first, the earlier split's files are
+    kept aside (hard links), then the new ones are swapped in with os.replace; if any step fails
+    the earlier files are put back and the error is one line naming the folder."""
     contents = {output_dir / LIST_NAMES[name]: lines[name] for name in SUBSETS
                 if name != "test" or lines["test"]}
     contents[output_dir / LABELS_NAME] = labels
-    staged: list[tuple[Path, Path]] = []
+    stale = [] if lines["test"] else [output_dir / LIST_NAMES["test"]]  # from an earlier split
+    staged: dict[Path, Path] = {}
+    kept: dict[Path, Path] = {}      # target -> its earlier file, kept aside
+    swapped: list[Path] = []
     try:
+        output_dir.mkdir(parents=True, exist_ok=True)
         for target, rows in contents.items():
-            staged.append((_stage(target, rows), target))
-        for tmp, target in staged:
+            staged[target] = _stage(target, rows)
+        for target in [*contents, *stale]:
+            if target.exists() or target.is_symlink():
+                kept[target] = _keep_aside(target)
+        for target, tmp in staged.items():
             os.replace(tmp, target)
+            swapped.append(target)
+        for target in stale:
+            if target in kept:
+                target.unlink()
+    except OSError as exc:
+        for target in swapped:  # put the earlier split back
+            if target in kept:
+                os.replace(kept.pop(target), target)
+            else:
+                target.unlink(missing_ok=True)
+        raise InputError("output_dir", f"{output_dir}: cannot write the split ({exc.strerror or exc}"
+                                       f"{f': {exc.filename}' if exc.filename else ''}); the earlier split, if "
+                                       "any, is unchanged") from None
     finally:
-        for tmp, _ in staged:
+        for tmp in staged.values():
             tmp.unlink(missing_ok=True)
-    if not lines["test"]:
-        (output_dir / LIST_NAMES["test"]).unlink(missing_ok=True)  # stale from an earlier split
+        for aside in kept.values():
+            aside.unlink(missing_ok=True)
     return {name: output_dir / LIST_NAMES[name] for name in SUBSETS if name != "test" or lines["test"]}
+
+
+def _keep_aside(target: Path) -> Path:
+    """A hard link to `target` under a temp name in its folder (a copy where links are refused)."""
+    import shutil
+
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".earlier", dir=target.parent)
+    os.close(fd)
+    os.unlink(name)
+    try:
+        os.link(target, name, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(target, name, follow_symlinks=False)
+    return Path(name)
 
 
 def _stage(target: Path, rows: list[str]) -> Path:

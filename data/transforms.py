@@ -8,6 +8,9 @@ normalization.
 """
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -62,15 +65,63 @@ class Preprocess:
                    mean=tuple(d["mean"]), std=tuple(d["std"]), channel_order=d.get("channel_order", "RGB"))
 
 
-def load_rgb(path: Path | str) -> Image.Image:
-    """Open an image file as RGB, raising InputError (naming the file) when it is unreadable."""
+@contextmanager
+def bombs_as_errors() -> Iterator[None]:
+    """PIL's decompression-bomb warning (over MAX_IMAGE_PIXELS) raised like its error (over twice
+    that), before any pixel is decoded: a few hundred bytes can declare gigapixels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def bomb_message(size: tuple[int, int] | None = None) -> str:
+    declared = f"declares {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, " if size else "declares "
+    return (f"{declared}more than PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
+            "(PIL.Image.MAX_IMAGE_PIXELS); refused unread")
+
+
+@contextmanager
+def bombs_refused(path: Path | str) -> Iterator[None]:
+    """`bombs_as_errors`, the bomb becoming one InputError naming the file."""
     try:
-        with Image.open(path) as image:
+        with bombs_as_errors():
+            yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(str(path), bomb_message()) from None
+
+
+def load_rgb(path: Path | str) -> Image.Image:
+    """Open an image file as RGB, raising InputError (naming the file) when it is unreadable,
+    truncated or a decompression bomb."""
+    try:
+        with bombs_refused(path), Image.open(path) as image:
             return image.convert("RGB")
     except FileNotFoundError as exc:
         raise InputError(str(path), "image file does not exist") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputError(str(path), f"cannot be read as an image ({type(exc).__name__})") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(str(path), f"cannot be read as an image ({_reason(exc)})") from exc
+
+
+def check_image(path: Path | str, field: str) -> None:
+    """Decode `path` completely (`Image.verify()` misses a truncated JPEG), or one InputError
+    under `field` naming the file and why."""
+    try:
+        with bombs_refused(path), Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (64, 64))  # DCT scaling: still reads every byte, decodes 1/8
+            image.load()
+    except InputError as exc:
+        raise InputError(field, str(exc)) from None
+    except Exception as exc:  # PIL raises many types for corrupt files
+        raise InputError(field, f"image {path} cannot be decoded ({_reason(exc)}); remove or replace it") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """A short printable reason: the exception type and the start of its message."""
+    text = " ".join(str(exc).split())[:80]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:

@@ -19,7 +19,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -61,12 +61,20 @@ def _resolved(value: str | None) -> str | None:
 
 # ----------------------------------------------------------------------- shared by all pipelines
 
+# Every number a user sets has a range (tests/test_params.py walks the models to hold that): an
+# unbounded budget or seed would pass the check and fail — or run for days — after stages ran.
+SEED_MAX = 2**32 - 1          # numpy's and torch's generators all take it
+STEPS_MAX = 10_000_000        # training steps of one thing
+SIZE_LIMIT_MAX = 10**15       # params / MACs limits
+SizeLimit = Annotated[int, Field(ge=0, le=SIZE_LIMIT_MAX)]
+Channel = Annotated[float, Field(ge=-1000, le=1000)]  # a per-channel mean or std of pixel values
+
 
 class RunParams(Section):
     """Fields every pipeline has. `device` and `num_threads` say where a stage runs, not what it
     computes, so they are not part of any stage's cache key."""
 
-    seed: int = Field(0, ge=0, description="every random choice (split, init, sampling) derives from it")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="every random choice (split, init, sampling) derives from it")
     output_root: str | None = Field(None, description="outputs go to <output_root>/<flow-run-name>/; null = .spnas/outputs")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N (auto = CUDA when present)")
     num_threads: int | None = Field(None, ge=1, le=256, description="torch threads; null = all cores")
@@ -136,8 +144,8 @@ class LcnetModel(Section):
     scale: Literal[0.25, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5] = 1.0
     input_size: int = Field(32, ge=16, le=1024)
     resize_short: int | None = Field(None, ge=16, le=2048, description="null = input_size")
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[Channel, Channel, Channel] = IMAGENET_MEAN
+    std: tuple[Channel, Channel, Channel] = IMAGENET_STD
     dropout: float = Field(0.2, ge=0, lt=1)
     pretrained_weights: str | None = Field(None, description="a state_dict .pth; tensors whose name+shape match are loaded")
 
@@ -161,14 +169,20 @@ class LcnetTrain(Section):
     learning_rate: float = Field(0.1, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(4e-5, ge=0, lt=1)
-    warmup_epochs: int = Field(1, ge=0)
+    warmup_epochs: int = Field(1, ge=0, le=10_000, description="at most epochs")
     topk: int = Field(5, ge=1, le=1000, description="top-k accuracy reported beside top-1")
+
+    @model_validator(mode="after")
+    def _warmup(self):
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs: must be at most epochs ({self.epochs}), got {self.warmup_epochs}")
+        return self
 
 
 class LcnetPredict(Section):
-    count: int = Field(8, ge=1, description="test images the predict stage runs through the exported model")
-    warmup: int = Field(5, ge=0, description="warm-up iterations before timing")
-    repeats: int = Field(20, ge=1, description="timed passes over the predict images")
+    count: int = Field(8, ge=1, le=100_000, description="test images the predict stage runs through the exported model")
+    warmup: int = Field(5, ge=0, le=100_000, description="warm-up iterations before timing")
+    repeats: int = Field(20, ge=1, le=100_000, description="timed passes over the predict images")
     topk: int = Field(5, ge=1, le=1000)
 
 
@@ -235,7 +249,7 @@ class DetectorTrainParams(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0, lt=1)
     batch_size: int = Field(8, ge=1, le=512)
-    eval_max_images: int | None = Field(None, ge=1, description="cap on scoring images per candidate (null = all)")
+    eval_max_images: int | None = Field(None, ge=1, le=10_000_000, description="cap on scoring images per candidate (null = all)")
 
 
 class FineTuneParams(Section):
@@ -261,8 +275,8 @@ class ResourceLimit(SearchControl):
     """Vega: "the best network under a given resource limit". "start" = the starting network's
     own figure (the default: a better detector at no greater size); null = no limit."""
 
-    max_params: int | Literal["start"] | None = "start"
-    max_macs: int | Literal["start"] | None = "start"
+    max_params: Annotated[int, Field(ge=1, le=SIZE_LIMIT_MAX)] | Literal["start"] | None = "start"
+    max_macs: Annotated[int, Field(ge=1, le=SIZE_LIMIT_MAX)] | Literal["start"] | None = "start"
     keep_weights: KeepWeights = Field(
         "auto", description="which candidates keep model_<id>.pth after the search: all | pareto | best; "
                             "auto = all up to 100 candidates, pareto above")
@@ -272,23 +286,23 @@ class SerialSearchParams(ResourceLimit):
     """SpNasS (Vega names). The seed's values are in params/spnas_seed.yaml."""
 
     max_sample: int = Field(8, ge=1, le=10_000)
-    max_optimal: int = Field(5, ge=1)
+    max_optimal: int = Field(5, ge=1, le=10_000)
     num_mutate: int = Field(3, ge=1, le=20)
     add_stage_ratio: float = Field(0.15, ge=0, le=1)
     expend_ratio: float = Field(0.3, ge=0, le=1)
     max_stages: int = Field(6, ge=1, le=6)
     batch: int = Field(2, ge=1, le=64, description="candidates proposed (and trained via .map) per round")
-    candidate_steps: int = Field(40, ge=1, description="training steps per candidate on inherited weights")
+    candidate_steps: int = Field(40, ge=1, le=STEPS_MAX, description="training steps per candidate on inherited weights")
     freeze_inherited: bool = Field(False, description="Vega's freeze_swap_keys: freeze fully inherited blocks")
 
 
 class ReigniteParams(Section):
     rounds: int = Field(1, ge=0, le=2, description="classification re-trainings of the chosen backbone (seed: at most 2)")
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(2, ge=1, le=10_000)
     input_size: int = Field(64, ge=32, le=1024)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, le=4096)
     learning_rate: float = Field(0.05, gt=0, le=10)
-    detector_steps: int = Field(30, ge=0, description="detector steps after mapping the reignited weights back")
+    detector_steps: int = Field(30, ge=0, le=STEPS_MAX, description="detector steps after mapping the reignited weights back")
 
 
 class ParallelSearchParams(ResourceLimit):
@@ -296,7 +310,7 @@ class ParallelSearchParams(ResourceLimit):
     max_per_stage: int = Field(2, ge=1, le=8)
     max_additions: int = Field(3, ge=1, le=32)
     batch: int = Field(2, ge=1, le=64)
-    candidate_steps: int = Field(40, ge=1)
+    candidate_steps: int = Field(40, ge=1, le=STEPS_MAX)
 
 
 class FullyTrainParams(Section):
@@ -350,7 +364,13 @@ class ClassifierTrain(Section):
     learning_rate: float = Field(0.1, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0, lt=1)
-    warmup_epochs: int = Field(0, ge=0)
+    warmup_epochs: int = Field(0, ge=0, le=10_000, description="at most epochs")
+
+    @model_validator(mode="after")
+    def _warmup(self):
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs: must be at most epochs ({self.epochs}), got {self.warmup_epochs}")
+        return self
 
 
 class PruneSearchParams(SearchControl):
@@ -422,7 +442,7 @@ class SupernetTrain(Section):
     learning_rate: float = Field(0.1, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(4e-5, ge=0, lt=1)
-    macs_range: tuple[int, int] | None = Field(
+    macs_range: tuple[SizeLimit, SizeLimit] | None = Field(
         None, description="[low, high] MACs: sample paths uniformly over `bins` MACs bins inside it, then "
                           "uniformly inside the bin; null = every path uniformly")
     bins: int = Field(5, ge=1, le=1000)
@@ -439,12 +459,12 @@ class EvolutionParams(SearchControl):
     """SPOS evolution (seed values in params/spos_seed.yaml: 50, 10, 25 + 25, p 0.1, 20 generations)."""
 
     population: int = Field(12, ge=2, le=100_000)
-    topk: int = Field(4, ge=1)
-    mutation_count: int = Field(6, ge=0)
+    topk: int = Field(4, ge=1, le=100_000)
+    mutation_count: int = Field(6, ge=0, le=100_000)
     mutation_prob: float = Field(0.1, gt=0, le=1)
-    crossover_count: int = Field(6, ge=0)
+    crossover_count: int = Field(6, ge=0, le=100_000)
     generations: int = Field(4, ge=1, le=10_000)
-    macs_limit: int | None = Field(None, ge=1, description="candidates above it are never evaluated; null = "
+    macs_limit: int | None = Field(None, ge=1, le=SIZE_LIMIT_MAX, description="candidates above it are never evaluated; null = "
                                                            "halfway between the preset's smallest and largest path")
     recalib_batches: int = Field(4, ge=0, le=10_000, description="training batches to recalibrate BN statistics "
                                                                  "before scoring a candidate; 0 = off")
@@ -531,8 +551,8 @@ class SanasConstraint(Section):
 
     ctype: Literal["flops", "latency"] = Field("flops", description="flops = MACs of the network; latency = "
                                                                      "predicted ms from the latency table")
-    min: float | None = Field(None, ge=0)
-    max: float | Literal["start"] | None = "start"
+    min: float | None = Field(None, ge=0, le=SIZE_LIMIT_MAX)
+    max: Annotated[float, Field(gt=0, le=SIZE_LIMIT_MAX)] | Literal["start"] | None = "start"
 
     @model_validator(mode="after")
     def _order(self):
@@ -559,9 +579,9 @@ class SanasSearchParams(SearchControl):
     """PaddleSlim SANAS (seed values in params/sanas_seed.yaml: T0 10.24, reduce_rate 0.85, 300 steps)."""
 
     search_steps: int = Field(12, ge=1, le=100_000)
-    init_temperature: float = Field(10.24, gt=0, description="T0 (> 0)")
+    init_temperature: float = Field(10.24, gt=0, le=1e6, description="T0 (> 0)")
     reduce_rate: float = Field(0.85, gt=0, lt=1, description="T = T0 * reduce_rate^step, in (0, 1)")
-    candidate_steps: int = Field(150, ge=1, description="training steps per candidate (from scratch)")
+    candidate_steps: int = Field(150, ge=1, le=STEPS_MAX, description="training steps per candidate (from scratch)")
 
 
 class FaceTrainParams(Section):

@@ -37,6 +37,7 @@ from rich.table import Table
 from rich.text import Text
 
 from core.errors import InputError
+from core.paths import unwritable_reason
 from params.registry import PIPELINES, FrontSpec
 from strategies import pareto
 from tasks.orchestration.search import CONTROL
@@ -407,9 +408,12 @@ def default_out_dir() -> Path:
 def compare(refs: Sequence[str], out_dir: str | Path | None = None, log: bool = True) -> Comparison:
     """Resolve, tabulate, plot, write and (if `log`) record the comparison in MLflow."""
     notes: list[str] = []
+    out = Path(out_dir) if out_dir else default_out_dir()
+    reason = unwritable_reason(out)
+    if reason:
+        raise InputError("--out", f"{out} cannot be written: {reason}")
     runs = resolve_all(refs, notes)  # every input checked before anything is written
     flow = runs[0].flow
-    out = Path(out_dir) if out_dir else default_out_dir()
     specs = front_specs(flow, runs)
     with tempfile.TemporaryDirectory(prefix="spnas-compare-") as tmp_name:
         tmp = Path(tmp_name)

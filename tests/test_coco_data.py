@@ -282,12 +282,15 @@ def test_missing_paths_name_their_field(small, tmp_path):
 
 
 def test_good_files_pass_without_decoding_images(small, monkeypatch):
+    """Only headers are read (sizes and the pixel limit are checked against them), never pixels."""
     import PIL.Image
+    import PIL.ImageFile
 
     def no_decoding(*args, **kwargs):
-        raise AssertionError("check_coco_files must not open images")
+        raise AssertionError("check_coco_files must not decode images")
 
-    monkeypatch.setattr(PIL.Image, "open", no_decoding)
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", no_decoding)
+    monkeypatch.setattr(PIL.Image.Image, "load", no_decoding)
     assert check_coco_files(str(small.val_images), str(small.val_json), IMAGES_FIELD, JSON_FIELD) is None
 
 

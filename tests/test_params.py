@@ -136,3 +136,87 @@ def test_params_imports_no_networks_data_tables_or_stages() -> None:
 def test_missing_params_file() -> None:
     with pytest.raises(InputError, match="params_file"):
         load_params(LcnetParams, "params/nope.yaml")
+
+
+# -- every number has a range -----------------------------------------------------------------
+
+def _numeric_fields(model: type, prefix: str = "") -> list[tuple[str, Any, list[Any]]]:
+    """(dotted name, annotation, constraints) of every int/float a user can set, union members and
+    tuple elements included, walking nested sections."""
+    import typing
+
+    from pydantic import BaseModel
+
+    out: list[tuple[str, Any, list[Any]]] = []
+
+    def visit(name: str, ann: Any, metadata: list[Any]) -> None:
+        origin, args = typing.get_origin(ann), typing.get_args(ann)
+        if origin is typing.Annotated:
+            visit(name, args[0], metadata + [m for a in args[1:] for m in getattr(a, "metadata", [a])])
+        elif isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(_numeric_fields(ann, f"{name}."))
+        elif ann in (int, float):
+            out.append((name, ann, metadata))
+        elif origin is not None and origin is not typing.Literal:
+            for a in args:
+                visit(name, a, metadata if origin in (typing.Union, getattr(__import__("types"), "UnionType")) else [])
+
+    for field_name, f in model.model_fields.items():
+        visit(prefix + field_name, f.annotation, list(f.metadata))
+    return out
+
+
+@pytest.mark.parametrize("spec", PIPELINES.values(), ids=list(PIPELINES))
+def test_every_number_a_user_sets_has_both_bounds(spec: PipelineSpec) -> None:
+    import annotated_types as at
+
+    fields = _numeric_fields(spec.model)
+    assert any(name == "seed" for name, _, _ in fields)
+    unbounded = [name for name, _, meta in fields
+                 if not (any(isinstance(m, (at.Ge, at.Gt)) for m in meta) and any(isinstance(m, (at.Le, at.Lt)) for m in meta))]
+    assert unbounded == []
+
+
+@pytest.mark.parametrize("model, overrides, field", [
+    (SpnasParams, {"seed": 2**64}, "seed"),
+    (SposParams, {"seed": -1}, "seed"),
+    (PruneEaParams, {"seed": 2**32}, "seed"),
+    (SpnasParams, {"serial.candidate_steps": 10**12}, "serial.candidate_steps"),
+    (SpnasParams, {"parallel.candidate_steps": 10**9}, "parallel.candidate_steps"),
+    (SpnasParams, {"reignite.epochs": 10**6}, "reignite.epochs"),
+    (SpnasParams, {"reignite.detector_steps": 10**9}, "reignite.detector_steps"),
+    (SpnasParams, {"serial.max_params": -5}, "serial.max_params"),
+    (SpnasParams, {"parallel.max_macs": 0}, "parallel.max_macs"),
+    (SpnasParams, {"optimizer.eval_max_images": 10**12}, "optimizer.eval_max_images"),
+    (LcnetParams, {"train.epochs": 2, "train.warmup_epochs": 3}, "train.warmup_epochs"),
+    (LcnetParams, {"predict.warmup": 10**9}, "predict.warmup"),
+    (LcnetParams, {"model.std": [1e9, 1, 1]}, "model.std"),
+    (PruneEaParams, {"base.epochs": 1, "base.warmup_epochs": 2}, "base.warmup_epochs"),
+    (SposParams, {"retrain.epochs": 2, "retrain.warmup_epochs": 5}, "retrain.warmup_epochs"),
+    (SposParams, {"search.topk": 10**9}, "search.topk"),
+    (SanasParams, {"constraint.max": -1.0}, "constraint.max"),
+    (SanasParams, {"search.candidate_steps": 10**10}, "search.candidate_steps"),
+    (SanasParams, {"search.init_temperature": 1e300}, "search.init_temperature"),
+])
+def test_out_of_range_numbers_are_refused_by_name(model, overrides, field) -> None:
+    with pytest.raises(InputError) as err:
+        load_params(model, DEMO_FILES[model], overrides)
+    assert err.value.field == field and "\n" not in str(err.value)
+
+
+def test_the_largest_allowed_seed_runs_through_every_generator() -> None:
+    """SEED_MAX is accepted by the generators a run seeds (torch, numpy, random) and by derive_seed."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from core.seeds import derive_seed
+    from params.models import SEED_MAX
+
+    for seed in (SEED_MAX, derive_seed(SEED_MAX, "x", 10**6)):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        np.random.default_rng(seed)
+        random.seed(seed)
+    assert load_params(SpnasParams, DEMO_FILES[SpnasParams], {"seed": SEED_MAX}).seed == SEED_MAX

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data.cifar import read_cifar_batches
+from data.split import check_image_folder
 from params.models import CifarData
 from tasks.orchestration.preflight import at, existing_dir
 
@@ -17,8 +18,11 @@ def check_cifar_data(data: CifarData) -> None:
         return
     given = Path(data.dataset_dir)
     folder = given / "cifar-10-batches-py" if (given / "cifar-10-batches-py").is_dir() else given
-    with at("data.dataset_dir", data.dataset_dir):
-        if (folder / "batches.meta").exists() or any(folder.glob("data_batch_*")):
+    if (folder / "batches.meta").exists() or any(folder.glob("data_batch_*")):
+        with at("data.dataset_dir", data.dataset_dir):
             read_cifar_batches(folder, "data.dataset_dir")
-        elif not any(p.is_dir() for p in folder.iterdir()):
+        return
+    with at("data.dataset_dir", data.dataset_dir):
+        if not any(p.is_dir() for p in folder.iterdir()):
             raise ValueError("holds neither CIFAR batch files nor class sub-folders")
+    check_image_folder(folder, "data.dataset_dir")  # every image decoded, two classes at least

@@ -1,6 +1,7 @@
 """lcnet/full's preflight: what its params point at, checked before any work."""
 from __future__ import annotations
 
+from data.split import check_image_folder
 from nas_models.convert import load_weights_file
 from nas_models.inherit import inherit_weights, require_loaded_share
 from nas_models.lcnet import build_lcnet
@@ -27,4 +28,6 @@ def preflight(p: LcnetParams) -> None:
     check_run(p)
     existing_dir(p.data.dataset_dir, "data.dataset_dir",
                  "a folder of class sub-folders, or null for the embedded digits")
+    if p.data.dataset_dir is not None:
+        check_image_folder(p.data.dataset_dir, "data.dataset_dir")  # every image decoded, two classes at least
     check_weights(p.model)

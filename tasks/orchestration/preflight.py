@@ -9,13 +9,13 @@ validator had raised it (`params.loader.locate`).
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from core.errors import InputError
+from core.paths import unwritable_reason
 from engine.runtime import resolve_device
 from params.loader import locate
 from params.models import RunParams
@@ -49,17 +49,13 @@ def existing_file(value: str | None, loc: str, what: str) -> None:
 
 
 def writable_root(value: str | None, loc: str = "output_root") -> None:
-    """`output_root` may not exist yet, but it must be creatable: checked without creating it."""
+    """`output_root` may not exist yet, but it must be creatable: tried, and left as it was."""
     if value is None:
         return
     with at(loc, value):
-        probe = Path(value)
-        while not probe.exists():
-            probe = probe.parent
-        if not probe.is_dir():
-            raise ValueError(f"cannot be created: {probe} is a file, not a folder")
-        if not os.access(probe, os.W_OK | os.X_OK):
-            raise ValueError(f"cannot be created: {probe} is not writable")
+        reason = unwritable_reason(Path(value))
+        if reason:
+            raise ValueError(f"cannot be created: {reason}")
 
 
 def check_run(p: RunParams) -> None:
