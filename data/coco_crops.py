@@ -2,7 +2,10 @@
 
 Reignite trains the searched backbone as a classifier. A user who gives only COCO files has
 no classification folder, so the objects of their own boxes become one: one sub-folder per
-category, one PNG per box whose sides are both at least `min_size` px.
+category, one PNG per box whose sides are both at least `min_size` px. A one-category set (faces,
+pedestrians, defects: the commonest detection task) adds a `background` class: crops of the same
+sizes from the same images that touch no box, drawn with a generator seeded from the annotation
+file, so a classifier still has two classes to tell apart.
 
     <root>/crops_<ann stem>_<key>/<category folder>/<image_id>_<annotation index>.png
                                  crops.json   (what was kept and skipped; read on reuse)
@@ -29,7 +32,7 @@ from data.coco import CocoSet, load_coco
 from data.transforms import load_rgb
 
 MANIFEST = "crops.json"
-FORMAT_VERSION = 1  # bump when the folder layout or crop rule changes: old builds are not reused
+FORMAT_VERSION = 2  # bump when the folder layout or crop rule changes: old builds are not reused
 _UNSAFE = re.compile(r"[^\w.-]+")  # \w keeps non-ASCII letters; spaces, slashes etc. become "_"
 
 
@@ -45,6 +48,7 @@ class CropSet:
     capped: int = 0                              # boxes left out by max_per_class
     crowd_skipped: int = 0                       # iscrowd regions (not single objects)
     empty_categories: list[str] = field(default_factory=list)  # names of categories without a crop
+    background: int = 0                          # background crops (one-category sets only)
 
     @property
     def total(self) -> int:
@@ -52,7 +56,10 @@ class CropSet:
 
     def describe(self) -> str:
         """One line for logs."""
-        text = (f"{self.total:,} crops of {len(self.class_counts)} categories from {self.ann_file} "
+        kinds = (f"{len(self.class_counts) - 1} category + {self.background:,} background crops (one-category "
+                 "set: regions touching no box, same sizes, same images, seeded)") if self.background \
+            else f"{len(self.class_counts)} categories"
+        text = (f"{self.total:,} crops of {kinds} from {self.ann_file} "
                 f"(boxes >= {self.min_size} px; {self.skipped_small:,} smaller skipped")
         if self.capped:
             text += f"; {self.capped:,} over the cap of {self.max_per_class} per class left out"
@@ -69,7 +76,7 @@ class CropSet:
                 "category_folders": {str(k): v for k, v in self.category_folders.items()},
                 "skipped_small": self.skipped_small, "capped": self.capped,
                 "crowd_skipped": self.crowd_skipped, "empty_categories": list(self.empty_categories),
-                "total": self.total, "summary": self.describe()}
+                "background": self.background, "total": self.total, "summary": self.describe()}
 
 
 def make_crops_imagefolder(images_dir: str | Path, ann_file: str | Path, root: str | Path,
@@ -79,8 +86,8 @@ def make_crops_imagefolder(images_dir: str | Path, ann_file: str | Path, root: s
     """Build (once) and describe the crops folder of `ann_file` under the cache folder `root`.
 
     `max_per_class` keeps a seeded random choice of that many boxes per category (None: all);
-    `seed` only matters with a cap. Raises InputError naming `json_field` when fewer than two
-    categories have a box of at least `min_size` px on both sides.
+    `seed` only matters with a cap. Raises InputError naming `json_field` when no category has a
+    box of at least `min_size` px on both sides, or a one-category set leaves no background region.
     """
     _check_args(min_size, max_per_class, seed)
     images_dir, ann_file = Path(images_dir), Path(ann_file)
@@ -97,13 +104,41 @@ def make_crops_imagefolder(images_dir: str | Path, ann_file: str | Path, root: s
     final = Path(root) / f"crops_{_folder_name(ann_file.stem, 'annotations')[:40]}_{key}"
 
     def build(tmp: Path) -> None:
-        coco = load_coco(images_dir, ann_file, images_field=images_field, json_field=json_field)
-        plan = _plan(coco, min_size, max_per_class, seed)
-        _require_two_classes(plan, coco, min_size, json_field)
+        plan, coco = plan_crops(images_dir, ann_file, min_size, max_per_class, seed, images_field=images_field,
+                                json_field=json_field, ann_sha256=params["ann_sha256"])
         _write(tmp, coco, plan, images_field, min_size, max_per_class)
 
     build_once(final, params, build)
     return _read_manifest(final, ann_file)
+
+
+def check_crops(images_dir: str | Path, ann_file: str | Path, min_size: int, *, images_field: str,
+                json_field: str) -> str:
+    """What `make_crops_imagefolder` would cut, planned without decoding an image or writing a
+    file (the preflight's check); one InputError when it could not give two classes."""
+    plan, _ = plan_crops(Path(images_dir), Path(ann_file), min_size, None, 0, images_field=images_field,
+                         json_field=json_field)
+    classes = sum(1 for items in plan.crops.values() if items)
+    return f"{classes} categories" if not plan.background else f"1 category + {len(plan.background)} background"
+
+
+def plan_crops(images_dir: Path, ann_file: Path, min_size: int, max_per_class: int | None, seed: int, *,
+               images_field: str, json_field: str, ann_sha256: str | None = None) -> tuple[_Plan, CocoSet]:
+    coco = load_coco(images_dir, ann_file, images_field=images_field, json_field=json_field)
+    plan = _plan(coco, min_size, max_per_class, seed)
+    with_crops = [cat_id for cat_id, items in plan.crops.items() if items]
+    if not with_crops:
+        raise InputError(json_field, (
+            f"{coco.ann_file} has no box of at least {min_size} px on both sides ({plan.skipped_small:,} boxes "
+            "were smaller); lower data.crop_min_size or give data.classification_dir"))
+    if len(with_crops) == 1:
+        digest = ann_sha256 or _sha256(ann_file)
+        plan.background = _background_boxes(coco, plan.crops[with_crops[0]], np.random.default_rng(int(digest[:12], 16)))
+        if not plan.background:
+            raise InputError(json_field, (
+                f"{coco.ann_file} has one category and its boxes leave no region of their size free of boxes "
+                "for a background class; give data.classification_dir (two or more classes)"))
+    return plan, coco
 
 
 # --- planning: which boxes become which files (no image decoded yet) -------------------------
@@ -116,6 +151,7 @@ class _Plan:
     skipped_small: int = 0
     capped: int = 0
     crowd_skipped: int = 0
+    background: list[tuple[int, int, tuple[int, int, int, int]]] = field(default_factory=list)  # like crops
 
 
 def _plan(coco: CocoSet, min_size: int, max_per_class: int | None, seed: int) -> _Plan:
@@ -153,13 +189,33 @@ def _pixel_box(bbox: list[float], image: dict[str, Any]) -> tuple[int, int, int,
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-def _require_two_classes(plan: _Plan, coco: CocoSet, min_size: int, json_field: str) -> None:
-    with_crops = [cat_id for cat_id, items in plan.crops.items() if items]
-    if len(with_crops) < 2:
-        raise InputError(json_field, (
-            f"{coco.ann_file} gives crops of only {len(with_crops)} of {len(coco.cat_ids)} categories "
-            f"with boxes of at least {min_size} px ({plan.skipped_small:,} boxes were smaller); "
-            "reignite needs at least 2 classes, so lower the minimum crop size or give classification_dir"))
+BACKGROUND_TRIES = 20  # random places tried per object box before giving up on its background twin
+
+
+def _background_boxes(coco: CocoSet, objects: list[tuple[int, int, tuple[int, int, int, int]]],
+                      rng: np.random.Generator) -> list[tuple[int, int, tuple[int, int, int, int]]]:
+    """One background box per object box where one fits: the same size, in the same image,
+    overlapping no annotated box (crowd regions included)."""
+    images = {im["id"]: im for im in coco.images}
+    taken = {image_id: [_pixel_box(a["bbox"], images[image_id]) for a in anns]
+             for image_id, anns in coco.anns_by_image.items()}
+    out = []
+    for image_id, index, (x0, y0, x1, y1) in objects:
+        width, height = images[image_id]["width"], images[image_id]["height"]
+        w, h = x1 - x0, y1 - y0
+        if w >= width or h >= height:
+            continue
+        for _ in range(BACKGROUND_TRIES):
+            bx, by = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            box = (bx, by, bx + w, by + h)
+            if not any(b is not None and _overlap(box, b) for b in taken[image_id]):
+                out.append((image_id, index, box))
+                break
+    return out
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _unique_folders(coco: CocoSet) -> dict[int, str]:
@@ -176,6 +232,15 @@ def _unique_folders(coco: CocoSet) -> dict[int, str]:
     return folders
 
 
+def _unique_name(base: str, taken: set[str]) -> str:
+    folded = {t.casefold() for t in taken}
+    name, n = base, 0
+    while name.casefold() in folded:
+        n += 1
+        name = f"{base}_{n}"
+    return name
+
+
 def _folder_name(name: Any, fallback: str) -> str:
     # Leading dots would hide the folder from the ImageNet scan (hidden folders are ignored).
     clean = _UNSAFE.sub("_", str(name).strip()).strip("._")
@@ -186,13 +251,15 @@ def _folder_name(name: Any, fallback: str) -> str:
 
 def _write(folder: Path, coco: CocoSet, plan: _Plan, images_field: str, min_size: int,
            max_per_class: int | None) -> None:
-    by_image: dict[int, list[tuple[int, int, tuple[int, int, int, int]]]] = {}
+    by_image: dict[int, list[tuple[str, str, tuple[int, int, int, int]]]] = {}  # image -> (folder, file, box)
     for cat_id, items in plan.crops.items():
         for image_id, index, box in items:
-            by_image.setdefault(image_id, []).append((cat_id, index, box))
-    for cat_id, items in plan.crops.items():
-        if items:
-            (folder / plan.folders[cat_id]).mkdir()
+            by_image.setdefault(image_id, []).append((plan.folders[cat_id], f"{image_id:06d}_{index:06d}.png", box))
+    background = _unique_name("background", set(plan.folders.values()))
+    for image_id, index, box in plan.background:
+        by_image.setdefault(image_id, []).append((background, f"{image_id:06d}_{index:06d}_bg.png", box))
+    for sub_folder in {f for entries in by_image.values() for f, _, _ in entries}:
+        (folder / sub_folder).mkdir()
     images = {im["id"]: im for im in coco.images}
     for image_id in sorted(by_image):  # each image decoded once, however many boxes it holds
         info = images[image_id]
@@ -204,10 +271,14 @@ def _write(folder: Path, coco: CocoSet, plan: _Plan, images_field: str, min_size
         if image.size != (info["width"], info["height"]):
             raise InputError(images_field, f"{path} is {image.size[0]}x{image.size[1]} but "
                                            f"{coco.ann_file} says {info['width']}x{info['height']}")
-        for cat_id, index, box in by_image[image_id]:
-            image.crop(box).save(folder / plan.folders[cat_id] / f"{image_id:06d}_{index:06d}.png")
+        for sub_folder, name, box in by_image[image_id]:
+            image.crop(box).save(folder / sub_folder / name)
+    counts = {plan.folders[c]: len(items) for c, items in plan.crops.items() if items}
+    if plan.background:
+        counts[background] = len(plan.background)
     manifest = {
-        "class_counts": {plan.folders[c]: len(items) for c, items in plan.crops.items() if items},
+        "background": len(plan.background),
+        "class_counts": counts,
         "category_folders": {str(c): plan.folders[c] for c, items in plan.crops.items() if items},
         "empty_categories": [plan.names[c] for c, items in plan.crops.items() if not items],
         "skipped_small": plan.skipped_small, "capped": plan.capped, "crowd_skipped": plan.crowd_skipped,
@@ -222,7 +293,8 @@ def _read_manifest(final: Path, ann_file: Path) -> CropSet:
                    max_per_class=data["max_per_class"], class_counts=dict(sorted(data["class_counts"].items())),
                    category_folders={int(k): v for k, v in data["category_folders"].items()},
                    skipped_small=data["skipped_small"], capped=data["capped"],
-                   crowd_skipped=data["crowd_skipped"], empty_categories=data["empty_categories"])
+                   crowd_skipped=data["crowd_skipped"], empty_categories=data["empty_categories"],
+                   background=data["background"])
 
 
 # --- arguments --------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def test_cap_per_class_is_a_seeded_choice(digits, tmp_path):
     assert any(names(o) != names(capped) for o in other)
 
 
-def test_fewer_than_two_classes_is_refused(digits, tmp_path):
+def test_no_crop_at_all_is_refused(digits, tmp_path):
     _, anns = annotations(digits.train_json)
     with pytest.raises(InputError) as err:
         make_crops_imagefolder(digits.train_images, digits.train_json, tmp_path / "cache", min_size=37)
@@ -127,12 +127,46 @@ def test_fewer_than_two_classes_is_refused(digits, tmp_path):
     assert "37 px" in str(err.value) and f"{len(anns)} boxes were smaller" in str(err.value)
     assert not any(p.name.startswith("crops_") for p in (tmp_path / "cache").iterdir())  # nothing left half-built
 
-    cats = [{"id": 1, "name": "big"}, {"id": 2, "name": "tiny"}]
-    images_dir, ann_file = write_coco(tmp_path / "one", cats, [(1, [2, 3, 30, 20]), (2, [5, 5, 8, 8])])
-    with pytest.raises(InputError) as err:
-        make_crops_imagefolder(images_dir, ann_file, tmp_path / "cache", min_size=16, json_field="data.train_json")
-    assert err.value.field == "data.train_json"
-    assert "only 1 of 2 categories" in str(err.value) and "1 boxes were smaller" in str(err.value)
+
+def _boxes_of(path: Path) -> tuple[int, int, int, int]:
+    image_id, index = (int(v) for v in path.stem.split("_")[:2])
+    return image_id, index
+
+
+def test_one_category_gets_a_background_class_of_free_regions(tmp_path):
+    """Faces, pedestrians, defects: one category with crops. Its background twin of each box is
+    the same size, from the same image, overlapping no box (crowd regions too); seeded by the file."""
+    cats = [{"id": 1, "name": "galaxy"}, {"id": 2, "name": "tiny"}]
+    boxes = [(1, [2, 3, 30, 20]), (1, [30, 20, 18, 18]), (2, [5, 5, 8, 8]), (1, [0, 0, 64, 48])]
+    images_dir, ann_file = write_coco(tmp_path / "one", cats, boxes)
+    crops = make_crops_imagefolder(images_dir, ann_file, tmp_path / "cache", min_size=16, json_field="data.train_json")
+    # The full-image box has no free region of its size: no twin for it.
+    assert crops.class_counts == {"galaxy": 3, "background": 2} and crops.background == 2
+    assert "1 category + 2 background crops" in crops.describe() and "seeded" in crops.describe()
+    doc = json.loads(ann_file.read_text())
+    for png in (crops.root / "background").glob("*.png"):
+        _, index = _boxes_of(png)
+        own = doc["annotations"][index]["bbox"]
+        assert Image.open(png).size == (int(own[2]), int(own[3]))  # the object's own size
+    again = make_crops_imagefolder(images_dir, ann_file, tmp_path / "cache2", min_size=16)
+    assert sorted(p.read_bytes() for p in (again.root / "background").glob("*.png")) == \
+        sorted(p.read_bytes() for p in (crops.root / "background").glob("*.png"))  # same file, same crops
+
+
+def test_background_regions_touch_no_box():
+    from data.coco import CocoSet
+    from data.coco_crops import _background_boxes, _overlap
+
+    images = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}]
+    anns = [{"bbox": [0, 0, 10, 10], "iscrowd": 0}, {"bbox": [20, 5, 12, 12], "iscrowd": 1}]
+    coco = CocoSet(images_dir=Path("."), ann_file=Path("a.json"), cat_ids=[1], cat_names=["x"], images=images,
+                   anns_by_image={1: anns}, dataset={})
+    for seed in range(50):
+        out = _background_boxes(coco, [(1, 0, (0, 0, 10, 10))], np.random.default_rng(seed))
+        for _, _, box in out:
+            assert box[2] - box[0] == 10 and box[3] - box[1] == 10
+            assert not _overlap(box, (0, 0, 10, 10)) and not _overlap(box, (20, 5, 32, 17))
+            assert 0 <= box[0] and box[2] <= 40 and 0 <= box[1] and box[3] <= 30
 
 
 def test_category_names_become_unique_safe_folders(tmp_path):

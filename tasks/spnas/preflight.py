@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from core.errors import InputError
 from data.coco import check_coco_files
+from data.coco_crops import check_crops
 from nas_models.convert import convert_checkpoint, load_weights_file
 from nas_models.serial_backbone import validate_code
 from params.models import DetectorModel, SpnasData, SpnasParams
@@ -21,6 +22,9 @@ def check_data(data: SpnasData) -> None:
         with at("data"):
             check_coco_files(data.train_images, data.train_json, "data.train_images", "data.train_json")
             check_coco_files(data.val_images, data.val_json, "data.val_images", "data.val_json")
+            if data.classification_dir is None:  # reignite will train on crops of the training boxes
+                check_crops(data.train_images, data.train_json, data.crop_min_size, images_field="data.train_images",
+                            json_field="data.train_json")
 
 
 def check_model(model: DetectorModel) -> None:
