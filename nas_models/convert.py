@@ -225,7 +225,19 @@ WEIGHTS_ALLOWED = ("give a state_dict saved with torch.save(model.state_dict(), 
                    "(optionally under 'model' or 'state_dict')")
 _WRAPPERS = ("model", "state_dict", "model_state_dict")
 _ZIP_MAGIC = b"PK\x03\x04"
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# What torch's safe unpickler says when a pickle asks for a global it does not allow; its wording
+# changed over releases ("Unsupported global: GLOBAL x.y was not an allowed global by default",
+# "Trying to load unsupported GLOBAL x.y whose module x is blocked"). The name must be a dotted
+# identifier followed by those words, so a text file read as a pickle does not match.
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*) (?:was not an allowed global|whose module )")
+# ... and when it refuses to build an instance of a class it was given ("but got <class 'x.Y'>").
+_REFUSED_CLASS = re.compile(r"Can only (?:build|create new object)[^<]*<class '([A-Za-z_][\w.]*)'")
+_PICKLE_REFUSED = "Weights only load failed"
+_NAME_CHARS = 80  # a hostile file may name a huge global: excerpted
+_SCAN_OPS = 200_000  # opcodes read when looking for the global a pickle asks for
+_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
+                         "BINSTRING", "STRING"})
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*\Z")
 
 
 def load_weights_file(path: str | Path, field: str = "pretrained_weights") -> dict[str, torch.Tensor]:
@@ -257,6 +269,12 @@ def _load_weights(p: Path, field: str, mmap: bool) -> dict[str, torch.Tensor]:
             obj = torch.load(p, map_location="cpu", weights_only=True,
                              mmap=mmap and head.startswith(_ZIP_MAGIC))
     except Exception as exc:  # pickle/zip/EOF errors vary by cause; the user needs one sentence
+        forbidden = _forbidden_global(p, head, exc)
+        if forbidden:
+            raise InputError(
+                field, f"{str(p)!r} is refused: its pickle asks to load {forbidden}, which is not allowed "
+                       f"(only tensors and plain containers are loaded; pickled code never runs); "
+                       f"{WEIGHTS_ALLOWED}.") from exc
         raise InputError(
             field, f"{str(p)!r} is not a readable torch weights file ({_load_failure(head, exc)}); "
                    f"{WEIGHTS_ALLOWED}.") from exc
@@ -269,17 +287,119 @@ def _load_weights(p: Path, field: str, mmap: bool) -> dict[str, torch.Tensor]:
 
 
 def _load_failure(head: bytes, exc: Exception) -> str:
-    """Why torch.load failed, in our words (never PyTorch's message, see load_weights_file)."""
+    """Why torch.load failed, in our words (never PyTorch's message, see load_weights_file), when
+    it was not a forbidden global (_forbidden_global)."""
     if _looks_like_text(head):  # first: a text line starting with "c" reads as a pickle GLOBAL
         return "it is a text file"
-    # torch.save writes a zip archive (or, before 1.6, a binary pickle starting with PROTO).
-    unsafe = _UNSAFE_GLOBAL.search(str(exc)) if head.startswith((_ZIP_MAGIC, b"\x80")) else None
-    if unsafe:
-        return (f"it holds a pickled {unsafe.group(1)}, and only tensors and plain containers are "
-                "loaded, as other objects could run code")
     if head.startswith(_ZIP_MAGIC):
+        if _PICKLE_REFUSED in str(exc):  # the archive reads, its pickle is not one the safe loader takes
+            return ("its pickle is not one the safe loader reads: only tensors and plain containers are "
+                    "loaded, and pickled code never runs")
         return "the zip archive is damaged or truncated"
+    # torch.save writes a zip archive (or, before 1.6, a binary pickle starting with PROTO).
     return "it is neither a zip archive nor a pickle written by torch.save"
+
+
+def _forbidden_global(p: Path, head: bytes, exc: Exception) -> str | None:
+    """The global (module.name, excerpted) the file's pickle asks for that the safe loader refuses,
+    or None when the load failed for another reason (damaged, not a pickle, a text file).
+
+    PyTorch's refusal names it, in wordings that changed between releases; a pickle the safe loader
+    cannot even parse (pickle.dumps' protocol 4 or 5, a protocol-0 pickle that looks like text) is
+    read opcode by opcode without running anything (pickletools) to find it."""
+    import pickle
+
+    name = None
+    if isinstance(exc, pickle.UnpicklingError) and head.startswith((_ZIP_MAGIC, b"\x80")):
+        found = _UNSAFE_GLOBAL.search(str(exc)) or _REFUSED_CLASS.search(str(exc))
+        name = found.group(1) if found else None
+    if name is None:
+        name = _scan_pickle_global(p, head)
+    if name is None:
+        return None
+    return name if len(name) <= _NAME_CHARS else name[:_NAME_CHARS - 1] + "…"
+
+
+def _scan_pickle_global(p: Path, head: bytes) -> str | None:
+    """The first global a well-formed pickle in `p` (the file itself, or the data.pkl of a
+    torch.save archive) asks for that torch's safe loader does not allow; None if there is none or
+    the file is no such pickle. A text-looking file counts only as a complete pickle (up to STOP)."""
+    import zipfile
+
+    try:
+        if head.startswith(_ZIP_MAGIC):
+            with zipfile.ZipFile(p) as archive:
+                pkl = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+                if pkl is None:
+                    return None
+                with archive.open(pkl) as stream:
+                    return _first_forbidden(stream, complete=False)
+        if head.startswith(b"\x80") or _looks_like_text(head):
+            with p.open("rb") as stream:
+                return _first_forbidden(stream, complete=not head.startswith(b"\x80"))
+    except Exception:  # a damaged archive or a malformed pickle: no global to name
+        return None
+    return None
+
+
+def _first_forbidden(stream: object, complete: bool) -> str | None:
+    """Walk the pickle's opcodes (pickletools.genops decodes, never executes); a STACK_GLOBAL's
+    module and name are the two strings pushed just before it (MEMOIZE/BINGET tracked)."""
+    import pickletools
+
+    allowed = _safe_globals()
+    recent: list[object] = []  # what each push put on the stack (None: not a string)
+    memo: dict[int, object] = {}
+    found = None
+    try:
+        for count, (op, arg, _pos) in enumerate(pickletools.genops(stream)):
+            if count > _SCAN_OPS:
+                break
+            kind = op.name
+            candidate = None
+            if kind in _STRING_OPS:
+                recent.append(arg if isinstance(arg, str) else None)
+            elif kind == "MEMOIZE":
+                memo[len(memo)] = recent[-1] if recent else None
+            elif kind in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = recent[-1] if recent else None
+            elif kind in ("GET", "BINGET", "LONG_BINGET"):
+                recent.append(memo.get(arg))
+            elif kind in ("GLOBAL", "INST"):
+                module, _, qualname = str(arg).partition(" ")
+                candidate = (module, qualname)
+            elif kind == "STACK_GLOBAL":
+                candidate = tuple(recent[-2:]) if len(recent) >= 2 else None
+            elif kind == "STOP":
+                return found
+            elif kind not in ("FRAME", "PROTO"):
+                recent.append(None)
+            if candidate is not None:
+                module, qualname = candidate
+                recent.append(None)
+                if not (isinstance(module, str) and isinstance(qualname, str)
+                        and _IDENTIFIER.match(module) and _IDENTIFIER.match(qualname)):
+                    return None  # not names: not a pickle that was written as one
+                full = f"{module}.{qualname}"
+                if found is None and full not in allowed:
+                    found = full
+                    if not complete:
+                        return found
+    except Exception:  # malformed or truncated: only a complete pickle counts when it looked like text
+        pass
+    return None if complete else found
+
+
+def _safe_globals() -> set[str]:
+    """The globals torch's weights-only unpickler accepts (its built-in list and add_safe_globals')."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals, _get_user_allowed_globals
+
+        return set(_get_allowed_globals()) | set(_get_user_allowed_globals())
+    except Exception:  # another torch: what every torch.save file uses
+        return {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+                "torch.FloatStorage", "torch.LongStorage", "torch.DoubleStorage", "torch.HalfStorage",
+                "torch.IntStorage", "torch.BoolStorage", "torch.ByteStorage", "torch.BFloat16Storage"}
 
 
 def _looks_like_text(head: bytes) -> bool:

@@ -244,6 +244,8 @@ def describe_validation_error(exc: ValidationError, model_cls: type[BaseModel] |
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return loc, "is not a known parameter"
+    if err["type"] == "missing":  # pydantic says "Field required"; inside a union, "should be Field required"
+        return _missing_path(model_cls, tuple(err["loc"])), "is missing (required)"
     if err["type"] in ("model_type", "model_attributes_type", "dict_type"):
         return loc, f"must be a section of key: value pairs (got {excerpt(err['input'])})"
     if len(path) < len(err["loc"]) and model_cls is not None:  # a union: say every allowed form once
@@ -251,6 +253,29 @@ def describe_validation_error(exc: ValidationError, model_cls: type[BaseModel] |
         message = " or ".join(dict.fromkeys(a.removeprefix("Input should be ") for a in alternatives))
         return loc, f"should be {message} (got {excerpt(err['input'])})"
     return locate(loc, message, err["input"])
+
+
+def _missing_path(model_cls: type[BaseModel] | None, loc: tuple[Any, ...]) -> str:
+    """The dotted name of a missing field, without the union-member tags pydantic puts in its
+    location (`warm_start.SupernetWarmStart.align_lr` -> `warm_start.align_lr`)."""
+    import types
+    import typing
+
+    path: list[str] = []
+    current: Any = model_cls
+    for part in loc:
+        is_union = typing.get_origin(current) in (typing.Union, types.UnionType)
+        members = typing.get_args(current) if is_union else (current,)
+        models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+        owner = next((m for m in models if part in m.model_fields), None)
+        if owner is not None:
+            current = owner.model_fields[part].annotation
+        elif any(m.__name__ == part for m in models):
+            continue  # a union-member tag, no parameter name
+        else:
+            current = None
+        path.append(str(part))
+    return clean_line(".".join(path), MAX_FIELD_CHARS)
 
 
 def locate(loc: str, message: str, value: Any) -> tuple[str, str]:

@@ -118,6 +118,29 @@ def _start(cfg: Any, deployment: str, parameters: dict[str, Any], stages: tuple[
     return stack.run_deployment(cfg, deployment, parameters, watch=mode == "raw")
 
 
+PREFECT_PROBE_SECONDS = 3.0
+
+
+def _require_prefect(cfg: Any) -> None:
+    """StackError unless the stack's Prefect server answers its health check within a few seconds.
+    Without it, Prefect's client retries an address nobody listens on, then prints a long httpx
+    traceback."""
+    from spnas.supervise import http_request
+
+    url = cfg.prefect_api_url
+    code, body = http_request("GET", f"{url}/health", timeout=PREFECT_PROBE_SECONDS, creds=cfg.credentials)
+    if code == 200 and body.strip() == b"true":
+        return
+    if code == 0:
+        raise StackError(f"stack: no Prefect server answers at {url}; start the stack with `spnas up` "
+                         "(then `spnas deploy`)")
+    if code in (401, 403):
+        raise StackError(f"stack: the Prefect server at {url} refuses this stack's credentials (HTTP {code}); "
+                         "give the SPNAS_AUTH or SPNAS_AUTH_FILE the stack was started with")
+    raise StackError(f"stack: the server at {url} does not answer like a Prefect server (GET /health gave "
+                     f"HTTP {code}); check `spnas status`, or set SPNAS_PREFECT_PORT to the stack's port")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate the parameters here first, so a typo fails in a second, not on the worker."""
     from params.loader import load_params
@@ -138,6 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InputError("--refresh-from", "give --refresh (every stage) or --refresh-from STAGE, not both")
     check_refresh(refresh_from, spec.stages)
     cfg = stack.StackConfig()
+    _require_prefect(cfg)  # the stack being down is one line, in seconds
     parameters = {"params_file": params_file, "overrides": overrides, "refresh_from": refresh_from}
     # The watcher's Prefect client is pinned to this stack's API whatever prefect was imported with;
     # the environment is the stack's while it runs (and restored: tests call main() in-process).

@@ -412,6 +412,7 @@ def compare(refs: Sequence[str], out_dir: str | Path | None = None, log: bool = 
     reason = unwritable_reason(out)
     if reason:
         raise InputError("--out", f"{out} cannot be written: {reason}")
+    tracker.check_tracking_server()  # a server nobody answers at: one line in seconds, not minutes of retries
     runs = resolve_all(refs, notes)  # every input checked before anything is written
     flow = runs[0].flow
     specs = front_specs(flow, runs)

@@ -49,6 +49,81 @@ def client() -> MlflowClient:
     return _client(tracking_uri())
 
 
+# One try of a few seconds: MLflow's client otherwise retries an address nobody answers at for
+# minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES, backoff 2 s doubling, each try up to
+# MLFLOW_HTTP_REQUEST_TIMEOUT = 120 s).
+PROBE_SECONDS = 4.0
+
+
+def unreachable_reason(uri: str | None = None, timeout: float = PROBE_SECONDS) -> str | None:
+    """Why nothing answers at an http(s) tracking URI (one GET of <uri>/health, no retries), or
+    None when something does (any HTTP status: the real calls say what is wrong with it) or the
+    URI is a local store. MLflow's own request code makes the call, so its credentials, TLS and
+    proxy settings (MLFLOW_TRACKING_*, HTTPS_PROXY, NO_PROXY) apply as they will to the real calls."""
+    import requests
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    uri = uri or tracking_uri()
+    if not uri.lower().startswith(("http://", "https://")):
+        return None
+    try:
+        http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0, backoff_factor=0,
+                     timeout=timeout, raise_on_status=False)
+        return None
+    except Exception as exc:  # MLflow wraps requests' errors (as its cause or context)
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, requests.RequestException):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None and "Invalid url" not in str(exc):
+            return None  # not the network (e.g. an auth plugin): the real calls say what it is
+        if isinstance(cause, requests.exceptions.SSLError):
+            return "its TLS handshake failed"
+        text = str(exc)
+        # With no retries left, urllib3 reports a read timeout as a failed connection.
+        if isinstance(cause, requests.exceptions.Timeout) or "timed out" in text:
+            return f"no answer within {timeout:g} s"
+        if isinstance(cause, requests.exceptions.InvalidURL) or "Invalid url" in text:
+            return "it is not a valid URL"
+        for words, reason in (("Connection refused", "connection refused"),
+                              ("Name or service not known", "unknown host"),
+                              ("nodename nor servname", "unknown host"),
+                              ("Temporary failure in name resolution", "unknown host"),
+                              ("No route to host", "no route to host"),
+                              ("Network is unreachable", "network unreachable"),
+                              ("Connection reset", "connection reset")):
+            if words in text:
+                return reason
+        return "the connection failed"
+
+
+def _shown(uri: str) -> str:
+    """The URI without a password in it (http://user:secret@host -> http://user:***@host)."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        if parts.password is None:
+            return uri
+        return parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}").geturl()
+    except ValueError:
+        return uri.rpartition("@")[2]
+
+
+def check_tracking_server(uri: str | None = None, timeout: float = PROBE_SECONDS) -> None:
+    """InputError naming MLFLOW_TRACKING_URI unless a server answers at it within `timeout` s
+    (local stores pass): an unreachable server is one line in seconds, not minutes of retries."""
+    from core.errors import InputError
+    from core.text import clean_line
+
+    uri = uri or tracking_uri()
+    reason = unreachable_reason(uri, timeout)
+    if reason:
+        raise InputError("MLFLOW_TRACKING_URI", f"no MLflow tracking server answers at {clean_line(_shown(uri), 200)} "
+                                                f"({reason}); start the stack's with `spnas up` (and unset "
+                                                "MLFLOW_TRACKING_URI), or point it at a server that runs")
+
+
 def ensure_experiment(name: str) -> str:
     c = client()
     exp = c.get_experiment_by_name(name)
