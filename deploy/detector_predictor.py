@@ -6,7 +6,10 @@ size go in whole, and boxes come back in that image's pixels. One image per ONNX
 exported graph takes a single [3, H, W] image, as torchvision's ONNX export of detectors does.
 Timing uses the classifier predictor's PaddleX-style `TimeInfo` (pre / infer / post).
 Bad input (folder, model.yml, model.onnx, counts, images) is one InputError naming the
-argument, raised before anything is run.
+argument, raised before anything is run: model.yml is read and range-checked as the classifier
+predictor does (labels, files, image_size), and the graph must take one float [3, H, W] image
+and give boxes, labels and scores. An ONNX Runtime error while running, or outputs of the wrong
+shape, are one InputError on `model_dir` quoting ORT's first line.
 """
 from __future__ import annotations
 
@@ -18,9 +21,24 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from core.errors import InputError
-from deploy.detector_export import INPUT_NAME, MODEL_YML, ONNX_FILE
+from core.text import excerpt, printable
+from deploy.detector_export import MODEL_YML, ONNX_FILE, OUTPUT_NAMES
 from deploy.onnx_export import make_session
-from deploy.predictor import ImageLike, TimeInfo, check_count, load_image, load_yaml_mapping
+from deploy.predictor import (
+    QUIET_RUN,
+    ImageLike,
+    TimeInfo,
+    bad_key,
+    check_count,
+    check_labels,
+    check_onnx_file,
+    check_size,
+    fixed_dim,
+    load_image,
+    load_yaml_mapping,
+    onnx_dims,
+    ort_errors_as_input,
+)
 
 __all__ = ["DetectorPredictor", "read_detector_yml"]
 
@@ -37,19 +55,29 @@ def read_detector_yml(model_dir: Path) -> dict[str, Any]:
     if not model_dir.is_dir():
         raise InputError("model_dir", f"{model_dir} is not a folder; give the export folder.")
     path = model_dir / MODEL_YML
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise InputError("model_dir", f"{model_dir} holds no {MODEL_YML}; give a folder written "
                                       "by export_detector.")
     meta = load_yaml_mapping(path, "model_dir")
     if meta.get("task") != "detection":
         raise InputError("model_dir", f"{path} is not a detector export (task: "
-                                      f"{meta.get('task')!r}); use the matching predictor.")
-    labels = meta.get("labels")
-    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) for x in labels)):
+                                      f"{excerpt(meta.get('task'))}); use the matching predictor.")
+    if "labels" not in meta:
         raise InputError("model_dir", f"{path} needs 'labels': background plus at least one class.")
-    files = meta.get("files")
-    if not isinstance(files, dict) or not isinstance(files.get("onnx"), str):
-        raise InputError("model_dir", f"{path} lacks 'files: onnx'; re-export the model.")
+    meta["labels"] = check_labels(path, meta["labels"], minimum=2)
+    check_onnx_file(path, meta.get("files"))
+    if "image_size" in meta:
+        check_size(path, "image_size", meta["image_size"], minimum=32)
+    section = meta.get("input")
+    if section is not None:
+        if not isinstance(section, dict):
+            raise bad_key(path, "input", "a mapping (name, layout, shape, dtype, channel_order)",
+                           section)
+        if section.get("layout", "CHW") != "CHW":
+            raise bad_key(path, "input.layout", "CHW (one image)", section["layout"])
+        if section.get("channel_order", "RGB") != "RGB":
+            raise bad_key(path, "input.channel_order", "RGB (the predictor feeds RGB)",
+                           section["channel_order"])
     return meta
 
 
@@ -69,10 +97,35 @@ class DetectorPredictor:
         if not onnx_path.is_file():
             raise InputError("model_dir", f"{onnx_path} is missing; re-export the model.")
         self.session = make_session(onnx_path, threads, field="model_dir")
-        inputs = [i.name for i in self.session.get_inputs()]
-        self.input_name = INPUT_NAME if INPUT_NAME in inputs else inputs[0]
+        self.input_name, self.fixed_hw = self._check_graph(onnx_path)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.time_info = TimeInfo()
+
+    def _check_graph(self, onnx_path: Path) -> tuple[str, tuple[int | None, int | None]]:
+        """One float [3, H, W] input and boxes/labels/scores outputs; returns the input's name
+        and its fixed (height, width), None where symbolic."""
+        def refuse(what: str) -> InputError:
+            return InputError("model_dir", f"{onnx_path} {what}; re-export the model.")
+
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise refuse(f"takes {len(inputs)} inputs; a detector export takes one image")
+        arg = inputs[0]
+        if arg.type != "tensor(float)":
+            raise refuse(f"takes {excerpt(arg.type)} input; the predictor feeds tensor(float)")
+        dims = onnx_dims(arg.shape)
+        if len(dims) != 3:
+            raise refuse(f"takes a {len(dims)}-D input {excerpt(dims)}; a detector export takes "
+                         "one image [3, height, width]")
+        channels = fixed_dim(dims[0])
+        if channels is not None and channels != 3:
+            raise refuse(f"takes {channels}-channel images; the predictor feeds 3 (RGB)")
+        names = [o.name for o in self.session.get_outputs()]
+        missing = [n for n in OUTPUT_NAMES if n not in names]
+        if missing:
+            raise refuse(f"has no output {', '.join(missing)} (outputs: {excerpt(names)}); a "
+                         f"detector export outputs {', '.join(OUTPUT_NAMES)}")
+        return arg.name, (fixed_dim(dims[1]), fixed_dim(dims[2]))
 
     # --- predict --------------------------------------------------------------------------
 
@@ -92,6 +145,14 @@ class DetectorPredictor:
         if not items:
             raise InputError("images", "give at least one image.")
         loaded = [self._load(im) for im in items]  # decoding files is I/O, not timed
+        height, width = self.fixed_hw
+        for image, item in zip(loaded, items):
+            if (height is not None and image.height != height) or (width is not None
+                                                                    and image.width != width):
+                shown = printable(str(item)) if isinstance(item, (str, Path)) else "an image"
+                raise InputError("images", f"{shown} is {image.width}x{image.height} but the "
+                                           f"model takes only {width or 'any'}x{height or 'any'} "
+                                           "(width x height) images.")
         self.time_info = TimeInfo(batch_size=1)
         results: list[list[Detection]] = []
         for i in range(warmup + repeats):
@@ -105,8 +166,9 @@ class DetectorPredictor:
             chw = np.ascontiguousarray(
                 (np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1))
             t1 = time.perf_counter()
-            outs = dict(zip(self.output_names,
-                            self.session.run(None, {self.input_name: chw})))
+            with ort_errors_as_input("model_dir", f"an image of shape {list(chw.shape)}"):
+                outs = dict(zip(self.output_names,
+                                self.session.run(None, {self.input_name: chw}, QUIET_RUN)))
             t2 = time.perf_counter()
             results.append(self._postprocess(outs))
             t3 = time.perf_counter()
@@ -115,13 +177,18 @@ class DetectorPredictor:
         return results
 
     def _postprocess(self, outs: dict[str, np.ndarray]) -> list[Detection]:
-        boxes, labels, scores = outs["boxes"], outs["labels"], outs["scores"]
+        boxes, labels, scores = (np.asarray(outs[n]) for n in ("boxes", "labels", "scores"))
+        n = len(scores) if scores.ndim == 1 else -1
+        if n < 0 or boxes.shape != (n, 4) or labels.shape != (n,):
+            raise InputError("model_dir", f"{self.model_dir} gave boxes {list(boxes.shape)}, "
+                                          f"labels {list(labels.shape)}, scores {list(scores.shape)}; "
+                                          "expected [N, 4], [N], [N]. Re-export the model.")
         keep = np.flatnonzero(scores >= self.score_threshold)
         keep = keep[np.argsort(-scores[keep], kind="stable")]
         return [
             {
                 "category_id": int(labels[i]),
-                "category": self.labels[int(labels[i])] if int(labels[i]) < len(self.labels)
+                "category": self.labels[int(labels[i])] if 0 <= int(labels[i]) < len(self.labels)
                 else str(int(labels[i])),
                 "score": float(scores[i]),
                 "bbox": [float(v) for v in boxes[i]],
