@@ -43,6 +43,9 @@ def unwritable_reason(folder: Path) -> str | None:
     return None
 
 
+_WRITABLE: set[Path] = set()  # state folders that passed the write probe in this process
+
+
 def state_dir() -> Path:
     path = Path(os.environ.get("SPNAS_HOME", REPO_ROOT / ".spnas")).expanduser().resolve()
     try:
@@ -50,10 +53,13 @@ def state_dir() -> Path:
     except OSError as exc:
         raise InputError("SPNAS_HOME", f"{path} cannot be created ({exc.strerror or exc}); point SPNAS_HOME "
                                        "at a folder you can write to") from None
+    if path in _WRITABLE:  # the write probe once per folder: every stage and task asks
+        return path
     reason = unwritable_reason(path)
     if reason:
         raise InputError("SPNAS_HOME", f"{path} is not writable ({reason}); point SPNAS_HOME at a folder you can "
                                        "write to")
+    _WRITABLE.add(path)
     return path
 
 

@@ -34,9 +34,10 @@ from deploy.predictor import (
     check_onnx_file,
     check_size,
     fixed_dim,
+    graph_error,
+    image_input,
     load_image,
     load_yaml_mapping,
-    onnx_dims,
     ort_errors_as_input,
 )
 
@@ -104,28 +105,14 @@ class DetectorPredictor:
     def _check_graph(self, onnx_path: Path) -> tuple[str, tuple[int | None, int | None]]:
         """One float [3, H, W] input and boxes/labels/scores outputs; returns the input's name
         and its fixed (height, width), None where symbolic."""
-        def refuse(what: str) -> InputError:
-            return InputError("model_dir", f"{onnx_path} {what}; re-export the model.")
-
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise refuse(f"takes {len(inputs)} inputs; a detector export takes one image")
-        arg = inputs[0]
-        if arg.type != "tensor(float)":
-            raise refuse(f"takes {excerpt(arg.type)} input; the predictor feeds tensor(float)")
-        dims = onnx_dims(arg.shape)
-        if len(dims) != 3:
-            raise refuse(f"takes a {len(dims)}-D input {excerpt(dims)}; a detector export takes "
-                         "one image [3, height, width]")
-        channels = fixed_dim(dims[0])
-        if channels is not None and channels != 3:
-            raise refuse(f"takes {channels}-channel images; the predictor feeds 3 (RGB)")
+        name, dims = image_input(self.session, onnx_path, 3, "a detector export takes one image",
+                                 "a detector export takes one image [3, height, width]", "RGB")
         names = [o.name for o in self.session.get_outputs()]
         missing = [n for n in OUTPUT_NAMES if n not in names]
         if missing:
-            raise refuse(f"has no output {', '.join(missing)} (outputs: {excerpt(names)}); a "
-                         f"detector export outputs {', '.join(OUTPUT_NAMES)}")
-        return arg.name, (fixed_dim(dims[1]), fixed_dim(dims[2]))
+            raise graph_error(onnx_path, f"has no output {', '.join(missing)} (outputs: {excerpt(names)}); a "
+                                         f"detector export outputs {', '.join(OUTPUT_NAMES)}")
+        return name, (fixed_dim(dims[1]), fixed_dim(dims[2]))
 
     # --- predict --------------------------------------------------------------------------
 

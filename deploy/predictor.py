@@ -331,6 +331,31 @@ def fixed_dim(dim: Any) -> int | None:
     return dim if _is_int(dim) and dim > 0 else None
 
 
+def graph_error(onnx_path: Path, what: str) -> InputError:
+    """An exported graph that does not fit its predictor: the user re-exports."""
+    return InputError("model_dir", f"{onnx_path} {what}; re-export the model.")
+
+
+def image_input(session: ort.InferenceSession, onnx_path: Path, rank: int, one: str, shape: str,
+                orders: str) -> tuple[str, list[Any]]:
+    """The graph's one float image input, channels 3 where fixed: its name and dims. `one` and
+    `shape` say what the export takes (e.g. "a detector export takes one image", "...[3, height,
+    width]"), `orders` which channel orders the predictor feeds; anything else is one error."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise graph_error(onnx_path, f"takes {len(inputs)} inputs; {one}")
+    arg = inputs[0]
+    if arg.type != "tensor(float)":
+        raise graph_error(onnx_path, f"takes {excerpt(arg.type)} input; the predictor feeds tensor(float)")
+    dims = onnx_dims(arg.shape)
+    if len(dims) != rank:
+        raise graph_error(onnx_path, f"takes a {len(dims)}-D input {excerpt(dims)}; {shape}")
+    channels = fixed_dim(dims[rank - 3])
+    if channels is not None and channels != 3:
+        raise graph_error(onnx_path, f"takes {channels}-channel images; the predictor feeds 3 ({orders})")
+    return arg.name, dims
+
+
 def load_image(image: ImageLike) -> Image.Image:
     """A path, PIL image or HWC uint8 array as an RGB PIL image; InputError (field `images`,
     naming the path) for anything unreadable."""
@@ -374,26 +399,17 @@ class ClassifierPredictor:
         """The graph against model.yml: one float NCHW input whose fixed dims match (3 channels,
         transforms.input_size), a [batch, classes] output with one class per label. Returns the
         input's name and its fixed batch size (None when dynamic)."""
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         yml = self.model_dir / "model.yml"
 
         def refuse(what: str) -> InputError:
-            return InputError("model_dir", f"{onnx_path} {what}; re-export the model.")
+            return graph_error(onnx_path, what)
 
-        if len(inputs) != 1:
-            raise refuse(f"takes {len(inputs)} inputs; a classifier export takes one image batch")
+        input_name, dims = image_input(self.session, onnx_path, 4, "a classifier export takes one image batch",
+                                       "a classifier takes NCHW images [batch, 3, height, width]", "RGB or BGR")
+        outputs = self.session.get_outputs()
         if not outputs:
             raise refuse("has no outputs")
-        arg, out = inputs[0], outputs[0]
-        if arg.type != "tensor(float)":
-            raise refuse(f"takes {excerpt(arg.type)} input; the predictor feeds tensor(float)")
-        dims = onnx_dims(arg.shape)
-        if len(dims) != 4:
-            raise refuse(f"takes a {len(dims)}-D input {excerpt(dims)}; a classifier takes NCHW "
-                         "images [batch, 3, height, width]")
-        channels = fixed_dim(dims[1])
-        if channels is not None and channels != 3:
-            raise refuse(f"takes {channels}-channel images; the predictor feeds 3 (RGB or BGR)")
+        out = outputs[0]
         size = self.preprocess.input_size
         for axis, name in ((2, "height"), (3, "width")):
             got = fixed_dim(dims[axis])
@@ -411,7 +427,7 @@ class ClassifierPredictor:
         if classes is not None and classes != len(self.labels):
             raise InputError("model_dir", f"{onnx_path} outputs {classes} classes but {yml} "
                                           f"names {len(self.labels)} labels; re-export the model.")
-        return arg.name, fixed_dim(dims[0])
+        return input_name, fixed_dim(dims[0])
 
     _load = staticmethod(load_image)
 
