@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from export_checks import assert_files_agree, assert_reported_parity
+
 pytestmark = pytest.mark.slow
 
 OVERRIDES = {"model": {"scale": 0.5}, "train": {"epochs": 5, "batch_size": 32}, "predict": {"count": 4, "repeats": 2}}
@@ -40,6 +42,8 @@ def test_lcnet_flow_end_to_end_and_resume(prefect_api, tmp_path: Path) -> None:
         assert (run_dir / rel).is_file(), rel
     assert summary["test_top1"] > 0.8  # 5 short epochs; the default 12 epochs reach ≥ 0.95
     assert summary["onnx_max_abs_diff"] < 1e-4
+    assert_reported_parity([json.loads((run_dir / "export/export_report.json").read_text())])
+    assert_files_agree(run_dir / "export/inference_model")
     assert "Inference Time Info" in (run_dir / "predict/time_info.txt").read_text()
 
     children = tracker.child_runs(summary["mlflow_run_id"])

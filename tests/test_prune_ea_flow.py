@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from export_checks import assert_files_agree, assert_reported_parity
 from tasks.orchestration.tables import read_table
 
 pytestmark = pytest.mark.slow
@@ -44,9 +45,11 @@ def test_prune_ea_end_to_end(prune_ea_d20: dict) -> None:
     assert comparison.iloc[0]["model"] == "baseline" and comparison.iloc[0]["r_c"] == 1.0
     assert comparison.iloc[0]["macs"] == 40_813_184
     assert (comparison["r_c"].iloc[1:] < 1).all() and (comparison["onnx_max_abs_diff"] < 1e-4).all()
+    assert_reported_parity(comparison.to_dict("records"))
     for name in comparison["model"]:
         for f in ("model.onnx", "model.pt2", "model.yml"):
             assert (run / "export" / name / "inference_model" / f).is_file()
+        assert_files_agree(run / "export" / name / "inference_model")
     assert len(list((run / "retrain").glob("model_retrained_*.pth"))) == len(comparison) - 1
 
 

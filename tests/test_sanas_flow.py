@@ -12,6 +12,7 @@ import pytest
 from params.loader import load_params
 from params.models import SanasParams
 from tasks.orchestration.caching import stage_key
+from export_checks import assert_files_agree, assert_reported_parity
 from tasks.orchestration.tables import read_table
 
 TINY = {"data": {"num_train_images": 24, "num_val_images": 12},
@@ -47,8 +48,11 @@ def test_sanas_end_to_end(ctype, prefect_api, tmp_path: Path) -> None:
     comparison = read_table(run / "export/comparison.csv")
     assert list(comparison["model"]) == ["found", "initial"]
     assert (comparison["measured_ms"] > 0).all() and (comparison["onnx_max_abs_diff"] < 1e-3).all()
-    for f in ("model.onnx", "model.pt2", "model.yml", "anchors.npy"):
-        assert (run / "export/found/inference_model" / f).is_file()
+    assert_reported_parity(comparison.to_dict("records"), tol=1e-3)
+    for name in comparison["model"]:
+        for f in ("model.onnx", "model.pt2", "model.yml", "anchors.npy"):
+            assert (run / "export" / name / "inference_model" / f).is_file()
+        assert_files_agree(run / "export" / name / "inference_model", tol=1e-3)
 
 
 def test_latency_table_stage_key_ignores_the_constraint() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from export_checks import assert_detector_parity
 from tasks.orchestration.tables import read_table
 
 pytestmark = pytest.mark.slow
@@ -86,6 +87,7 @@ def test_spnas_flow_end_to_end_and_stage_scoped_resume(prefect_api, tmp_path: Pa
     assert list(compared["role"]) == ["final", "baseline"]
     assert compared.iloc[0]["params"] <= compared.iloc[1]["params"] and compared.iloc[0]["within_limit"]
     assert summary["baseline_params"] == compared.iloc[1]["params"]
+    assert_detector_parity(json.loads((run / "export/export_report.json").read_text()))
 
     stages = {r.info.run_name: r for r in tracker.child_runs(summary["mlflow_run_id"])}
     assert {"data", "split", "fine_tune", "serial_search", "reignite", "parallel_search", "fully_train-final",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from export_checks import assert_files_agree, assert_reported_parity
 from tasks.orchestration.tables import read_table
 
 pytestmark = pytest.mark.slow
@@ -74,6 +75,8 @@ def test_spos_end_to_end(prefect_api, tmp_path: Path) -> None:
 
     comparison = read_table(run / "export/comparison.csv")
     assert list(comparison["model"]) == ["winner", "random_similar", "all_3x3"]
-    assert (comparison["onnx_max_abs_diff"] < 1e-3).all()
+    assert_reported_parity(comparison.to_dict("records"), tol=1e-3)
+    for name in comparison["model"]:
+        assert_files_agree(run / "export" / name / "inference_model", tol=1e-3)
     meta = yaml.safe_load((run / "export/winner/inference_model/model.yml").read_text())
     assert meta["input"]["channel_order"] == "BGR" and meta["transforms"]["std"][0] == pytest.approx(1 / 255)
