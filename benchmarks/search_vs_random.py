@@ -4,7 +4,9 @@ same-budget random sample of its space (same evaluator, limits and training budg
 by the flow itself (tasks/orchestration/search.py `control_report`). Prints, per pipeline, seed
 and search section, the best first-objective value within the limits of each side, their
 difference, and with two objectives the hypervolume ratio search/control on a common reference
-point; then the mean and spread over the seeds. Asserts nothing.
+point; then the mean and spread over the seeds. A search with a `fidelity` (successive halving)
+also shows how many candidates it screened for the training steps it spent, against how many
+those steps train at the full budget. Asserts nothing.
 
 Long: each flow runs in full (about 10-20 min per pipeline and seed on 2 cores, the control
 doubling each search's cost). The flows talk to a throwaway Prefect server and a local MLflow
@@ -12,6 +14,8 @@ SQLite store in a temporary folder unless PREFECT_API_URL / MLFLOW_TRACKING_URI 
 
     .venv/bin/python benchmarks/search_vs_random.py                      # every search pipeline, seeds 0 1
     .venv/bin/python benchmarks/search_vs_random.py --only prune-ea --seeds 0 1 --set data.embedded=photo_digits
+    .venv/bin/python benchmarks/search_vs_random.py --only prune-ea --set search.random_models=48 \
+        --set search.num_individual=16 --set 'search.fidelity={min_steps: 10, max_steps: 90, eta: 3}'
 """
 from __future__ import annotations
 
@@ -29,6 +33,29 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 FIGURES = ("best_search", "best_control", "best_gain", "hv_ratio")
+SCREENING = ("screened", "train_steps", "full_budget_candidates", "screening_gain")
+
+
+def screened(run_dir: Path, table: str) -> dict[str, float] | None:
+    """Multi-fidelity (a `fidelity` section): from the search's own rows of its candidates table,
+    how many candidates it screened, the training steps it spent, how many candidates the same
+    steps train at the full budget (the largest rung's steps), and the ratio of the two. None when
+    the search ran without a fidelity (no `rung` column)."""
+    from tasks.orchestration.search import own_rows
+    from tasks.orchestration.tables import read_table
+
+    path = run_dir / table
+    if not path.is_file():
+        return None
+    frame = read_table(path)
+    if "rung" not in frame.columns:
+        return None
+    rows = own_rows(frame.to_dict("records"))
+    steps = sum(float(r["train_steps"]) for r in rows)
+    full = max(float(r["train_steps"]) for r in rows)
+    equal = steps / full
+    return {"screened": float(len(rows)), "train_steps": steps, "full_budget_candidates": equal,
+            "screening_gain": len(rows) / equal}
 
 
 def flow_of(entrypoint: str) -> Any:
@@ -98,16 +125,22 @@ def main() -> None:
                     row = {k: float(summary[prefix + k]) for k in FIGURES if prefix + k in summary}
                     results.setdefault((spec.name, section), []).append(row)
                     print("   ", section, "  ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
+                for front in spec.fronts:
+                    screening = screened(Path(summary["run_dir"]), front.table) if front.table else None
+                    if screening:
+                        results.setdefault((spec.name, f"{front.stage} fidelity"), []).append(screening)
+                        print("   ", front.stage, "  ".join(f"{k} {v:.4g}" for k, v in screening.items()), flush=True)
 
     print("\nsearch vs random control (mean over seeds, min..max):")
     for (name, section), rows in results.items():
         parts = []
-        for key in FIGURES:
+        for key in FIGURES + SCREENING:
             values = [r[key] for r in rows if key in r]
             if values:
                 parts.append(f"{key} {statistics.mean(values):.4g} ({min(values):.4g}..{max(values):.4g})")
         wins = sum(r.get("best_gain", 0.0) > 0 for r in rows)
-        print(f"  {name:9s} {section:9s} {'  '.join(parts)}  search ahead on {wins}/{len(rows)} seeds")
+        verdict = f"  search ahead on {wins}/{len(rows)} seeds" if "best_gain" in rows[0] else ""
+        print(f"  {name:9s} {section:9s} {'  '.join(parts)}{verdict}")
     print(f"state folder (outputs, MLflow store): {home}")
 
 

@@ -6,12 +6,16 @@ size; `fit_steps` cycles the loader as needed. Plain torch + pycocotools: no Pre
 Resume: with `checkpoint=`, `fit_steps` saves every `checkpoint_every` steps and a killed process
 that calls it again with the same arguments continues where the last save was, seeing the very
 batches an uninterrupted run would (see `LoaderCycle`).
+
+Stops (multi-fidelity rungs): `stop_at=` trains only the first steps of the `steps`-step schedule
+and saves there; a later call with a higher `stop_at` and `resume_from=` that checkpoint continues
+the same schedule, so training in stops equals one uninterrupted run stopped at those points.
 """
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +142,8 @@ class LoaderCycle:
 def fit_steps(model: nn.Module, loader: DataLoader, steps: int, optim: DetectorOptim,
               on_step: Callable[[int, dict[str, float]], None] | None = None, *,
               device: torch.device | None = None, checkpoint: Path | None = None,
-              checkpoint_every: int = 50) -> dict[str, float]:
+              checkpoint_every: int = 50, stop_at: int | None = None, resume_from: Path | None = None,
+              meta: Mapping[str, Any] | None = None) -> dict[str, float]:
     """Train `steps` optimizer steps; returns mean losses. Frozen parameters are left alone.
 
     `device`: where to train (None: where the model is); the model comes back where it was.
@@ -149,11 +154,25 @@ def fit_steps(model: nn.Module, loader: DataLoader, steps: int, optim: DetectorO
     another config, or an unreadable one, is ignored and overwritten. `on_step(step, losses)`
     gets the global step (a resumed call starts at the saved step); the returned means and
     "steps" cover only the steps run in this call ({"steps": 0.0} if the checkpoint was final).
+
+    `stop_at` (default `steps`): stop after this many steps of the `steps`-step schedule (the
+    warm-up and cosine are always those of `steps`); the end save is then at `stop_at`, and a
+    `checkpoint` already past it is ignored. `resume_from`: a checkpoint of the same config
+    (e.g. an earlier stop's `checkpoint`, never written to) to continue from when `checkpoint`
+    holds nothing to resume; missing, unreadable, foreign or past `stop_at`, it is an InputError
+    naming `resume_from` (a promotion silently retrained from scratch would be mislabelled).
+    Continuing from it to `stop_at` equals an uninterrupted run stopped there. When it already
+    is at `stop_at` nothing is trained and `checkpoint` gets its state. `meta`: plain values
+    stored with every save (read them back with `read_checkpoint(path)["meta"]`).
     """
     if steps <= 0:
         return {"steps": 0.0}
     if checkpoint_every < 1:
         raise InputError("checkpoint_every", f"must be a positive number of steps, got {checkpoint_every!r}.")
+    stop = steps if stop_at is None else stop_at
+    if isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= steps:
+        raise InputError("stop_at", f"must be a whole number of steps from 1 to {steps} (the schedule's length), "
+                                    f"got {stop_at!r}.")
     with model_on(model, device) as dev:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=optim.learning_rate, momentum=optim.momentum,
@@ -171,49 +190,68 @@ def fit_steps(model: nn.Module, loader: DataLoader, steps: int, optim: DetectorO
         batches = LoaderCycle(loader)
         config = {"optim": asdict(optim), "steps": steps, "model": model_signature(model),
                   "batches_per_pass": len(loader)}
-        start = 0
+        extra = {"meta": dict(meta)} if meta is not None else {}
+
+        def save(done: int) -> None:
+            save_checkpoint(checkpoint, model, optimizer, scheduler, done // len(loader), config,
+                            extra={"step": done, "data": batches.position(), "rng": rng_state(dev), **extra})
+
+        start, ckpt = 0, None
         if checkpoint is not None:
-            start = _resume(Path(checkpoint), config, model, optimizer, scheduler, batches, dev)
-        if start >= steps:
+            ckpt = resume_checkpoint(Path(checkpoint), config, model, optimizer, scheduler, batches, dev,
+                                     at_most=stop)
+        if ckpt is None and resume_from is not None:
+            ckpt = resume_checkpoint(Path(resume_from), config, model, optimizer, scheduler, batches, dev,
+                                     at_most=stop, strict=True)
+            if checkpoint is not None and int(ckpt["step"]) >= stop:
+                save(int(ckpt["step"]))  # this stop's file exists even when there was nothing left to train
+        if ckpt is not None:
+            start = int(ckpt["step"])
+        if start >= stop:
             return {"steps": 0.0}
 
         def stepped(step: int, losses: dict[str, float]) -> None:
             scheduler.step()
-            if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-                # Saved before on_step: whatever on_step does (or a kill right after), this step is kept.
-                save_checkpoint(checkpoint, model, optimizer, scheduler, (step + 1) // len(loader), config,
-                                extra={"step": step + 1, "data": batches.position(), "rng": rng_state(dev)})
+            if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == stop):
+                save(step + 1)  # before on_step: whatever on_step does (or a kill right after), this step is kept
             if on_step is not None:
                 on_step(step, losses)
 
         # One "epoch" over a cycled loader capped at the steps left keeps train_one_epoch's checks and means.
-        return train_one_epoch(model, optimizer, batches, max_steps=steps - start, on_step=stepped,
+        return train_one_epoch(model, optimizer, batches, max_steps=stop - start, on_step=stepped,
                                max_grad_norm=optim.max_grad_norm, first_step=start)
-
-
-def _resume(path: Path, config: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, batches: LoaderCycle, device: torch.device) -> int:
-    """Restore a matching checkpoint; returns the steps it had done (0: nothing to resume)."""
-    ckpt = resume_checkpoint(path, config, model, optimizer, scheduler, batches, device)
-    return int(ckpt["step"]) if ckpt else 0
 
 
 def resume_checkpoint(path: Path, config: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
                       scheduler: Any, batches: LoaderCycle, device: torch.device,
-                      extra: tuple[str, ...] = ()) -> dict[str, Any] | None:
+                      extra: tuple[str, ...] = (), *, at_most: int | None = None,
+                      strict: bool = False) -> dict[str, Any] | None:
     """Restore a step-loop checkpoint (model, optimizer, scheduler, data position, RNG) written
     for exactly `config`; returns it (its "step" and any `extra` entries the caller restores
-    itself), or None when there is none, it is unreadable, or it belongs to another config."""
+    itself), or None when there is none, it is unreadable, it belongs to another config or it is
+    past step `at_most`. `strict`: each of those is an InputError naming `resume_from` instead."""
     path = Path(path)
+
+    def refuse(reason: str) -> None:
+        if strict:
+            raise InputError("resume_from", f"{str(path)!r} {reason}; it cannot be continued.")
+
     if not path.exists():
+        refuse("does not exist")
         return None
     try:
         ckpt = read_checkpoint(path)
     except InputError as exc:
+        refuse("is not a readable checkpoint")
         log.warning("ignoring checkpoint: %s", exc)
         return None
     if ckpt.get("config") != config or not {"step", "data", "rng", *extra} <= set(ckpt):
+        refuse("was written for another training configuration (optimizer, schedule length, model or data)")
         log.info("ignoring checkpoint %s: written for another config; starting fresh", path)
+        return None
+    if at_most is not None and int(ckpt["step"]) > at_most:
+        refuse(f"is at step {ckpt['step']}, past the stop at {at_most}")
+        log.info("ignoring checkpoint %s: at step %s, past the stop at %d", path, ckpt["step"], at_most)
         return None
     restore_checkpoint(ckpt, model, optimizer, scheduler)
     batches.seek(ckpt["data"])

@@ -19,7 +19,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -163,7 +163,18 @@ class LcnetModel(Section):
         return self
 
 
-class LcnetTrain(Section):
+class EpochTraining(Section):
+    """An epoch-based training section (it declares `epochs` and `warmup_epochs`): its warm-up
+    fits inside its epochs."""
+
+    @model_validator(mode="after")
+    def _warmup(self):
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs: must be at most epochs ({self.epochs}), got {self.warmup_epochs}")
+        return self
+
+
+class LcnetTrain(EpochTraining):
     epochs: int = Field(12, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=4096)
     learning_rate: float = Field(0.1, gt=0, le=10)
@@ -171,12 +182,6 @@ class LcnetTrain(Section):
     weight_decay: float = Field(4e-5, ge=0, lt=1)
     warmup_epochs: int = Field(1, ge=0, le=10_000, description="at most epochs")
     topk: int = Field(5, ge=1, le=1000, description="top-k accuracy reported beside top-1")
-
-    @model_validator(mode="after")
-    def _warmup(self):
-        if self.warmup_epochs > self.epochs:
-            raise ValueError(f"warmup_epochs: must be at most epochs ({self.epochs}), got {self.warmup_epochs}")
-        return self
 
 
 class LcnetPredict(Section):
@@ -265,6 +270,48 @@ class SearchControl(Section):
         "none", description="none | random: also run a same-budget random control and report search vs control")
 
 
+class FidelityParams(Section):
+    """Multi-fidelity screening (successive halving, ASHA-style): every candidate first trains
+    min_steps; the best 1/eta of those that finished a rung continue from their own checkpoint to
+    eta times the steps, up to max_steps (each candidate's full budget)."""
+
+    min_steps: int = Field(..., ge=1, le=STEPS_MAX, description="training steps of every candidate (the first rung)")
+    max_steps: int = Field(..., ge=1, le=STEPS_MAX, description="steps of the last rung: a candidate's full budget")
+    eta: int = Field(..., ge=2, le=10, description="1/eta of each rung go up; each rung trains eta times longer")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max_steps < self.min_steps:
+            raise ValueError(f"max_steps: must be at least min_steps ({self.min_steps}), got {self.max_steps}")
+        return self
+
+
+class MultiFidelity(Section):
+    """A search section whose candidates may be screened with a fidelity. With one, its
+    max_steps is the candidates' full budget, so the section's own steps field (`_STEPS`) may be
+    left out or must say the same."""
+
+    _STEPS: ClassVar[str] = "candidate_steps"
+
+    fidelity: FidelityParams | None = Field(
+        None, description="{min_steps, max_steps, eta}: successive halving; null = every candidate trains its "
+                          "full steps")
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        steps = getattr(self, self._STEPS)
+        if self.fidelity is not None and self._STEPS in self.model_fields_set and steps != self.fidelity.max_steps:
+            raise ValueError(f"{self._STEPS}: is {steps} but fidelity.max_steps is {self.fidelity.max_steps}; set one "
+                             f"of them (with a fidelity, max_steps is each candidate's full training)")
+        return self
+
+    @property
+    def full_steps(self) -> int:
+        """Each candidate's full training steps: fidelity.max_steps with a fidelity, else the
+        section's own steps field."""
+        return self.fidelity.max_steps if self.fidelity is not None else getattr(self, self._STEPS)
+
+
 def search_sections(model: type[BaseModel]) -> list[str]:
     """The sections of a pipeline's params model that configure a search (they take `control`)."""
     return [name for name, f in model.model_fields.items()
@@ -282,7 +329,7 @@ class ResourceLimit(SearchControl):
                             "auto = all up to 100 candidates, pareto above")
 
 
-class SerialSearchParams(ResourceLimit):
+class SerialSearchParams(ResourceLimit, MultiFidelity):
     """SpNasS (Vega names). The seed's values are in params/spnas_seed.yaml."""
 
     max_sample: int = Field(8, ge=1, le=10_000)
@@ -305,7 +352,7 @@ class ReigniteParams(Section):
     detector_steps: int = Field(30, ge=0, le=STEPS_MAX, description="detector steps after mapping the reignited weights back")
 
 
-class ParallelSearchParams(ResourceLimit):
+class ParallelSearchParams(ResourceLimit, MultiFidelity):
     max_sample: int = Field(3, ge=0, le=1000)
     max_per_stage: int = Field(2, ge=1, le=8)
     max_additions: int = Field(3, ge=1, le=32)
@@ -356,7 +403,7 @@ class CifarData(Section):
         return _resolved(v)
 
 
-class ClassifierTrain(Section):
+class ClassifierTrain(EpochTraining):
     """SGD with cosine decay for the CIFAR ResNets (base training and retraining)."""
 
     epochs: int = Field(10, ge=1, le=10_000)
@@ -366,16 +413,12 @@ class ClassifierTrain(Section):
     weight_decay: float = Field(5e-4, ge=0, lt=1)
     warmup_epochs: int = Field(0, ge=0, le=10_000, description="at most epochs")
 
-    @model_validator(mode="after")
-    def _warmup(self):
-        if self.warmup_epochs > self.epochs:
-            raise ValueError(f"warmup_epochs: must be at most epochs ({self.epochs}), got {self.warmup_epochs}")
-        return self
 
-
-class PruneSearchParams(SearchControl):
+class PruneSearchParams(SearchControl, MultiFidelity):
     """NSGA-III over channel masks (Vega PruneEA names). The seed's values are in
     params/prune_ea_seed.yaml (31 generations of 32, 64 random models)."""
+
+    _STEPS: ClassVar[str] = "finetune_steps"
 
     num_generation: int = Field(6, ge=1, le=10_000)
     num_individual: int = Field(8, ge=1, le=10_000)
@@ -575,7 +618,7 @@ class LatencyParams(Section):
         return _resolved(v)
 
 
-class SanasSearchParams(SearchControl):
+class SanasSearchParams(SearchControl, MultiFidelity):
     """PaddleSlim SANAS (seed values in params/sanas_seed.yaml: T0 10.24, reduce_rate 0.85, 300 steps)."""
 
     search_steps: int = Field(12, ge=1, le=100_000)

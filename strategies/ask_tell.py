@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from core.errors import InputError
@@ -130,6 +130,19 @@ class AskTellSearch(ABC, Generic[C]):
             raise ValueError(f"metrics must be a dict or None, got {type(metrics).__name__}")
         self._metrics[candidate_id] = None if metrics is None else clean_metrics(metrics, self._objectives()[0])
 
+    def update(self, candidate_id: int, metrics: Mapping[str, Any]) -> None:
+        """Replace a successfully told candidate's metrics with a later result of the same candidate
+        (multi-fidelity: its result after more training). Proposals and the front from now on see
+        the new metrics; decisions already taken on the old ones (an acceptance, a finished
+        generation) stand. The state_dict keeps only the latest metrics."""
+        if candidate_id not in self._metrics:
+            raise ValueError(f"candidate {candidate_id!r} was not told yet: tell it first")
+        if self._metrics[candidate_id] is None:
+            raise ValueError(f"candidate {candidate_id} failed: a failed candidate has no result to update")
+        if not isinstance(metrics, Mapping):
+            raise ValueError(f"metrics must be a dict, got {type(metrics).__name__}")
+        self._metrics[candidate_id] = clean_metrics(metrics, self._objectives()[0])
+
     # ---- queries
 
     @property
@@ -163,13 +176,13 @@ class AskTellSearch(ABC, Generic[C]):
         points = [objective_vector(m, keys) for _, m in told]
         return [told[i][0] for i in pareto_front(points, maximize)] if told else []
 
-    def best(self, limits: Mapping[str, float] | None = None) -> C:
+    def best(self, limits: Mapping[str, float] | None = None, among: Collection[int] | None = None) -> C:
         """The candidate best on the first objective among the successful ones whose metrics stay
-        within `limits` (metric -> maximum, e.g. {"params": 15.7e6}); ties broken by the other
-        objectives, then the lowest id, so the pick is on the front of what qualifies. ValueError
-        if none qualifies."""
+        within `limits` (metric -> maximum, e.g. {"params": 15.7e6}) and, when given, are in `among`
+        (multi-fidelity: those trained the longest); ties broken by the other objectives, then the
+        lowest id, so the pick is on the front of what qualifies. ValueError if none qualifies."""
         keys, maximize = self._objectives()
-        ok = self.within(limits)
+        ok = [cid for cid in self.within(limits) if among is None or cid in among]
         if not ok:
             raise ValueError(f"no successful candidate within the limits {dict(limits or {})}")
         return self._candidates[best_on_objective(self._metrics, ok, keys, maximize)]

@@ -220,3 +220,64 @@ def test_the_largest_allowed_seed_runs_through_every_generator() -> None:
         np.random.default_rng(seed)
         random.seed(seed)
     assert load_params(SpnasParams, DEMO_FILES[SpnasParams], {"seed": SEED_MAX}).seed == SEED_MAX
+
+
+# -- multi-fidelity (successive halving) on the training search sections ------------------------
+
+FIDELITY = {"min_steps": 10, "max_steps": 90, "eta": 3}
+
+
+@pytest.mark.parametrize("model, section, steps", [
+    (SpnasParams, "serial", "candidate_steps"), (SpnasParams, "parallel", "candidate_steps"),
+    (PruneEaParams, "search", "finetune_steps"), (SanasParams, "search", "candidate_steps")])
+def test_search_sections_take_a_fidelity_whose_max_steps_is_the_full_budget(model, section, steps) -> None:
+    default = getattr(model(), section)
+    assert default.fidelity is None and default.full_steps == getattr(default, steps)  # off by default
+    p = getattr(load_params(model, DEMO_FILES[model], {f"{section}.fidelity": FIDELITY}), section)
+    assert (p.fidelity.min_steps, p.fidelity.max_steps, p.fidelity.eta) == (10, 90, 3) and p.full_steps == 90
+    same = load_params(model, DEMO_FILES[model], {f"{section}.fidelity": FIDELITY, f"{section}.{steps}": 90})
+    assert getattr(same, section).full_steps == 90
+    with pytest.raises(InputError) as err:  # both given, and they disagree: which one is meant?
+        load_params(model, DEMO_FILES[model], {f"{section}.fidelity": FIDELITY, f"{section}.{steps}": 40})
+    assert err.value.field == f"{section}.{steps}" and "set one of them" in str(err.value)
+
+
+def test_spos_evaluates_paths_untrained_so_it_takes_no_fidelity() -> None:
+    with pytest.raises(InputError) as err:
+        load_params(SposParams, DEMO_FILES[SposParams], {"search.fidelity": FIDELITY})
+    assert err.value.field == "search.fidelity"
+
+
+@pytest.mark.parametrize("fidelity, field", [
+    ({"min_steps": 50, "max_steps": 20, "eta": 3}, "serial.fidelity.max_steps"),
+    ({"min_steps": 10, "eta": 3}, "serial.fidelity.max_steps"),
+    ({"max_steps": 10, "eta": 3}, "serial.fidelity.min_steps"),
+    ({"min_steps": 10, "max_steps": 20}, "serial.fidelity.eta"),
+])
+def test_fidelity_errors_name_the_field(fidelity, field) -> None:
+    with pytest.raises(InputError) as err:
+        load_params(SpnasParams, DEMO_FILES[SpnasParams], {"serial.fidelity": fidelity})
+    assert err.value.field == field and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("fidelity", [{"min_steps": 0, "max_steps": 20, "eta": 3},
+                                      {"min_steps": 1, "max_steps": 10**8, "eta": 3},
+                                      {"min_steps": 1, "max_steps": 20, "eta": 1},
+                                      {"min_steps": 1, "max_steps": 20, "eta": 11},
+                                      {"min_steps": 1, "max_steps": 20, "eta": True},
+                                      {"min_steps": 1, "max_steps": 20, "eta": 3, "rungs": 2}])
+def test_fidelity_numbers_out_of_range_and_unknown_keys_are_refused(fidelity) -> None:
+    with pytest.raises(InputError) as err:
+        load_params(SpnasParams, DEMO_FILES[SpnasParams], {"serial.fidelity": fidelity})
+    # the section is named (params/loader.py's _field_path stops at an `X | None` section; one
+    # that unwraps it would name the key itself)
+    assert err.value.field.startswith("serial.fidelity")
+
+
+def test_fidelity_of_gives_the_driver_its_fidelity() -> None:
+    from strategies.halving import Fidelity
+    from tasks.orchestration.search import fidelity_of
+
+    p = load_params(SpnasParams, DEMO_FILES[SpnasParams], {"serial.fidelity": FIDELITY})
+    assert fidelity_of(p.serial) == Fidelity(10, 90, 3) and fidelity_of(p.parallel) is None
+    assert fidelity_of(p.serial).rungs() == [10, 30, 90]

@@ -26,8 +26,10 @@ def test_sanas_end_to_end(ctype, prefect_api, tmp_path: Path) -> None:
     from flows.sanas import sanas
     from latency.measure import tokens_cost
 
-    summary = sanas(params_file="params/sanas.yaml",
-                    overrides={**TINY, "constraint": {"ctype": ctype}, "output_root": str(tmp_path)})
+    overrides = {**TINY, "constraint": {"ctype": ctype}, "output_root": str(tmp_path)}
+    if ctype == "latency":  # the same budget screened in rungs: 1 step each, the best half to 2
+        overrides["search"] = {**TINY["search"], "fidelity": {"min_steps": 1, "max_steps": 2, "eta": 2}}
+    summary = sanas(params_file="params/sanas.yaml", overrides=overrides)
     run = Path(summary["run_dir"])
     report = json.loads((run / "latency_table/latency_report.json").read_text())
     window = json.loads((run / "search/constraint.json").read_text())
@@ -35,6 +37,12 @@ def test_sanas_end_to_end(ctype, prefect_api, tmp_path: Path) -> None:
     limit = window["max"]
     table = read_table(run / "search/output.csv")
     assert 1 <= len(table) <= 3 and set(table["status"]) == {"ok"}
+    if ctype == "latency":
+        assert sorted(table["rung"]) == [0] * (len(table) - len(table) // 2) + [1] * (len(table) // 2)
+        assert (table["train_steps"] == table["rung"] + 1).all()
+        chosen = table[table["chosen"]].iloc[0]
+        assert chosen["rung"] == table["rung"].max()  # only the top rung's scores are compared
+        assert not list((run / "search").glob("ckpt_*.pth"))  # rung checkpoints go when the search ends
     key = "macs" if ctype == "flops" else "predicted_ms"
     assert (table[key] <= limit + 1e-9).all()  # every trained candidate was inside the window
     found = [int(c) for c in summary["found_tokens"]]

@@ -203,3 +203,152 @@ def test_control_runs_beside_the_search_and_is_never_chosen(prefect_api, tmp_pat
     CALLS.clear()
     again = controlled_flow(str(tmp_path), run_id)
     assert CALLS == [] and again["control_resumed"] == 6 and again["report"] == out["report"]
+
+
+# -- multi-fidelity (successive halving) through Prefect: killed mid-rung, resumed ----------------
+
+HALVING_CALLS: list[tuple[str, int, int]] = []   # (search | control, id, rung) of every evaluation run
+HALVING_KILL: dict[str, tuple[int, int] | None] = {"at": None}
+
+
+def _halving_out(candidate: dict, work: Path) -> dict:
+    """A fake candidate trained to candidate["steps"] from its own checkpoint: a score that grows
+    with training and depends on the id; the checkpoint holds the steps it was trained."""
+    cid, rung, steps = candidate["id"], candidate["rung"], candidate["steps"]
+    if candidate["resume_from"] is not None:  # continues where its previous rung stopped
+        assert rung > 0 and Path(candidate["resume_from"]).read_text().startswith(f"{cid}:")
+    else:
+        assert rung == 0
+    ckpt = work / f"ckpt_{cid}_rung{rung}.pth"
+    ckpt.write_text(f"{cid}:{steps}")
+    blocks = len(candidate["code"].replace("-", ""))
+    perf = {"mAP": ((cid * 7919) % 11) / 11 * steps / (steps + 30), "params": blocks * 1000.0, "rung": rung,
+            "train_steps": steps}
+    return {"id": cid, "code": candidate["code"], "performance": perf, "checkpoint": str(ckpt),
+            "model_path": str(ckpt), "files": [str(ckpt)]}
+
+
+@task(persist_result=True, cache_policy=STAGE_CACHE)
+def fake_halving_candidate(candidate: dict, ctx: StageContext) -> dict:
+    origin = "control" if "control" in Path(ctx.work).parts else "search"
+    if origin == "search" and (candidate["id"], candidate["rung"]) == HALVING_KILL["at"]:
+        raise Killed()
+    HALVING_CALLS.append((origin, candidate["id"], candidate["rung"]))
+    return _halving_out(candidate, ctx.work)
+
+
+def _halving_spec(tag: str) -> SearchSpec:
+    from dataclasses import replace
+
+    from strategies.halving import Fidelity
+
+    control = lambda n: SerialSearch(["11-21"], SerialSearchConfig(max_sample=n, max_stages=4, parents="start"), seed=11)
+    # `tag` keeps one test's runs out of another's cache entries (the work folder is not in the key)
+    return replace(_spec(), task=fake_halving_candidate, to_input=lambda c: {"id": c.id, "code": c.code, "tag": tag},
+                   fidelity=Fidelity(5, 45, 3), control=control)
+
+
+def _halving_strategy() -> SerialSearch:
+    return SerialSearch(["11-21"], SerialSearchConfig(max_sample=9, max_stages=4), seed=3)
+
+
+@flow(task_runner=ThreadPoolTaskRunner(max_workers=1))
+def halving_flow(work_dir: str, run_id: str, tag: str) -> dict:
+    from tasks.orchestration.search import choose, finalize, run_control
+
+    strategy, spec = _halving_strategy(), _halving_spec(tag)
+    ctx = StageContext("serial", work_dir, run_id, Runtime())
+    outcome = run_search(strategy, spec, ctx, run_id, refresh=False)
+    run_control(strategy, spec, outcome, ctx, run_id, False, None)
+    best = choose(strategy, {}, "serial")
+    rows = finalize(strategy, spec, outcome, work_dir, best.id, "all", set())
+    history = {cid: [(e["rung"], e["steps"], e["mAP"]) for e in r["rungs"]] for cid, r in outcome.results.items()}
+    return {"rows": rows, "history": history, "chosen": best.id, "train_steps": outcome.train_steps,
+            "screened": outcome.screened, "control_steps": outcome.control.train_steps}
+
+
+def _plain_halving_order(tmp: Path) -> list[list[tuple[int, int]]]:
+    """The evaluation batches of the same search run by `drive` with plain calls (no Prefect)."""
+    from tasks.orchestration.search import drive
+
+    tmp.mkdir()
+    batches: list[list[tuple[int, int]]] = []
+
+    def evaluate(inputs: list[dict]) -> list[dict]:
+        batches.append([(i["id"], i["rung"]) for i in inputs])
+        return [_halving_out(i, tmp) for i in inputs]
+
+    for _ in drive(_halving_strategy(), _halving_spec("plain"), {}, evaluate):
+        pass
+    return batches
+
+
+def test_fidelity_search_resumes_mid_rung_and_never_chooses_the_control(prefect_api, tmp_path: Path) -> None:
+    from tasks.orchestration.tables import read_table
+    from tracking import tracker
+
+    run_id = tracker.start_run(tracker.ensure_experiment("driver-test"), "halving")
+    order = _plain_halving_order(tmp_path / "plain")
+    # die in the first promotion batch of two or more, after its first member finished
+    kill_batch = next(n for n, b in enumerate(order) if b[0][1] > 0 and len(b) > 1)
+    HALVING_KILL["at"] = order[kill_batch][-1]
+    HALVING_CALLS.clear()
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    with pytest.raises(BaseException):
+        halving_flow(str(killed), run_id, "k")
+    done_before = [(cid, r) for b in order[:kill_batch] for cid, r in b] + order[kill_batch][:-1]
+    assert HALVING_CALLS == [("search", cid, r) for cid, r in done_before]
+    saved = json.loads((killed / "search_state.json").read_text())
+    first, rung = order[kill_batch][0]  # finished before the kill, but its batch was never saved
+    assert len(saved["results"][str(first)]["rungs"]) == rung
+
+    HALVING_KILL["at"] = None
+    out = halving_flow(str(killed), run_id, "k")
+    search_calls = [(cid, r) for origin, cid, r in HALVING_CALLS if origin == "search"]
+    # every evaluation ran once, in the plain driver's order: the promotion that finished before
+    # the kill came back from the cache, nothing already told was evaluated again
+    assert search_calls == [(cid, r) for b in order for cid, r in b]
+
+    HALVING_CALLS.clear()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    whole = halving_flow(str(fresh), run_id, "u")  # uninterrupted, its own cache entries
+    assert [(cid, r) for origin, cid, r in HALVING_CALLS if origin == "search"] == search_calls
+    assert json.loads(json.dumps(whole["history"])) == json.loads(json.dumps(out["history"]))
+    assert whole["chosen"] == out["chosen"] and whole["train_steps"] == out["train_steps"]
+
+    rows = out["rows"]
+    search, control = [r for r in rows if r["origin"] == "search"], [r for r in rows if r["origin"] == "control"]
+    assert len(search) == len(control) == 9 and sum(r["chosen"] for r in rows) == 1
+    assert not any(r["chosen"] for r in control)
+    top = max(r["rung"] for r in search)
+    assert top >= 1 and [r for r in search if r["chosen"]][0]["rung"] == top
+    assert all(r["train_steps"] == (5, 15, 45)[r["rung"]] for r in rows)
+    assert any(r["rung"] for r in control)  # the control is screened the same way
+    assert out["screened"] == 9 and out["train_steps"] < 9 * 45 and out["control_steps"] < 9 * 45
+    table = read_table(killed / "output.csv")
+    assert {"rung", "train_steps", "rungs"} <= set(table.columns)
+    assert list(table["rung"]) == [r["rung"] for r in rows]
+
+
+def test_rung_checkpoints_are_dropped_when_the_search_is_over(tmp_path: Path) -> None:
+    from tasks.orchestration.search import SearchOutcome, drop_checkpoints
+
+    results = {}
+    for cid in range(3):
+        ckpts = [tmp_path / f"ckpt_{cid}_r{r}.pth" for r in range(cid + 1)]
+        for c in ckpts:
+            c.write_text("c")
+        weights = tmp_path / f"model_{cid}.pth"
+        weights.write_text("w")
+        results[cid] = {"model_path": str(weights), "checkpoint": str(ckpts[-1]),
+                        "files": [str(weights), *map(str, ckpts)],
+                        "rungs": [{"rung": r, "steps": 10 * 3 ** r, "acc": 0.5, "checkpoint": str(c)}
+                                  for r, c in enumerate(ckpts)]}
+    control = SearchOutcome({0: {"model_path": None, "files": []}}, front=[], resumed_from=0)  # no fidelity rows
+    outcome = SearchOutcome(results, front=[0], resumed_from=0, control=control)
+    assert drop_checkpoints(outcome) == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_0.pth", "model_1.pth", "model_2.pth"]
+    assert all(r["files"] == [r["model_path"]] and "checkpoint" not in r for r in results.values())
+    assert drop_checkpoints(outcome) == 0  # a second call (a resumed finalize) finds nothing to do

@@ -5,7 +5,8 @@ scoring it, measuring it, and what a trained classifier hands to `export` (Train
 Plain functions: no Prefect, no MLflow."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from data.cifar import (CIFAR10_MEAN, CIFAR10_STD, CifarArrays, CifarNormalize, CifarSet, cifar_loaders,
                         read_cifar_batches)
+from core.errors import InputError
 from data.transforms import Preprocess
 from engine.classification import TrainConfig, evaluate, fit
 from latency.flops import count_macs_params
@@ -102,10 +104,16 @@ def train_and_score(model: torch.nn.Module, data: CifarSplit, cfg: ClassifierTra
 
 
 def finetune_and_score(model: torch.nn.Module, data: CifarSplit, steps: int, lr: float, batch_size: int,
-                       seed: int, device: torch.device, convention: str = "rgb") -> float:
+                       seed: int, device: torch.device, convention: str = "rgb", *,
+                       checkpoint: Path | None = None, resume_from: Path | None = None) -> float:
     """A short training at constant lr (a candidate's fine-tune on inherited weights, or a short
-    equal budget from scratch), then val accuracy."""
-    finetune(model, data, steps, lr, batch_size, seed, device, convention)
+    equal budget from scratch), then val accuracy. With `checkpoint` (rungs): `finetune_to`
+    `steps` steps in all, continuing from `resume_from` when given."""
+    if checkpoint is None:
+        finetune(model, data, steps, lr, batch_size, seed, device, convention)
+    else:
+        finetune_to(model, data, steps, lr, batch_size, seed, device, convention, checkpoint=checkpoint,
+                    resume_from=resume_from)
     _, val, _ = loaders(data, batch_size, seed, convention)
     return evaluate(model, val, 1, device=device)["top1"]
 
@@ -133,6 +141,131 @@ def finetune(model: torch.nn.Module, data: CifarSplit, steps: int, lr: float, ba
             take = min(steps - done, len(train))
             train_one_epoch(model, train, optimizer, None, torch.nn.CrossEntropyLoss(), max_steps=take, device=device)
             done += take
+
+
+class _Echo(torch.utils.data.Dataset):
+    """Returns the index it is asked for: a loader over it yields its sampler's order, loading nothing."""
+
+    def __getitem__(self, index: Any) -> Any:
+        return index
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+class FinetuneBatches:
+    """`finetune`'s batch order — pass after pass over the train loader, each a fresh iteration
+    cut at len(loader) batches — with a position a new process can continue from: the shuffle
+    generator's state at the start of the current pass, the batches taken from it and the
+    augmentation generator's state. `seek` replays the pass's index order through a loader over
+    `_Echo` sharing the real loader's sampler and generator (the generator advances exactly as
+    the real pass advanced it, no image is loaded) and loads the untaken rest by index."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        if loader.generator is None or loader.num_workers:
+            raise ValueError("FinetuneBatches needs a loader with its own generator and no workers")
+        self.loader = loader
+        self.passes, self.offset = 0, 0
+        self.pass_start = loader.generator.get_state()
+        self._rest: Any = None
+
+    def _augment_rng(self) -> torch.Generator | None:
+        return getattr(getattr(self.loader.dataset, "transform", None), "generator", None)
+
+    def position(self) -> dict[str, Any]:
+        augment = self._augment_rng()
+        return {"passes": self.passes, "offset": self.offset, "order_rng": self.pass_start.clone(),
+                "augment_rng": None if augment is None else augment.get_state()}
+
+    def seek(self, position: dict[str, Any]) -> None:
+        self.passes, self.offset = int(position["passes"]), int(position["offset"])
+        self.pass_start = position["order_rng"].clone()
+        self.loader.generator.set_state(self.pass_start)
+        if self.offset:
+            replay = DataLoader(_Echo(), batch_size=None, sampler=self.loader.batch_sampler, collate_fn=_identity,
+                                generator=self.loader.generator)
+            rest = list(itertools.islice(replay, len(self.loader)))[self.offset:]
+            # Its own generator: a loader without one would draw its (unused) worker seed from the global RNG.
+            self._rest = DataLoader(self.loader.dataset, batch_sampler=rest, collate_fn=self.loader.collate_fn,
+                                    generator=torch.Generator()) if rest else []
+        augment = self._augment_rng()
+        if augment is not None and position.get("augment_rng") is not None:
+            augment.set_state(position["augment_rng"])
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            if self._rest is not None:
+                batches, self._rest = self._rest, None
+            else:
+                self.pass_start, self.offset = self.loader.generator.get_state(), 0
+                batches = itertools.islice(self.loader, len(self.loader))
+            for batch in batches:
+                self.offset += 1
+                yield batch
+            self.passes += 1
+
+
+FINETUNE_MOMENTUM, FINETUNE_WEIGHT_DECAY = 0.9, 5e-4
+
+
+def finetune_to(model: torch.nn.Module, data: CifarSplit, steps: int, lr: float, batch_size: int, seed: int,
+                device: torch.device, convention: str = "rgb", *, checkpoint: Path,
+                resume_from: Path | None = None) -> dict[str, int]:
+    """`finetune` in stops: train until `steps` steps in all and save the weights (BN statistics
+    included), SGD momentum, the step count, the batch position (`FinetuneBatches`) and the RNG
+    states to `checkpoint`. `resume_from`: an earlier stop's checkpoint of the same fine-tune
+    (lr, batch size, seed, model layout) to continue from — a missing, foreign or further one is
+    an InputError naming `resume_from`; a matching `checkpoint` (this stop, killed after its save)
+    is taken first. Stopping at a and continuing to b gives bit for bit the weights of
+    `finetune(b)` (same batches, same augmentation draws). Returns {"start", "steps"}: the
+    step it began at and the steps it trained."""
+    from engine.classification import train_one_epoch
+    from engine.detection import model_signature, read_checkpoint, restore_checkpoint, save_checkpoint
+    from engine.runtime import model_on, rng_state, set_rng_state
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError("steps", f"must be a positive number of steps, got {steps!r}")
+    train, _, _ = loaders(data, batch_size, seed, convention)
+    with model_on(model, device) as dev:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=FINETUNE_MOMENTUM, weight_decay=FINETUNE_WEIGHT_DECAY)
+        batches = FinetuneBatches(train)
+        config = {"lr": lr, "momentum": FINETUNE_MOMENTUM, "weight_decay": FINETUNE_WEIGHT_DECAY,
+                  "batch_size": batch_size, "seed": seed, "convention": convention,
+                  "batches_per_pass": len(train), "model": model_signature(model)}
+
+        def matching(path: Path, strict: bool) -> dict[str, Any] | None:
+            problem = None
+            try:
+                ckpt = read_checkpoint(path)
+            except InputError as exc:
+                ckpt, problem = None, str(exc)
+            if ckpt is not None and (ckpt.get("config") != config or not {"step", "data", "rng"} <= set(ckpt)):
+                problem = f"{str(path)!r} was written for another fine-tune (lr, batch size, seed or model)"
+            elif ckpt is not None and int(ckpt["step"]) > steps:
+                problem = f"{str(path)!r} is at step {ckpt['step']}, past the stop at {steps}"
+            if problem is None:
+                return ckpt
+            if strict:
+                raise InputError("resume_from", f"{problem}; it cannot be continued.")
+            return None
+
+        ckpt = matching(Path(checkpoint), False) if Path(checkpoint).exists() else None
+        if ckpt is None and resume_from is not None:
+            ckpt = matching(Path(resume_from), True)
+        start = 0
+        if ckpt is not None:
+            restore_checkpoint(ckpt, model, optimizer)
+            batches.seek(ckpt["data"])
+            set_rng_state(ckpt["rng"], dev)
+            start = int(ckpt["step"])
+        if start < steps:
+            train_one_epoch(model, batches, optimizer, None, torch.nn.CrossEntropyLoss(), max_steps=steps - start,
+                            device=dev)
+        save_checkpoint(checkpoint, model, optimizer, None, batches.passes, config,
+                        extra={"step": steps, "data": batches.position(), "rng": rng_state(dev)})
+    return {"start": start, "steps": steps - start}
 
 
 PREDICT_IMAGES = 8

@@ -9,6 +9,11 @@ artifact and table (Pareto members marked), and the Pareto plot in MLflow.
 Started again on the same work folder (same stage key: same inputs and code) it loads the saved
 state and continues: candidates already told are not evaluated again. A candidate that finished
 in a killed batch but was never told comes back from Prefect's result cache.
+
+With `SearchSpec.fidelity` (multi-fidelity, strategies/halving.py) every new candidate trains the
+first rung's steps, and the best 1/eta of each rung continue from their own checkpoint to the
+next, up to max_steps; which promotions are due is read from the saved results alone, so a search
+killed mid-rung resumes like any other.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from prefect.exceptions import MissingContextError
 
 from core.errors import InputError
 from engine.runtime import dask_worker
+from strategies.halving import Fidelity, promotions
 from strategies.pareto import common_reference, hypervolume, objective_vector
 from tasks.orchestration.caching import STAGE_CACHE
 from tasks.orchestration.context import StageContext
@@ -76,6 +82,7 @@ class Strategy(Protocol):
 
     def ask(self, n: int) -> list[Any]: ...
     def tell(self, candidate_id: int, metrics: dict[str, Any] | None) -> None: ...
+    def update(self, candidate_id: int, metrics: dict[str, Any]) -> None: ...
     def pending_ids(self) -> list[int]: ...
     def pareto_ids(self) -> list[int]: ...
     def goals(self) -> tuple[tuple[str, ...], tuple[bool, ...]]: ...
@@ -106,6 +113,16 @@ class SearchSpec:
     # `control: random`: given how many candidates the search evaluated, a strategy of the same
     # space that samples that many at random (its own seed stream); see run_control.
     control: Callable[[int], Any] | None = None
+    # Multi-fidelity screening (successive halving); None = every candidate trains its full
+    # budget in one evaluation, as before. The control (run_control) screens the same way.
+    fidelity: Fidelity | None = None
+
+
+def fidelity_of(section: Any) -> Fidelity | None:
+    """A search params section's `fidelity` (params/models.FidelityParams) as the driver's
+    Fidelity; None when the section has none (params/ may not import strategies/)."""
+    f = getattr(section, "fidelity", None)
+    return None if f is None else Fidelity(f.min_steps, f.max_steps, f.eta)
 
 
 @dataclass(frozen=True)
@@ -199,6 +216,19 @@ class SearchOutcome:
     def ok(self, cid: int) -> bool:
         return self.results[cid].get("status") != "failed"
 
+    @property
+    def screened(self) -> int:
+        """Candidates evaluated (at the first rung with a fidelity), failed ones included."""
+        return len(self.results)
+
+    @property
+    def train_steps(self) -> int | None:
+        """Training steps the search spent with a fidelity (each candidate's highest completed
+        rung's steps; failed evaluations not counted); None without one (every candidate trained
+        the stage's own step budget)."""
+        spent = [r["rungs"][-1]["steps"] for r in self.results.values() if r.get("rungs")]
+        return sum(spent) if spent else None
+
 
 def _rows(spec: SearchSpec, results: dict[int, dict[str, Any]], front: list[int],
           chosen: int | None = None, control: bool | None = None) -> list[dict[str, Any]]:
@@ -208,6 +238,8 @@ def _rows(spec: SearchSpec, results: dict[int, dict[str, Any]], front: list[int]
     on_dask = any(r.get("worker") for r in results.values())  # the column only when a cluster was used
     for cid in sorted(results):
         row = {"id": cid, **spec.row_of(results[cid]), "pareto": cid in front}
+        if spec.fidelity is not None:
+            row |= _rung_fields(results[cid])
         if control:
             row["origin"] = CONTROL
         elif control is not None:
@@ -220,11 +252,39 @@ def _rows(spec: SearchSpec, results: dict[int, dict[str, Any]], front: list[int]
     return rows
 
 
+def _rung_fields(result: dict[str, Any]) -> dict[str, Any]:
+    """A candidate's fidelity columns: its highest completed rung (None: failed at the first),
+    the steps it trained, and its first objective at each rung ("40:0.412 120:0.530")."""
+    rungs = result.get("rungs") or []
+    if not rungs:
+        return {"rung": None, "train_steps": 0, "rungs": ""}
+    first = next((k for k in rungs[0] if k not in ("rung", "steps")), None)
+    return {"rung": rungs[-1]["rung"], "train_steps": rungs[-1]["steps"],
+            "rungs": " ".join(f"{e['steps']}:{e[first]:.4g}" if first else str(e["steps"]) for e in rungs)}
+
+
+def pending_promotions(results: Mapping[int, dict[str, Any]], fidelity: Fidelity, keys: tuple[str, ...],
+                       maximize: tuple[bool, ...]) -> tuple[int, list[int]] | None:
+    """The next promotion batch, (target rung, ids best first), read from the results alone (each
+    successful one's `rungs` history; a failed promotion is marked `promotion_failed`): the
+    lowest target rung first. None when no promotion is due."""
+    history = {cid: r["rungs"] for cid, r in results.items() if r.get("rungs")}
+    tried: dict[int, set[int]] = {}
+    for cid, r in results.items():
+        if r.get("promotion_failed") is not None:
+            tried.setdefault(int(r["promotion_failed"]) - 1, set()).add(cid)
+    due = promotions(history, keys, maximize, fidelity.eta, fidelity.top, tried)
+    return min(due.items()) if due else None
+
+
 def drive(strategy: Strategy, spec: SearchSpec, results: dict[int, dict[str, Any]],
           evaluate: Callable[[list[dict[str, Any]]], list[dict[str, Any] | None]]) -> Iterator[None]:
     """The ask → evaluate → tell loop: yields after every batch, `results` updated in place (a
     failed candidate, evaluated as None, is told None and kept as a "failed" row). `evaluate`
     maps candidate inputs to results: Prefect tasks in run_search, plain calls in benchmarks."""
+    if spec.fidelity is not None:
+        yield from _drive_halving(strategy, spec, spec.fidelity, results, evaluate)
+        return
     while not strategy.done:
         pending = strategy.pending_ids()
         batch = [strategy.candidates[i] for i in pending] if pending else strategy.ask(spec.batch)
@@ -236,6 +296,65 @@ def drive(strategy: Strategy, spec: SearchSpec, results: dict[int, dict[str, Any
             results[cand.id] = out if out else {**inp, "status": "failed"}
             if out and spec.on_result:
                 spec.on_result(out)
+        yield
+
+
+def _drive_halving(strategy: Strategy, spec: SearchSpec, fidelity: Fidelity, results: dict[int, dict[str, Any]],
+                   evaluate: Callable[[list[dict[str, Any]]], list[dict[str, Any] | None]]) -> Iterator[None]:
+    """`drive` with successive halving: due promotions first (each target rung one batch), then
+    new candidates at rung 0; once the strategy is done, promotions until none is due. Doing
+    promotions before asking keeps the order a function of `results` and the strategy's state, so
+    a resumed search takes the same steps as an uninterrupted one."""
+    keys, maximize = strategy.goals()
+    steps = fidelity.rungs()
+
+    def input_at(cand: Any, rung: int) -> dict[str, Any]:
+        resume = results[cand.id].get("checkpoint") if rung else None  # the previous rung's weights
+        return {**spec.to_input(cand), "steps": steps[rung], "rung": rung, "max_steps": fidelity.max_steps,
+                "resume_from": resume}
+
+    def metrics_at(out: dict[str, Any], rung: int) -> dict[str, Any]:
+        return {"rung": rung, "train_steps": steps[rung], **spec.metrics_of(out)}  # the task's own figures win
+
+    def entry(metrics: dict[str, Any], rung: int, out: dict[str, Any]) -> dict[str, Any]:  # per-rung history
+        return {"rung": rung, "steps": steps[rung], **{k: float(metrics[k]) for k in keys},
+                "checkpoint": out.get("checkpoint")}
+
+    while True:
+        due = pending_promotions(results, fidelity, keys, maximize)
+        if due is not None:
+            rung, ids = due
+            _logger().info("%s: promoting %d candidate(s) to rung %d (%d steps)", spec.stage, len(ids), rung,
+                           steps[rung])
+            every = strategy.candidates
+            batch = [every[i] for i in ids]
+            inputs = [input_at(c, rung) for c in batch]
+            for cand, out in zip(batch, evaluate(inputs)):
+                before = results[cand.id]
+                if not out:  # keeps its lower-rung result; never tried again
+                    results[cand.id] = {**before, "promotion_failed": rung}
+                    continue
+                metrics = metrics_at(out, rung)
+                strategy.update(cand.id, metrics)
+                files = list(dict.fromkeys([*before.get("files", []), *out.get("files", [])]))  # every rung's
+                results[cand.id] = {**out, "files": files, "rungs": [*before["rungs"], entry(metrics, rung, out)]}
+                if spec.on_result:
+                    spec.on_result(results[cand.id])
+            yield
+            continue
+        if strategy.done:
+            break
+        pending = strategy.pending_ids()
+        batch = [strategy.candidates[i] for i in pending] if pending else strategy.ask(spec.batch)
+        if not batch:
+            break
+        inputs = [input_at(c, 0) for c in batch]
+        for cand, inp, out in zip(batch, inputs, evaluate(inputs)):
+            metrics = metrics_at(out, 0) if out else None
+            strategy.tell(cand.id, metrics)
+            results[cand.id] = {**out, "rungs": [entry(metrics, 0, out)]} if metrics else {**inp, "status": "failed"}
+            if out and spec.on_result:
+                spec.on_result(results[cand.id])
         yield
 
 
@@ -271,7 +390,9 @@ def run_search(strategy: Strategy, spec: SearchSpec, ctx: StageContext, stage_ru
             progress.update(done / max(1, strategy.budget), done=done, total=strategy.budget, best=best)
 
         best = tracker.Progress.best_of(_rows(spec, results, []), spec.plot[1])
-        return map_candidates(spec.task, inputs, candidate_ctx, refresh=refresh, on_done=finished, **common)
+        promoting = any(inp.get("rung") for inp in inputs)  # progress counts new candidates only
+        return map_candidates(spec.task, inputs, candidate_ctx, refresh=refresh,
+                              on_done=None if promoting else finished, **common)
 
     for _ in drive(strategy, spec, results, evaluate):
         front = strategy.pareto_ids()
@@ -290,7 +411,19 @@ def run_search(strategy: Strategy, spec: SearchSpec, ctx: StageContext, stage_ru
         logger.info("%s search: %d/%d candidates evaluated, front %s", spec.stage, done, strategy.budget, front)
     progress.update(1.0, done=len(results), total=len(results),
                     best=tracker.Progress.best_of(_rows(spec, results, []), spec.plot[1]))
-    return SearchOutcome(results, strategy.pareto_ids(), resumed_from, [str(state_path)])
+    outcome = SearchOutcome(results, strategy.pareto_ids(), resumed_from, [str(state_path)])
+    if spec.fidelity is not None:
+        top = _top_rung(results)
+        logger.info("%s search: %d candidate(s) screened in %d training steps; %d reached rung %s", spec.stage,
+                    outcome.screened, outcome.train_steps or 0,
+                    sum(1 for r in results.values() if r.get("rungs") and r["rungs"][-1]["rung"] == top), top)
+        tracker.log_metrics(stage_run_id, {"screened": outcome.screened, "train_steps": outcome.train_steps or 0})
+    return outcome
+
+
+def _top_rung(results: Mapping[int, dict[str, Any]]) -> int | None:
+    """The highest rung any candidate completed (None: none completed one)."""
+    return max((r["rungs"][-1]["rung"] for r in results.values() if r.get("rungs")), default=None)
 
 
 def run_control(strategy: Strategy, spec: SearchSpec, outcome: SearchOutcome, ctx: StageContext, stage_run_id: str,
@@ -340,11 +473,30 @@ def keep_weights(outcome: SearchOutcome, policy: str, needed: set[int]) -> list[
     return removed
 
 
+def drop_checkpoints(outcome: SearchOutcome) -> int:
+    """Multi-fidelity: delete every rung checkpoint of the search and its control once the search
+    is over (they exist to continue a promotion; model_<id>.pth keeps each candidate's weights).
+    Returns how many files were removed."""
+    removed = 0
+    for o in [outcome] + ([outcome.control] if outcome.control else []):
+        for result in o.results.values():
+            paths = {e.get("checkpoint") for e in result.get("rungs") or []} - {None}
+            for path in paths:
+                if Path(path).exists():
+                    Path(path).unlink()
+                    removed += 1
+            if paths:
+                result["files"] = [f for f in result.get("files", []) if f not in paths]
+                result.pop("checkpoint", None)
+    return removed
+
+
 def finalize(strategy: Strategy, spec: SearchSpec, outcome: SearchOutcome, work_dir: str | Path, chosen: int,
              policy: str, needed: set[int]) -> list[dict[str, Any]]:
     """After the choice: prune weights per `policy`, write the final table (with `chosen`) and
     state. Returns the table rows."""
     work = Path(work_dir)
+    drop_checkpoints(outcome)
     removed = keep_weights(outcome, policy, needed | {chosen})
     if removed:
         _logger().info("%s: removed the weights of %d candidate(s) off the front (keep_weights=%s)",
@@ -362,12 +514,33 @@ def finalize(strategy: Strategy, spec: SearchSpec, outcome: SearchOutcome, work_
     return rows
 
 
+def candidates_at_top_rung(strategy: Any, limits: Mapping[str, float] | None = None) -> list[int] | None:
+    """Multi-fidelity: the ids, among the successful candidates within `limits`, that reached the
+    highest rung any of those reached (told metrics carry `rung`); None without a fidelity or when
+    none is within the limits. Scores of different rungs are not compared: a short-trained
+    candidate could look better than a fully trained one only by chance."""
+    told = {c.id: m for c, m in strategy.history if m is not None}
+    rungs = {cid: told[cid].get("rung") for cid in strategy.within(limits)}
+    if not rungs or all(r is None for r in rungs.values()):
+        return None
+    top = max(r for r in rungs.values() if r is not None)
+    return [cid for cid, r in rungs.items() if r == top]
+
+
+def _best(strategy: Any, limits: dict[str, float] | None) -> Any:
+    top = candidates_at_top_rung(strategy, limits)
+    if top is None:
+        return strategy.best(limits) if limits is not None else strategy.best()
+    return strategy.best(limits, among=top)
+
+
 def choose(strategy: Any, limits: dict[str, float], stage: str) -> Any:
     """The best candidate within `limits`; if none is within them (a limit set below every
-    candidate), the best one overall, with a warning saying so."""
+    candidate), the best one overall, with a warning saying so. With a fidelity, only candidates
+    at the highest rung reached (within the limits, or overall in that fallback) are compared."""
     try:
-        return strategy.best(limits)
+        return _best(strategy, limits)
     except ValueError:
         _logger().warning("%s: no candidate within the limits %s; taking the best one without them",
                           stage, limits)
-        return strategy.best()
+        return _best(strategy, None)

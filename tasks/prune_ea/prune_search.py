@@ -31,8 +31,8 @@ from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.pipeline import candidate_run_name
-from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_task, finalize, own_rows, run_control,
-                                        run_search)
+from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_task, choose, fidelity_of, finalize,
+                                        own_rows, run_control, run_search)
 from tasks.orchestration.tables import write_table
 from tasks.prune_ea.train_base import TrainedBase
 from tracking import tracker
@@ -65,34 +65,65 @@ def calibration_batches(data: CifarSplit, batch_size: int, seed: int) -> Any:
 
 def evaluate_candidate(candidate: dict[str, Any], base: TrainedBase, data: CifarSplit, cfg: PruneSearchParams,
                        batch_size: int, seed: int, runtime: Runtime, out_dir: Path) -> dict[str, Any]:
+    """Prune, re-estimate BN, fine-tune `cfg.finetune_steps` steps, score. In rungs (the driver adds
+    "rung", "steps", "max_steps", "resume_from"): fine-tune until candidate["steps"] steps —
+    at rung 0 after the BN re-estimation, on a promotion from the previous rung's checkpoint
+    (pruned weights and BN statistics, SGD momentum, step count, batch position, RNG; no second
+    re-estimation) — save ckpt_<id>_r<rung>.pth and return it as "checkpoint" (also in "files")."""
     own_seed, device = derive_seed(seed, "prune_ea.prune_search", int(candidate["id"])), resolve_device(runtime.device)
+    rung = None if candidate.get("rung") is None else int(candidate["rung"])
+    resume_from = None if rung is None else candidate.get("resume_from")
     configure_torch(runtime.num_threads, own_seed)
+    # The architecture the mask selects (repaired against the base's weights); a promotion then
+    # overwrites its weights with the checkpoint's.
     pruned = pruned_from_full(load_base(base), candidate["encoding"])
-    # The base model's BN statistics no longer fit once input channels are pruned (a pruned
-    # candidate scores at chance before its fine-tune, and the short fine-tune's score is then
-    # mostly noise): re-estimate them first.
-    recalibrate_bn(pruned, calibration_batches(data, batch_size, own_seed), cfg.bn_recalibration_batches, device)
-    acc = finetune_and_score(pruned, data, cfg.finetune_steps, cfg.finetune_lr, batch_size, own_seed, device)
+    if not resume_from:
+        # The base model's BN statistics no longer fit once input channels are pruned (a pruned
+        # candidate scores at chance before its fine-tune, and the short fine-tune's score is then
+        # mostly noise): re-estimate them first.
+        recalibrate_bn(pruned, calibration_batches(data, batch_size, own_seed), cfg.bn_recalibration_batches, device)
+    ckpt = None
+    if rung is None:
+        acc = finetune_and_score(pruned, data, cfg.finetune_steps, cfg.finetune_lr, batch_size, own_seed, device)
+    else:
+        ckpt = out_dir / f"ckpt_{candidate['id']}_r{rung}.pth"
+        acc = finetune_and_score(pruned, data, int(candidate["steps"]), cfg.finetune_lr, batch_size, own_seed, device,
+                                 checkpoint=ckpt, resume_from=Path(resume_from) if resume_from else None)
     performance = {"acc": acc, **measure(pruned), "kept_bits": candidate["encoding"].count("1")}
+    if rung is not None:
+        performance.update(rung=rung, train_steps=int(candidate["steps"]))
     desc = {"type": "PruneResNet", **pruned.arch}
     files = save_handoff(out_dir, str(candidate["id"]), desc, pruned, performance)
-    return {**candidate, "performance": performance, "desc": desc, "model_path": files[1], "files": files}
+    out = {**candidate, "performance": performance, "desc": desc, "model_path": files[1], "files": files}
+    if ckpt is not None:
+        out.update(checkpoint=str(ckpt), files=[*files, str(ckpt)])
+    return out
+
+
+def _name(candidate: dict[str, Any], base: str) -> str:
+    rung = candidate.get("rung")
+    return f"{base}-r{rung}" if rung else base
 
 
 @candidate_task(name="prune_candidate",
-                task_run_name=candidate_run_name(lambda c: f"prune-{c.get('id', '?')}-g{c.get('generation', '?')}"))
+                task_run_name=candidate_run_name(
+                    lambda c: _name(c, f"prune-{c.get('id', '?')}-g{c.get('generation', '?')}")))
 def prune_candidate_task(candidate: dict[str, Any], base: TrainedBase, data: CifarSplit,
                          search: PruneSearchParams, batch_size: int, seed: int, ctx: StageContext) -> dict[str, Any]:
-    """One pruning candidate; its MLflow run holds the encoding as an artifact (desc_<id>.json),
-    not as a param (up to 1,136 characters)."""
-    name = f"prune-{candidate['id']}"
-    with tracker.child_run(ctx.parent_run_id, name, {"id": candidate["id"], "generation": candidate["generation"]}) as run_id:
+    """One pruning candidate; its MLflow run (prune-<id>, prune-<id>-r<rung> for a promotion) holds
+    the encoding as an artifact (desc_<id>.json), not as a param (up to 1,136 characters)."""
+    name = _name(candidate, f"prune-{candidate['id']}")
+    params = {"id": candidate["id"], "generation": candidate["generation"]}
+    if candidate.get("rung") is not None:
+        params.update(rung=candidate["rung"], steps=candidate["steps"])
+    with tracker.child_run(ctx.parent_run_id, name, params) as run_id:
         out = evaluate_candidate(candidate, base, data, search, batch_size, seed, ctx.runtime, ctx.work)
         tracker.log_metrics(run_id, out["performance"])
         tracker.log_files(run_id, [out["files"][0], out["files"][2]], "candidate")
     perf = out["performance"]
-    get_run_logger().info("candidate %s (generation %s): acc %.4f  MACs %.2fM  params %.3fM", candidate["id"],
-                          candidate["generation"], perf["acc"], perf["macs"] / 1e6, perf["params"] / 1e6)
+    get_run_logger().info("candidate %s (generation %s%s): acc %.4f  MACs %.2fM  params %.3fM", candidate["id"],
+                          candidate["generation"], "" if "rung" not in perf else f", rung {perf['rung']}",
+                          perf["acc"], perf["macs"] / 1e6, perf["params"] / 1e6)
     return out
 
 
@@ -153,12 +184,12 @@ def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneS
                       lambda c: {"id": c.id, "generation": c.generation, "encoding": c.code},
                       lambda r: {k: r["performance"][k] for k in ("acc", "macs", "params")}, _row, ("macs", "acc"),
                       f"PruneEA ResNet-{depth}", table=TABLE, extra_outputs=front_files,
-                      control=control if search.control == "random" else None)
+                      control=control if search.control == "random" else None, fidelity=fidelity_of(search))
     with tracker.child_run(ctx.parent_run_id, "prune_search", {"depth": depth, **search.model_dump()}) as run_id:
         common = dict(base=base, data=data, search=search, batch_size=batch_size, seed=seed)
         outcome = run_search(strategy, spec, ctx, run_id, refresh, **common)
         report = run_control(strategy, spec, outcome, ctx, run_id, refresh, None, **common)
-        best = strategy.best()
+        best = choose(strategy, {}, STAGE)  # with a fidelity: among the candidates at the top rung
         rows = finalize(strategy, spec, outcome, ctx.work, best.id, search.keep_weights, needed=set(strategy.pareto_ids()))
         front = [r for r in own_rows(rows) if r["pareto"]]
         first = [r for r in own_rows(rows) if r["id"] in set(strategy.front_of_generation(0))]

@@ -25,7 +25,8 @@ from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff, write_json
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.pipeline import candidate_run_name
-from tasks.orchestration.search import ControlReport, SearchSpec, candidate_task, finalize, run_control, run_search
+from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_task, choose, fidelity_of, finalize,
+                                        run_control, run_search)
 from tasks.orchestration.tables import write_table
 from tasks.sanas.data import Faces
 from tasks.sanas.latency_table import Latency
@@ -50,34 +51,63 @@ class Searched(StageResult):
 def evaluate_candidate(candidate: dict[str, Any], data: Faces, latency: Latency,
                        search: SanasSearchParams, train: FaceTrainParams, image_size: int, seed: int,
                        runtime: Runtime, out_dir: Path) -> dict[str, Any]:
+    """Train `search.candidate_steps` steps from scratch and score. In rungs (the driver adds
+    "rung", "steps", "max_steps", "resume_from"): train until candidate["steps"] steps of a
+    candidate["max_steps"]-step schedule — from scratch at rung 0, from the previous rung's
+    checkpoint on a promotion — save ckpt_<id>_r<rung>.pth and return it as "checkpoint" (also
+    in "files")."""
     started = time.perf_counter()
-    model, scores = train_tokens(candidate["tokens"], data, train, search.candidate_steps, image_size,
-                                 derive_seed(seed, "sanas.search", int(candidate["id"])), runtime)
-    performance = {**scores, **cost(candidate["tokens"], latency, image_size), "train_steps": search.candidate_steps,
+    rung = None if candidate.get("rung") is None else int(candidate["rung"])
+    steps = search.candidate_steps if rung is None else int(candidate["steps"])
+    own_seed = derive_seed(seed, "sanas.search", int(candidate["id"]))
+    ckpt = None
+    if rung is None:
+        model, scores = train_tokens(candidate["tokens"], data, train, steps, image_size, own_seed, runtime)
+    else:
+        ckpt = out_dir / f"ckpt_{candidate['id']}_r{rung}.pth"
+        resume_from = candidate.get("resume_from")
+        model, scores = train_tokens(candidate["tokens"], data, train, steps, image_size, own_seed, runtime, ckpt,
+                                     total=int(candidate.get("max_steps") or steps),
+                                     resume_from=Path(resume_from) if resume_from else None)
+    performance = {**scores, **cost(candidate["tokens"], latency, image_size), "train_steps": steps,
                    "train_seconds": round(time.perf_counter() - started, 2)}
+    if rung is not None:
+        performance["rung"] = rung
     desc = {"type": "BlazeFace", **model.arch}
     files = save_handoff(out_dir, str(candidate["id"]), desc, model, performance)
     structure = out_dir / f"structure_{candidate['id']}.txt"
     structure.write_text(describe(candidate["tokens"]) + "\n")
-    return {**candidate, "performance": performance, "desc": desc, "model_path": files[1],
-            "files": [*files, str(structure)]}
+    out = {**candidate, "performance": performance, "desc": desc, "model_path": files[1],
+           "files": [*files, str(structure)]}
+    if ckpt is not None:
+        out.update(checkpoint=str(ckpt), files=[*out["files"], str(ckpt)])
+    return out
+
+
+def _name(candidate: dict[str, Any], base: str) -> str:
+    rung = candidate.get("rung")
+    return f"{base}-r{rung}" if rung else base
 
 
 @candidate_task(name="sanas_candidate",
-                task_run_name=candidate_run_name(lambda c: f"sa-{c.get('id', '?')}-{''.join(map(str, c.get('tokens', [])))}"))
+                task_run_name=candidate_run_name(
+                    lambda c: _name(c, f"sa-{c.get('id', '?')}-{''.join(map(str, c.get('tokens', [])))}")))
 def sanas_candidate_task(candidate: dict[str, Any], data: Faces, latency: Latency,
                          search: SanasSearchParams, train: FaceTrainParams, image_size: int, seed: int,
                          ctx: StageContext) -> dict[str, Any]:
-    """One SA step's candidate; its MLflow run holds the tokens, the structure printout (describe)
-    as an artifact, MACs, params, predicted latency and AP@0.5."""
+    """One SA step's candidate; its MLflow run (sa-<id>, sa-<id>-r<rung> for a promotion) holds the
+    tokens, the structure printout (describe) as an artifact, MACs, params, predicted latency and AP@0.5."""
     tokens = "".join(map(str, candidate["tokens"]))
-    with tracker.child_run(ctx.parent_run_id, f"sa-{candidate['id']}",
-                           {"id": candidate["id"], "tokens": tokens, "temperature": candidate["temperature"]}) as run_id:
+    params = {"id": candidate["id"], "tokens": tokens, "temperature": candidate["temperature"]}
+    if candidate.get("rung") is not None:
+        params.update(rung=candidate["rung"], steps=candidate["steps"])
+    with tracker.child_run(ctx.parent_run_id, _name(candidate, f"sa-{candidate['id']}"), params) as run_id:
         out = evaluate_candidate(candidate, data, latency, search, train, image_size, seed, ctx.runtime, ctx.work)
         tracker.log_metrics(run_id, out["performance"])
-        tracker.log_files(run_id, out["files"], "candidate")
+        tracker.log_files(run_id, [f for f in out["files"] if f != out.get("checkpoint")], "candidate")
     perf = out["performance"]
-    get_run_logger().info("SA step %s tokens %s: AP@0.5 %.4f  MACs %.2fM  predicted %.3f ms", candidate["id"], tokens,
+    get_run_logger().info("SA step %s tokens %s%s: AP@0.5 %.4f  MACs %.2fM  predicted %.3f ms", candidate["id"], tokens,
+                          "" if "rung" not in perf else f" rung {perf['rung']}",
                           perf["AP50"], perf["macs"] / 1e6, perf["predicted_ms"])
     return out
 
@@ -125,25 +155,30 @@ def sanas_search(data: Faces, latency: Latency, constraint: Window, search: Sana
                                  "skipped_before": k.skipped_before},
                       lambda r: {"reward": r["performance"]["AP50"], "macs": r["performance"]["macs"]}, _row,
                       ("macs", "AP50"), f"SANAS ({c.ctype} in [{c.min}, {c.max}] {c.unit})",
-                      extra_outputs=trace_file, control=control if search.control == "random" else None)
+                      extra_outputs=trace_file, control=control if search.control == "random" else None,
+                      fidelity=fidelity_of(search))
     window_params = {f"constraint_{k}": v for k, v in c.to_dict().items()}
     with tracker.child_run(ctx.parent_run_id, STAGE, {**search.model_dump(), **window_params}) as run_id:
         common = dict(data=data, latency=latency, search=search, train=train, image_size=image_size, seed=seed)
         outcome = run_search(strategy, spec, ctx, run_id, refresh, **common)
         report = run_control(strategy, spec, outcome, ctx, run_id, refresh, None, **common)
-        best_id = next(k.id for k in strategy.candidates if list(k.tokens) == list(strategy.best_tokens))
+        if spec.fidelity is None:
+            best_id = next(k.id for k in strategy.candidates if list(k.tokens) == list(strategy.best_tokens))
+        else:  # annealing remembers rung-0 rewards; the winner is the best of the top rung
+            best_id = choose(strategy, {}, STAGE).id
+        best_tokens = list(strategy.candidates[best_id].tokens)
+        best_reward = float(outcome.results[best_id]["performance"]["AP50"])
         rows = finalize(strategy, spec, outcome, ctx.work, best_id, "best", needed=set())
-        structure = describe(strategy.best_tokens)
+        structure = describe(best_tokens)
         path = ctx.work / "best_structure.txt"
         path.write_text(structure + "\n")
         outcome.files += [str(path), str(window_file)]
         tracker.log_files(run_id, outcome.files, STAGE)
         tracker.log_metrics(run_id, {"evaluated": len(outcome.results), "skipped_outside_constraint": strategy.skipped,
-                                     "accepted": strategy.accepted_count, "best_AP50": strategy.best_reward})
-    tracker.publish_markdown("sanas-structure", f"```\n{structure}\n```",
-                             f"found BlazeFace structure (tokens {list(strategy.best_tokens)})")
+                                     "accepted": strategy.accepted_count, "best_AP50": best_reward})
+    tracker.publish_markdown("sanas-structure", f"```\n{structure}\n```", f"found BlazeFace structure (tokens {best_tokens})")
     logger.info("SANAS: %d candidates trained, %d proposals outside the constraint skipped untrained, %d accepted; "
                 "best tokens %s (AP@0.5 %.4f)\n%s", len(outcome.results), strategy.skipped, strategy.accepted_count,
-                list(strategy.best_tokens), strategy.best_reward, structure)
-    return Searched(rows=tuple(rows), best_tokens=tuple(strategy.best_tokens), best_reward=strategy.best_reward,
+                best_tokens, best_reward, structure)
+    return Searched(rows=tuple(rows), best_tokens=tuple(best_tokens), best_reward=best_reward,
                     skipped=strategy.skipped, structure=structure, control=report, files=tuple(outcome.files))

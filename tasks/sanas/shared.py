@@ -129,14 +129,20 @@ def optim_of(train: FaceTrainParams) -> DetectorOptim:
 
 
 def train_tokens(tokens: list[int], data: FaceFiles, train: FaceTrainParams, steps: int, image_size: int,
-                 seed: int, runtime: Runtime, checkpoint: Path | None = None) -> tuple[Any, dict[str, float]]:
-    """A BlazeFace of `tokens` trained `steps` steps from scratch; (model, AP scores on val)."""
+                 seed: int, runtime: Runtime, checkpoint: Path | None = None, *, total: int | None = None,
+                 resume_from: Path | None = None) -> tuple[Any, dict[str, float]]:
+    """A BlazeFace of `tokens` trained `steps` steps from scratch; (model, AP scores on val).
+
+    `total` (rungs): the schedule's length when only its first `steps` steps are trained now
+    (default `steps`); `resume_from`: an earlier stop's `checkpoint` to continue from (see
+    engine.detector_fit.fit_steps: continuing equals one uninterrupted run of the schedule)."""
     configure_torch(runtime.num_threads, seed)
     device = resolve_device(runtime.device)
     model = build_from_tokens(tokens, image_size=image_size)
     train_set = load_coco(Path(data.train_images), Path(data.train_json))
     val_set = load_coco(Path(data.val_images), Path(data.val_json))
-    losses = fit_steps(model, train_loader(train_set, train.batch_size, seed), steps, optim_of(train), device=device,
-                       checkpoint=checkpoint)
+    losses = fit_steps(model, train_loader(train_set, train.batch_size, seed), steps if total is None else total,
+                       optim_of(train), device=device, checkpoint=checkpoint,
+                       stop_at=None if total is None else steps, resume_from=resume_from)
     scores = score(model, val_set, device=device)
     return model, {"AP50": scores["mAP50"], "AP": scores["mAP"], "final_loss": losses.get("loss")}

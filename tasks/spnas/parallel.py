@@ -20,8 +20,8 @@ from params.models import DetectorModel, DetectorTrainParams, ParallelSearchPara
 from strategies.parallel import ParallelSearch
 from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
-from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_files, choose, finalize, run_control,
-                                        run_search)
+from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_files, choose, fidelity_of,
+                                        finalize, run_control, run_search)
 from tasks.spnas.detectors import desc_for, limits_of, size_gate
 from tasks.spnas.fine_tune import FineTuned
 from tasks.spnas.reignite import Reignited
@@ -86,7 +86,7 @@ def parallel_setup(data: Split, base: Reignited, start: FineTuned, model: Detect
 
     spec = SearchSpec(STAGE, train_candidate_task, parallel.batch, to_input, objectives, _row, ("macs", "mAP"),
                       "SpNasP: neck codes (0 = no extra sub-networks)",
-                      control=control if parallel.control == "random" else None)
+                      control=control if parallel.control == "random" else None, fidelity=fidelity_of(parallel))
     return search, spec, limits, cost
 
 
@@ -98,7 +98,7 @@ def parallel_search(data: Split, base: Reignited, start: FineTuned, model: Detec
     search, spec, limits, cost = parallel_setup(data, base, start, model, parallel, seed)
     with tracker.child_run(ctx.parent_run_id, "parallel_search",
                            {**parallel.model_dump(), "extra_macs_per_stage": cost, "limits": limits}) as run_id:
-        common = dict(data=data, optimizer=optimizer, steps=parallel.candidate_steps, seed=seed, stage=STAGE)
+        common = dict(data=data, optimizer=optimizer, steps=parallel.full_steps, seed=seed, stage=STAGE)
         outcome = run_search(search, spec, ctx, run_id, refresh, **common)
         report = run_control(search, spec, outcome, ctx, run_id, refresh, limits, **common)
         if not outcome.ok(0):

@@ -20,8 +20,8 @@ from params.models import DetectorModel, DetectorTrainParams, SerialSearchParams
 from strategies.serial import SerialSearch, SerialSearchConfig
 from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
-from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_files, choose, finalize, own_rows,
-                                        run_control, run_search)
+from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_files, choose, fidelity_of,
+                                        finalize, own_rows, run_control, run_search)
 from tasks.spnas.detectors import desc_for, limits_of, size_gate
 from tasks.spnas.fine_tune import FineTuned
 from tasks.spnas.split import Split
@@ -89,7 +89,7 @@ def serial_setup(data: Split, start: FineTuned, model: DetectorModel, serial: Se
 
     spec = SearchSpec(STAGE, train_candidate_task, serial.batch, to_input, objectives, _row, ("params", "mAP"),
                       "SpNasS: backbone codes", on_result=remember,
-                      control=control if serial.control == "random" else None)
+                      control=control if serial.control == "random" else None, fidelity=fidelity_of(serial))
     return search, spec, limits
 
 
@@ -99,7 +99,7 @@ def serial_search(data: Split, start: FineTuned, model: DetectorModel, optimizer
     logger = get_run_logger()
     search, spec, limits = serial_setup(data, start, model, serial, seed)
     with tracker.child_run(ctx.parent_run_id, "serial_search", {**serial.model_dump(), "limits": limits}) as run_id:
-        common = dict(data=data, optimizer=optimizer, steps=serial.candidate_steps, seed=seed, stage=STAGE)
+        common = dict(data=data, optimizer=optimizer, steps=serial.full_steps, seed=seed, stage=STAGE)
         outcome = run_search(search, spec, ctx, run_id, refresh, **common)
         report = run_control(search, spec, outcome, ctx, run_id, refresh, limits, **common)
         best = choose(search, limits, STAGE)
