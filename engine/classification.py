@@ -157,13 +157,22 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
             history.append(metrics)
             if checkpoint_path is not None:
                 # The shuffling generator's state now is the next epoch's order: a resume restores it.
-                gen = train_loader.generator
+                gen, augment = train_loader.generator, augment_generator(train_loader)
                 save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, config,
                                 extra={"history": history, "rng": rng_state(dev),
-                                       "loader_rng": gen.get_state() if gen is not None else None})
+                                       "loader_rng": gen.get_state() if gen is not None else None,
+                                       "augment_rng": augment.get_state() if augment is not None else None})
             if on_epoch is not None:
                 on_epoch(metrics)
     return history
+
+
+def augment_generator(loader: DataLoader) -> torch.Generator | None:
+    """The generator of the training set's own transform when it has one (data.cifar's
+    CifarAugment draws crops and flips from it, not from the global RNG): saved with every
+    checkpoint and restored on resume, so a resumed run sees the same augmentations."""
+    generator = getattr(getattr(loader.dataset, "transform", None), "generator", None)
+    return generator if isinstance(generator, torch.Generator) else None
 
 
 def _resume(path: Path, config: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -183,5 +192,8 @@ def _resume(path: Path, config: dict[str, Any], model: nn.Module, optimizer: tor
     set_rng_state(ckpt["rng"], device)  # augmentation and dropout draw from these
     if ckpt["loader_rng"] is not None and train_loader.generator is not None:
         train_loader.generator.set_state(ckpt["loader_rng"])
+    augment = augment_generator(train_loader)
+    if augment is not None and ckpt.get("augment_rng") is not None:
+        augment.set_state(ckpt["augment_rng"])
     log.info("resuming %s after epoch %d of %d", path, ckpt["epoch"], config["train"]["epochs"])
     return int(ckpt["epoch"]), list(ckpt["history"])

@@ -288,20 +288,34 @@ class _Noisy(Dataset):
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(24, 6, generator=g)
         self.y = torch.randint(0, 3, (24,), generator=g)
+        self.transform = None
 
     def __len__(self) -> int:
         return len(self.y)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[i] + 0.1 * torch.randn(6), self.y[i]
+        x = self.x[i] + 0.1 * torch.randn(6)
+        return (x if self.transform is None else self.transform(x)), self.y[i]
+
+
+class _Jitter:
+    """An augmentation with its own generator, like data.cifar.CifarAugment."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.3 * torch.randn(x.shape, generator=self.generator)
 
 
 def _classify(cfg: TrainConfig, checkpoint: Path | None, kill_after: int | None = None,
-              model_seed: int = 0) -> tuple[nn.Module, list[dict[str, float]], list[int]]:
+              model_seed: int = 0, augment: bool = False) -> tuple[nn.Module, list[dict[str, float]], list[int]]:
     torch.manual_seed(model_seed)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
     torch.manual_seed(99)
-    train = DataLoader(_Noisy(), batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(3))
+    data = _Noisy()
+    data.transform = _Jitter(7) if augment else None
+    train = DataLoader(data, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(3))
     val = DataLoader(_Noisy(), batch_size=8)
     epochs: list[int] = []
 
@@ -330,6 +344,17 @@ def test_classifier_fit_resume_equals_uninterrupted(tmp_path: Path) -> None:
     resumed, resumed_history, epochs = _classify(cfg, ckpt, model_seed=1)
     assert epochs == [3, 4]
     assert resumed_history == history  # the two finished epochs come back from the checkpoint
+    assert _same_weights(resumed, straight)
+
+
+def test_classifier_fit_resume_restores_the_augmentation_generator(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=3, learning_rate=0.05)
+    straight, history, _ = _classify(cfg, None, augment=True)
+    ckpt = tmp_path / "aug.pth"
+    _classify(cfg, ckpt, kill_after=1, augment=True)
+    assert read_checkpoint(ckpt)["augment_rng"] is not None
+    resumed, resumed_history, epochs = _classify(cfg, ckpt, model_seed=1, augment=True)
+    assert epochs == [2, 3] and resumed_history == history
     assert _same_weights(resumed, straight)
 
 
