@@ -27,6 +27,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         shutil.rmtree(_HOME, ignore_errors=True)
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (modules that compare weights bit for bit use it):
+    bitwise-repeatable CPU kernels, and a fair share of the machine's cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def spnas_home() -> Path:
     return _HOME

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,11 @@ from core.errors import InputError
 from engine.detection import read_checkpoint
 from params.models import Runtime
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 RUNTIME = Runtime(device="cpu", num_threads=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _weights(path: str) -> dict[str, torch.Tensor]:

@@ -20,6 +20,8 @@ from engine.detector_fit import DetectorOptim, LoaderCycle, fit_steps, latency_m
 from engine.runtime import model_on, resolve_device
 from nas_models.detector import build_detector
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 STEPS = 7  # 16 images in batches of 4: 4 steps a pass, so a run crosses a pass boundary
 OPTIM = DetectorOptim(learning_rate=0.01, batch_size=4, warmup_steps=2)
 
@@ -28,13 +30,6 @@ class Killed(Exception):
     """Stands in for the process dying right after a step (its checkpoint already written)."""
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Bitwise-repeatable CPU kernels, and a fair share of the machine's cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # -- device ---------------------------------------------------------------------------------
