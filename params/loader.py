@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -230,8 +231,15 @@ def _field_path(model_cls: type[BaseModel] | None, loc: tuple[Any, ...]) -> tupl
             path.append(str(part))  # an unknown key: name it as given
             break
         path.append(str(part))
-        current = fields[part].annotation
+        current = _section_type(fields[part].annotation)
     return tuple(path)
+
+
+def _section_type(annotation: Any) -> Any:
+    """A field's type for walking on: an optional section (`Section | None`) is that section,
+    so an error inside it is named down to its own field (`serial.fidelity.eta`)."""
+    models = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return models[0] if len(models) == 1 else annotation
 
 
 def describe_validation_error(exc: ValidationError, model_cls: type[BaseModel] | None = None) -> tuple[str, str]:

@@ -260,18 +260,22 @@ def test_fidelity_errors_name_the_field(fidelity, field) -> None:
     assert err.value.field == field and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("fidelity", [{"min_steps": 0, "max_steps": 20, "eta": 3},
-                                      {"min_steps": 1, "max_steps": 10**8, "eta": 3},
-                                      {"min_steps": 1, "max_steps": 20, "eta": 1},
-                                      {"min_steps": 1, "max_steps": 20, "eta": 11},
-                                      {"min_steps": 1, "max_steps": 20, "eta": True},
-                                      {"min_steps": 1, "max_steps": 20, "eta": 3, "rungs": 2}])
-def test_fidelity_numbers_out_of_range_and_unknown_keys_are_refused(fidelity) -> None:
+@pytest.mark.parametrize("fidelity, field", [({"min_steps": 0, "max_steps": 20, "eta": 3}, "min_steps"),
+                                             ({"min_steps": 1, "max_steps": 10**8, "eta": 3}, "max_steps"),
+                                             ({"min_steps": 1, "max_steps": 20, "eta": 1}, "eta"),
+                                             ({"min_steps": 1, "max_steps": 20, "eta": 11}, "eta"),
+                                             ({"min_steps": 1, "max_steps": 20, "eta": True}, "eta"),
+                                             ({"min_steps": 1, "max_steps": 20, "eta": 3, "rungs": 2}, "rungs")])
+def test_fidelity_numbers_out_of_range_and_unknown_keys_are_refused(fidelity, field) -> None:
     with pytest.raises(InputError) as err:
         load_params(SpnasParams, DEMO_FILES[SpnasParams], {"serial.fidelity": fidelity})
-    # the section is named (params/loader.py's _field_path stops at an `X | None` section; one
-    # that unwraps it would name the key itself)
-    assert err.value.field.startswith("serial.fidelity")
+    assert err.value.field == f"serial.fidelity.{field}"  # named inside the optional section
+
+
+def test_errors_inside_an_optional_section_name_its_field() -> None:
+    with pytest.raises(InputError) as err:
+        load_params(SposParams, DEMO_FILES[SposParams], {"supernet.warm_start.reference_steps": -1})
+    assert err.value.field == "supernet.warm_start.reference_steps"
 
 
 def test_fidelity_of_gives_the_driver_its_fidelity() -> None:
