@@ -223,3 +223,44 @@ def test_fit_predictor_wiring(tmp_path: Path, monkeypatch) -> None:
     assert (tmp_path / "blazeface-128px.predictor.json").is_file()
     assert all(len(h["tokens"]) == 9 for h in pred.holdout)
     assert np.isfinite(acc["rmse_ms"])
+
+
+def test_fit_predictor_retest_measures_the_holdout_twice(tmp_path: Path, monkeypatch) -> None:
+    calls: list[int] = []
+
+    def fake_table(ops, cache_dir, space_id, *args, **kwargs):
+        table = LatencyTable({key_of(op): 0.001 + 1e-6 * (hash(key_of(op)) % 997) for op in ops})
+        table.save(Path(cache_dir) / f"{space_id}.txt")
+        return table
+
+    def fake_networks(models, *args, **kwargs):
+        calls.append(len(models))
+        slow = 1.3 if len(calls) > 1 else 1.0  # the second session runs 30 % slower: a noisy machine
+        return {name: slow * (0.1 + 0.001 * len(name)) for name in models}
+
+    monkeypatch.setattr(predictor_mod, "build_table", fake_table)
+    monkeypatch.setattr(predictor_mod, "measure_networks_ms", fake_networks)
+    pred = predictor_mod.fit_predictor(tmp_path, n_fit=12, n_holdout=6, min_holdout=6, progress=False,
+                                       retest=True)
+    assert calls == [18, 6]  # everything once, then the held-out networks only
+    retest = pred.accuracy["retest"]
+    assert retest["n"] == 6 and retest["test_retest"]["within_10pct"] == 0.0
+    assert retest["verdict"].startswith("not judged")
+    assert all(h["retest_ms"] > h["measured_ms"] for h in pred.holdout)
+
+
+def test_retest_and_verdict() -> None:
+    first = {f"n{i}": 1.0 + i / 10 for i in range(10)}
+    second = {k: v * (1.05 if i % 2 else 0.97) for i, (k, v) in enumerate(first.items())}
+    predicted = {k: v * (1.2 if i < 3 else 1.0) for i, (k, v) in enumerate(first.items())}  # 3 misses
+    check = predictor_mod.retest_of(first, second, predicted)
+    assert check["test_retest"]["within_10pct"] == 1.0
+    assert check["predictor_vs_first"]["within_10pct"] == pytest.approx(0.7)
+    assert check["median_abs_rel_change"] == pytest.approx(0.04)
+    assert predictor_mod.verdict_of(check).startswith("30 points below the ceiling")
+    level = predictor_mod.retest_of(first, second, first)
+    assert predictor_mod.verdict_of(level).startswith("at the ceiling")
+    noisy = predictor_mod.retest_of(first, {k: 1.5 * v for k, v in first.items()}, first)
+    assert predictor_mod.verdict_of(noisy).startswith("not judged")
+    with pytest.raises(InputError, match="retest"):
+        predictor_mod.retest_of(first, {"other": 1.0})
