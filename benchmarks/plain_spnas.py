@@ -27,6 +27,7 @@ from tasks.orchestration.tables import write_table
 from tasks.spnas import parallel as par
 from tasks.spnas import serial as ser
 from tasks.spnas.data import detection_sources
+from tasks.spnas.detectors import size_limits
 from tasks.spnas.export import export_stage
 from tasks.spnas.fine_tune import fine_tune_detector
 from tasks.spnas.fine_tune import FineTuned
@@ -88,7 +89,7 @@ def serial_plain(p: SpnasParams, data: Split, start: FineTuned, runtime: Runtime
     best, rows = finish_search(search, spec, outcome, work, limits, cfg.keep_weights)
     kinds = sorted({k for r in rows for k in str(r["mutations"]).split("+") if k})
     return ser.SerialSearched(best=outcome.results[best.id], rows=tuple(rows), mutation_kinds=tuple(kinds),
-                              limits=limits)
+                              limits=size_limits(limits), max_latency_ms=cfg.max_latency_ms)
 
 
 def parallel_plain(p: SpnasParams, data: Split, base: Reignited, start: FineTuned,
@@ -102,7 +103,7 @@ def parallel_plain(p: SpnasParams, data: Split, base: Reignited, start: FineTune
         raise RuntimeError("the reignited net (candidate 0) failed to train in the parallel stage")
     best, rows = finish_search(search, spec, outcome, work, limits, cfg.keep_weights)
     return par.ParallelSearched(best=outcome.results[best.id], rows=tuple(rows), extra_macs_per_stage=tuple(cost),
-                                limits=limits)
+                                limits=size_limits(limits), max_latency_ms=cfg.max_latency_ms)
 
 
 def run_spnas_plain(p: SpnasParams, run_dir: Path, clock: StageClock) -> dict[str, Any]:

@@ -17,6 +17,11 @@ over the limit or a repeat is retried, with a cap, so a generation may come out 
 The next generation is made only once every path of the current one has been told, so the
 proposals never depend on how the driver batches its asks.
 
+A caller may also pass `fits(choices)` (e.g. a measured-latency limit): a draw within the MACs
+limit that `fits` refuses is dropped the same way (counted in `rejected_over_limit` and in
+`skipped`, never evaluated). `fits` is costly (a measurement), so a generation stops drawing
+after `FITS_TRIES` refusals per wanted path and settles for fewer.
+
 The MACs of a path come from a caller-supplied `macs_of(choices)` (a per-op lookup table in
 SPOS); it is not part of the state, so give the restoring search the same one. Pure Python:
 no torch, Prefect or MLflow.
@@ -39,6 +44,8 @@ ORIGINS = ("random", "mutation", "crossover")
 # until it is full, which may need many draws under a tight limit, so it gets more.
 RANDOM_TRIES = 1000
 OFFSPRING_TRIES = 10
+# Refusals by `fits` allowed per wanted path in one fill (each costs a latency measurement).
+FITS_TRIES = 5
 
 MacsOf = Callable[[list[int]], int]
 
@@ -108,7 +115,10 @@ class EvolutionSearch(AskTellSearch[EvolutionCandidate]):
         crossover_count: int = 25,
         generations: int = 20,
         min_macs: int | None = None,
+        fits: Callable[[list[int]], bool] | None = None,
     ) -> None:
+        """`fits(choices)`: whether a path within the MACs limit is within the caller's other
+        limits (module doc); checked after the MACs limit, once per distinct path."""
         if not callable(macs_of):
             raise InputError("macs_of", "must be a function choices -> MACs (e.g. a lookup-table sum)")
         self.num_blocks = _check_int("search.num_blocks", num_blocks, 1)
@@ -135,7 +145,7 @@ class EvolutionSearch(AskTellSearch[EvolutionCandidate]):
                                                       f"the smallest path has {min_macs} MACs, got {macs_limit}")
         self.macs_limit = macs_limit
         self.macs_of = macs_of
-        super().__init__(seed)
+        super().__init__(seed, fits)
         self._generation = -1                     # index of the current generation
         self._gen_start: list[int] = []           # first candidate id of each generation
         self._queue: list[dict[str, Any]] = []    # made for the current generation, not handed out yet
@@ -205,9 +215,9 @@ class EvolutionSearch(AskTellSearch[EvolutionCandidate]):
 
     def _fill(self, planned: list[dict[str, Any]], g: int, wanted: int, tries: int,
               make: Callable[[], tuple[list[int], str, list[int]]], counts: dict[str, int]) -> None:
-        made = 0
+        made = refused = 0
         for _ in range(wanted * tries):
-            if made == wanted:
+            if made == wanted or refused >= wanted * FITS_TRIES:
                 return
             choices, origin, parents = make()
             key = tuple(choices)
@@ -218,6 +228,10 @@ class EvolutionSearch(AskTellSearch[EvolutionCandidate]):
             macs = self._macs(choices)
             if self.macs_limit is not None and macs > self.macs_limit:
                 counts["over"] += 1
+                continue
+            if not self._admit(choices):
+                counts["over"] += 1
+                refused += 1
                 continue
             self._seen.add(key)
             planned.append({"generation": g, "choices": choices, "macs": macs, "origin": origin, "parents": parents})

@@ -1,9 +1,10 @@
 """PruneEA: NSGA-III channel-pruning search over a 0/1 encoding, as ask/tell.
 
 Vega's PruneEA (seed 003): one bit per prunable output channel (1 keep, 0 prune), a search
-for the Pareto front of [MACs, 1 - accuracy] (optionally params too, all minimized) with
-pymoo's NSGA-III. pymoo does the evolution; this module only adapts it to the project's
-ask/tell driver (tasks/orchestration/search.py), which evaluates candidates elsewhere.
+for the Pareto front of [MACs, 1 - accuracy] (optionally params too, all minimized; or the
+measured latency in place of MACs, told as "latency_ms") with pymoo's NSGA-III. pymoo does the
+evolution; this module only adapts it to the project's ask/tell driver
+(tasks/orchestration/search.py), which evaluates candidates elsewhere.
 
 Generations (Vega's accounting, 64 + 31 x 32 = 1,056 evaluations for its seed table):
 
@@ -23,11 +24,20 @@ mutation="bitflip"), pymoo's `TwoPointCrossover`, `NSGA3` with Das-Dennis refere
 directions, and `NeverRepeat`, a duplicate elimination that also rejects every encoding
 asked earlier in the run, so nothing is evaluated twice.
 
+Limits (`fits`, e.g. a measured-latency limit): an encoding pymoo makes that `fits` refuses is
+never handed out (so never trained); it is counted (`skipped`) and told to pymoo as infeasible
+(constraint 1 > 0, the worst objective values), like a failed candidate, so NSGA-III's
+constrained tournament and survival steer the next generations away from it. A generation can
+therefore hand out fewer candidates than pymoo made; a generation whose every encoding is
+refused is passed on to pymoo at the next ask.
+
 State: `state_dict()` is plain JSON (settings, candidates, told metrics). pymoo's internal
 state is not pickled: `load_state_dict` rebuilds it by replaying the recorded generations
 through a fresh, identically seeded NSGA-III (cheap: no evaluation happens) and checks that
 every replayed encoding equals the recorded one, so a restored search continues exactly
 as an uninterrupted one would, or fails loudly (different pymoo version, different repair).
+The replay trusts the saved `fits` decisions (refused encodings are in the state; the rest were
+admitted) and calls `fits` for none of them: a measured figure may differ on a second look.
 Pure Python/numpy/pymoo: no torch, Prefect or MLflow.
 """
 from __future__ import annotations
@@ -39,7 +49,7 @@ from typing import Any
 
 import numpy as np
 import pymoo
-from pymoo.algorithms.moo.nsga3 import NSGA3, comp_by_cv_then_random
+from pymoo.algorithms.moo.nsga3 import NSGA3
 from pymoo.core.duplicate import DuplicateElimination
 from pymoo.core.mutation import Mutation
 from pymoo.core.population import Population
@@ -57,8 +67,10 @@ from .ask_tell import AskTellSearch
 from .pareto import objective_vector, pareto_front
 
 # Objective name -> the metric it is computed from. All objectives are minimized by pymoo.
-OBJECTIVE_METRIC = {"macs": "macs", "error": "acc", "params": "params"}
-ALLOWED_OBJECTIVES = (("macs", "error"), ("macs", "error", "params"))
+OBJECTIVE_METRIC = {"macs": "macs", "latency": "latency_ms", "error": "acc", "params": "params"}
+# The cost axis: MACs (Vega) or measured latency in ms (told as "latency_ms").
+ALLOWED_OBJECTIVES = (("macs", "error"), ("macs", "error", "params"), ("latency", "error"),
+                      ("latency", "error", "params"))
 MUTATIONS = ("segment", "bitflip")
 
 EncodingRepair = Callable[[list[int]], Sequence[int]]
@@ -174,6 +186,20 @@ class CallerRepair(Repair):
         return out
 
 
+def comp_by_cv_then_seeded_random(pop: Population, P: np.ndarray, random_state: Any = None,
+                                   **kwargs: Any) -> np.ndarray:
+    """NSGA-III's binary tournament (pymoo's `comp_by_cv_then_random`): the smaller constraint
+    violation wins, and a tie — two feasible, or two equally infeasible (failed or over the
+    limits) — is drawn from the search's own `random_state`. pymoo 0.6.2 draws the tie of two
+    infeasible ones from numpy's global generator, so a search with refused or failed candidates
+    came out differently each run and its saved state did not replay."""
+    S = np.empty(P.shape[0], dtype=int)
+    for i, (a, b) in enumerate(P[:, :2]):
+        cv_a, cv_b = float(pop[a].CV[0]), float(pop[b].CV[0])
+        S[i] = a if cv_a < cv_b else b if cv_b < cv_a else random_state.choice([a, b])
+    return S[:, None]
+
+
 class NeverRepeat(DuplicateElimination):
     """pymoo's duplicate elimination (within the new individuals and against the populations
     pymoo passes) extended with `seen`: every encoding asked before in this run."""
@@ -242,12 +268,13 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
     candidate of the current one has been told, so ask returns [] while some are pending.
     Ask with n >= the generation size to get a whole generation at once.
 
-    tell(id, metrics) takes "macs" and "acc" (accuracy in [0, 1]; plus "params" when that is an
-    objective) or None for a failed candidate. When a generation is complete it goes to pymoo:
-    objectives [macs, 1 - acc(, params)] in `objectives` order; a failed candidate is
-    infeasible (constraint 1 > 0), so NSGA-III ranks it below every successful one, with
-    the worst objective values (error 1, the largest macs/params told so far). It stays in
-    the history, is never asked again and is never on a front.
+    tell(id, metrics) takes "macs" (or "latency_ms" with the latency objective) and "acc"
+    (accuracy in [0, 1]; plus "params" when that is an objective) or None for a failed
+    candidate. When a generation is complete it goes to pymoo: objectives [macs or latency,
+    1 - acc(, params)] in `objectives` order; a failed candidate is infeasible (constraint
+    1 > 0), so NSGA-III ranks it below every successful one, with the worst objective values
+    (error 1, the largest cost/params told so far). It stays in the history, is never asked
+    again and is never on a front. An encoding `fits` refuses is told the same way (module doc).
     """
 
     _STRATEGY = "PruneEASearch"
@@ -264,7 +291,9 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
         mutation_prob: float = 0.5,
         crossover_prob: float = 0.5,
         repair: EncodingRepair | None = None,
+        fits: Callable[[str], bool] | None = None,
     ) -> None:
+        """`fits(encoding as a 0/1 string)`: whether an encoding is within the limits (module doc)."""
         self.n_var = _check_int("n_var", n_var, 1)
         self.num_generation = _check_int("num_generation", num_generation, 1)
         self.num_individual = _check_int("num_individual", num_individual, 1)
@@ -280,7 +309,8 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
             raise InputError("mutation", f"must be one of {list(MUTATIONS)}, got {mutation!r}")
         if repair is not None and not callable(repair):
             raise InputError("repair", "must be a function encoding -> encoding, or None")
-        super().__init__(seed)
+        super().__init__(seed, fits)
+        self._replaying = False
         self.objectives = tuple(objectives)
         self.mutation = mutation
         self.mutation_prob = _check_prob("mutation_prob", mutation_prob)
@@ -308,7 +338,7 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
             pop_size=max(self.num_individual, len(ref_dirs)),
             n_offsprings=self.num_individual,
             sampling=DensitySampling(self.random_models),
-            selection=TournamentSelection(func_comp=comp_by_cv_then_random),
+            selection=TournamentSelection(func_comp=comp_by_cv_then_seeded_random),
             crossover=TwoPointCrossover(prob=self.crossover_prob),
             mutation=mutation,
             repair=CallerRepair(self.repair) if self.repair is not None else None,
@@ -342,15 +372,15 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
         ids = self.generation_ids(self._generation)
         ok = [m for g in range(self._generation + 1) for m in
               (self._metrics[i] for i in self.generation_ids(g)) if m is not None]
+        worst = [1.0 if o == "error" else max([float(s[OBJECTIVE_METRIC[o]]) for s in ok], default=1.0)
+                 for o in self.objectives]
         told = {}
         for cid in ids:
             m = self._metrics[cid]
-            if m is None:
-                worst = [1.0 if o == "error" else max([float(s[OBJECTIVE_METRIC[o]]) for s in ok], default=1.0)
-                         for o in self.objectives]
-                told[_key(np.array(self._candidates[cid].encoding))] = (worst, [1.0])
-            else:
-                told[_key(np.array(self._candidates[cid].encoding))] = (self.objective_values(m), [0.0])
+            key = _key(np.array(self._candidates[cid].encoding))
+            told[key] = (worst, [1.0]) if m is None else (self.objective_values(m), [0.0])
+        for x in self._pop.get("X"):  # refused by `fits`: never asked, infeasible like a failure
+            told.setdefault(_key(x), (worst, [1.0]))
         self._problem.told = told
         try:
             self._algorithm.evaluator.eval(self._problem, self._pop)
@@ -373,20 +403,31 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
     def _budget(self) -> int:
         return self.random_models + self.num_generation * self.num_individual
 
+    def _admit(self, arch: Any) -> bool:
+        if self._replaying:  # the saved run's decisions, not a second measurement (module doc)
+            return repr(arch) not in self._refused
+        return super()._admit(arch)
+
+    def _generation_told(self) -> bool:
+        return all(i in self._metrics for i in self.generation_ids(self._generation))
+
     def _propose(self, n: int) -> list[PruneCandidate]:
-        if n <= 0 or self._stalled:
-            return []
-        if not self._queue:
-            if self._generation >= 0 and self._told_generations <= self._generation:
-                return []  # the current generation still has candidates to tell
-            if self._told_generations > self.num_generation or not self._new_generation():
-                return []
-        out = []
-        for bits in self._queue[:n]:
+        out: list[PruneCandidate] = []
+        while len(out) < n and not self._stalled:
+            if not self._queue:
+                if self._generation >= 0 and self._told_generations <= self._generation:
+                    if not self._generation_told():
+                        break  # the current generation still has candidates to tell
+                    self._finish_generation()  # its last encodings were refused after the last tell
+                if self._told_generations > self.num_generation or not self._new_generation():
+                    break
+                continue
+            bits = self._queue.pop(0)
+            if not self._admit(encoding_to_str(bits)):
+                continue  # over the limits: told to pymoo as infeasible with its generation
             cand = PruneCandidate(id=len(self._candidates), generation=self._generation, encoding=bits)
             self._candidates.append(cand)
             out.append(cand)
-        del self._queue[:n]
         return out
 
     # ---- ask / tell
@@ -414,8 +455,7 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
                 if not math.isfinite(v) or v < 0:
                     raise ValueError(f"{key} must be a finite non-negative number, got {v!r}")
         super().tell(candidate_id, metrics)
-        if not self._queue and self._generation >= self._told_generations \
-                and all(i in self._metrics for i in self.generation_ids(self._generation)):
+        if not self._queue and self._generation >= self._told_generations and self._generation_told():
             self._finish_generation()
 
     # ---- queries
@@ -470,26 +510,28 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
         saved, self._candidates = self._candidates, []
         stalled, self._stalled = self._stalled, False
         self._reset_algorithm()
-        # Replay: regenerate each recorded generation, check it, hand it out again, and pass
-        # complete generations to pymoo exactly as the original run did.
-        while len(self._candidates) < len(saved):
-            before = len(self._candidates)
-            if not self._new_generation():
-                raise ValueError("state does not replay: pymoo made no generation where the run had one")
-            expected = [c for c in saved[before:] if c.generation == self._generation]
-            given = self._propose(len(expected))
-            if [c.encoding for c in given] != [c.encoding for c in expected] or not expected:
+        # Replay: regenerate the recorded generations (the told metrics are already loaded, so
+        # _propose passes each complete one to pymoo before making the next, as the original run
+        # did), hand the same encodings out again and check them.
+        self._replaying = True
+        try:
+            given = self._propose(len(saved))
+        finally:
+            self._replaying = False
+        for cand, expected in zip(given + [None] * (len(saved) - len(given)), saved):
+            if cand is None or (cand.generation, cand.encoding) != (expected.generation, expected.encoding):
                 raise ValueError(
-                    f"state does not replay at generation {self._generation} (saved with pymoo "
+                    f"state does not replay at generation {expected.generation} (saved with pymoo "
                     f"{state.get('pymoo')}, running {pymoo.__version__}; or a different repair function)")
-            if not self._queue and all(c.id in self._metrics for c in given):
-                self._finish_generation()
+        if not self._queue and self._generation >= self._told_generations and self._generation_told():
+            self._finish_generation()
         self._stalled = stalled
 
 
 __all__ = [
     "ALLOWED_OBJECTIVES",
     "CallerRepair",
+    "comp_by_cv_then_seeded_random",
     "DensitySampling",
     "NeverRepeat",
     "PruneCandidate",

@@ -1,13 +1,33 @@
 """prune-ea/full's preflight: what its params point at, checked before any work."""
 from __future__ import annotations
 
+from core.errors import InputError
 from params.models import PruneEaParams
 from tasks.cifar.preflight import check_cifar_data
 from tasks.orchestration.preflight import check_run
 
+# The latency check times a 10-class network: the classifier's share of a CIFAR ResNet's time is
+# tiny, and the data's real class count is known only after the data stage.
+CHECK_CLASSES = 10
+
+
+def check_latency_limit(depth: int, limit_ms: float | None) -> None:
+    """`search.max_latency_ms` below the measured latency of the smallest network of the space (one
+    channel per group; ~0.3 s to time) can admit nothing: one clear error before any work."""
+    if limit_ms is None:
+        return
+    from tasks.prune_ea.prune_search import encoding_latency, smallest_encoding  # torch + ORT only when asked
+
+    smallest = encoding_latency(depth, CHECK_CLASSES)(smallest_encoding(depth))
+    if limit_ms < smallest:
+        raise InputError("search.max_latency_ms", f"{limit_ms:g} ms is below the measured latency of the smallest "
+                                                  f"ResNet-{depth} of the space ({smallest:.3f} ms: one channel per "
+                                                  "group, ONNX Runtime, 1 thread); no encoding can fit")
+
 
 def preflight(p: PruneEaParams) -> None:
-    """InputError naming the field when the data folder is missing or broken, or the device or
-    output root unusable."""
+    """InputError naming the field when the data folder is missing or broken, the latency limit is
+    below the smallest network, or the device or output root unusable."""
     check_run(p)
     check_cifar_data(p.data)
+    check_latency_limit(p.depth, p.search.max_latency_ms)

@@ -1,5 +1,6 @@
 """Stage `prune_search` of prune-ea/full (Vega PruneEA): NSGA-III (pymoo) over per-channel keep
-bits of the trained base network, objectives [MACs, 1 − accuracy] (params too if asked). Each
+bits of the trained base network, objectives [MACs, 1 − accuracy] (params too if asked; with
+`search.objective: latency` the measured latency in ms replaces MACs). Each
 candidate is a task: the pruned network (physically smaller) inherits the kept channels'
 weights from the base model, gets its BatchNorm statistics re-estimated on a few training
 batches, is briefly fine-tuned and scored on the held-out val split.
@@ -7,7 +8,11 @@ batches, is briefly fine-tuned and scored on the held-out val split.
 Files: result.csv (+ .parquet: id, generation, encoding, macs, params, acc), pareto_front.csv
 (exactly the non-dominated rows of result.csv), fronts/generation_<g>.csv (the front as it stood
 after each generation); the first-vs-last front plot is in MLflow. The generation loop is the
-shared search driver (tasks/orchestration/search.py), so a killed search resumes from its saved state."""
+shared search driver (tasks/orchestration/search.py), so a killed search resumes from its saved state.
+
+`search.max_latency_ms`: each encoding NSGA-III makes is first built and timed (latency/direct.py);
+one over the limit is never trained — it is counted (`skipped_over_limit`) and told to NSGA-III
+as infeasible (strategies/prune_ea.py) — and result.csv gets the admitted ones' `latency_ms`."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -18,10 +23,12 @@ from typing import Any
 import torch
 from prefect import flow, get_run_logger
 
+from core.errors import InputError
 from core.seeds import derive_seed
 from engine.runtime import configure_torch, resolve_device
 from engine.supernet import recalibrate_bn
-from nas_models.prune_resnet import encoding_length, pruned_from_full, repair_encoding
+from latency.direct import NetworkLatency
+from nas_models.prune_resnet import build_prune_resnet, encoding_length, pruned_from_full, repair_encoding
 from nas_models.registry import build_from_desc
 from params.models import PruneSearchParams, Runtime
 from strategies.prune_ea import PruneEASearch
@@ -56,6 +63,17 @@ def load_base(base: TrainedBase) -> torch.nn.Module:
     model = build_from_desc(dict(base.desc))
     model.load_state_dict(torch.load(base.model_path, map_location="cpu", weights_only=True))
     return model
+
+
+def encoding_latency(depth: int, num_classes: int, threads: int = 1) -> NetworkLatency:
+    """Memoized ONNX Runtime latency (ms) of the pruned ResNet an encoding selects, on one 1x3x32x32
+    image (latency.direct: cost per proposal, noise). Built randomly initialised: the weights do not
+    change the time, only the kept channel counts do (the same as with the base's weights)."""
+
+    def build(encoding: str) -> tuple[torch.nn.Module, torch.Tensor]:
+        return build_prune_resnet(depth, encoding, num_classes), torch.rand(1, 3, 32, 32)
+
+    return NetworkLatency(build, threads=threads)
 
 
 def calibration_batches(data: CifarSplit, batch_size: int, seed: int) -> Any:
@@ -129,8 +147,21 @@ def prune_candidate_task(candidate: dict[str, Any], base: TrainedBase, data: Cif
 
 def _row(result: dict[str, Any]) -> dict[str, Any]:
     perf = result.get("performance") or {}
+    latency = {"latency_ms": result["latency_ms"]} if "latency_ms" in result else {}
     return {"generation": result.get("generation"), "encoding": result.get("encoding"), "macs": perf.get("macs"),
-            "params": perf.get("params"), "acc": perf.get("acc"), "status": "ok" if perf else "failed"}
+            "params": perf.get("params"), "acc": perf.get("acc"), **latency, "status": "ok" if perf else "failed"}
+
+
+def smallest_encoding(depth: int) -> str:
+    """The smallest network of the space: one channel kept per channel group (fewer is repaired)."""
+    return repair_encoding("0" * encoding_length(depth), depth)
+
+
+def check_any_fits(strategy: PruneEASearch, limit_ms: float | None) -> None:
+    """One clear error when a latency limit left nothing to train (every encoding was over it)."""
+    if limit_ms is not None and not strategy.history and strategy.skipped:
+        raise InputError("search.max_latency_ms", f"no encoding was within {limit_ms:g} ms: all {strategy.skipped} "
+                                                  "proposed were over it; raise the limit")
 
 
 def front_files(strategy: PruneEASearch, rows: list[dict[str, Any]], work: Path) -> list[str]:
@@ -164,43 +195,60 @@ def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneS
                  ) -> PruneSearched:
     logger = get_run_logger()
     full_state = load_base(base).state_dict()
-    objectives = ("macs", "error", "params") if search.with_params else ("macs", "error")
+    cost = search.objective  # "macs" or "latency" (measured before training, like the limit)
+    objectives = (cost, "error", "params") if search.with_params else (cost, "error")
+    x_axis = "latency_ms" if cost == "latency" else "macs"
 
     def repair(bits: Sequence[int]) -> list[int]:
         # Never an all-zero channel group: keep the group's largest-norm channel of the base model.
         return [int(b) for b in repair_encoding(bits, depth, full_state)]
 
+    # One memo for the search and its control: an encoding both draw is timed once.
+    timed = search.max_latency_ms is not None or cost == "latency"
+    latency = encoding_latency(depth, data.num_classes) if timed else None
+    fits = latency.fits(search.max_latency_ms) if latency is not None and search.max_latency_ms is not None else None
     strategy = PruneEASearch(encoding_length(depth), seed, num_generation=search.num_generation,
                              num_individual=search.num_individual, random_models=search.random_models,
-                             objectives=objectives, repair=repair)
+                             objectives=objectives, repair=repair, fits=fits)
 
     def control(n: int) -> PruneEASearch:
         # The space's own sampler: PruneEA's first generation (random encodings, same repair), n of them.
         return PruneEASearch(encoding_length(depth), derive_seed(seed, "prune_ea.control"), num_generation=1,
                              num_individual=min(n, search.num_individual), random_models=n,
-                             objectives=objectives, repair=repair)
+                             objectives=objectives, repair=repair, fits=fits)
 
-    spec = SearchSpec(STAGE, prune_candidate_task, max(search.random_models, search.num_individual),
-                      lambda c: {"id": c.id, "generation": c.generation, "encoding": c.code},
-                      lambda r: {k: r["performance"][k] for k in ("acc", "macs", "params")}, _row, ("macs", "acc"),
+    def to_input(c: Any) -> dict[str, Any]:
+        # the figure the gate admitted it on (memoized)
+        return {"id": c.id, "generation": c.generation, "encoding": c.code,
+                **({} if latency is None else {"latency_ms": latency(c.code)})}
+
+    spec = SearchSpec(STAGE, prune_candidate_task, max(search.random_models, search.num_individual), to_input,
+                      lambda r: {**{k: r["performance"][k] for k in ("acc", "macs", "params")},
+                                 **({"latency_ms": r["latency_ms"]} if "latency_ms" in r else {})},
+                      _row, (x_axis, "acc"),
                       f"PruneEA ResNet-{depth}", table=TABLE, extra_outputs=front_files,
                       control=control if search.control == "random" else None, fidelity=fidelity_of(search))
     with tracker.child_run(ctx.parent_run_id, "prune_search", {"depth": depth, **search.model_dump()}) as run_id:
         common = dict(base=base, data=data, search=search, batch_size=batch_size, seed=seed)
         outcome = run_search(strategy, spec, ctx, run_id, refresh, **common)
+        check_any_fits(strategy, search.max_latency_ms)
         report = run_control(strategy, spec, outcome, ctx, run_id, refresh, None, **common)
         best = choose(strategy, {}, STAGE)  # with a fidelity: among the candidates at the top rung
         rows = finalize(strategy, spec, outcome, ctx.work, best.id, search.keep_weights, needed=set(strategy.pareto_ids()))
         front = [r for r in own_rows(rows) if r["pareto"]]
         first = [r for r in own_rows(rows) if r["id"] in set(strategy.front_of_generation(0))]
         tracker.log_fronts_plot(run_id, {"generation 0": first, f"generation {strategy.generation}": front},
-                                "macs", "acc", "prune_search/fronts.png", f"PruneEA ResNet-{depth}: first vs last front")
+                                x_axis, "acc", "prune_search/fronts.png",
+                                f"PruneEA ResNet-{depth}: first vs last front")
         tracker.log_files(run_id, outcome.files, STAGE)
         tracker.log_metrics(run_id, {"candidates": len(rows), "front_size": len(front),
-                                     "resumed_candidates": outcome.resumed_from})
+                                     "resumed_candidates": outcome.resumed_from,
+                                     **({} if fits is None else {"skipped_over_limit": strategy.skipped})})
     tracker.publish_table("prune-search-front", sorted(({k: v for k, v in r.items() if k != "encoding"} for r in front),
                                                        key=lambda r: r["macs"]),
-                          "final Pareto front: MACs vs accuracy (val split, inherited weights + short fine-tune)")
-    logger.info("prune search: %d candidates over %d generations, front of %d", len(rows), strategy.generation + 1,
-                len(front))
+                          f"final Pareto front: {'measured latency' if cost == 'latency' else 'MACs'} vs accuracy "
+                          "(val split, inherited weights + short fine-tune)")
+    logger.info("prune search: %d candidates over %d generations, front of %d%s", len(rows), strategy.generation + 1,
+                len(front), "" if fits is None else
+                f"; {strategy.skipped} encoding(s) over {search.max_latency_ms:g} ms skipped untrained")
     return PruneSearched(rows=tuple(rows), front=tuple(front), control=report, files=tuple(outcome.files))

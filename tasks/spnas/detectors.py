@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 
+from core.errors import InputError
 from engine.detector_fit import DetectorOptim
+from latency.direct import HEAVY_TIMING, FeatureTuple, NetworkLatency
 from latency.flops import count_macs_params, count_params
 from nas_models.detector import build_detector
 from nas_models.registry import build_from_desc
@@ -53,35 +55,72 @@ def measure(detector: torch.nn.Module, image_size: int) -> dict[str, int]:
 
 
 def limits_of(max_params: int | str | None, max_macs: int | str | None,
-              start: Mapping[str, Any]) -> dict[str, float]:
+              start: Mapping[str, Any], max_latency_ms: float | None = None) -> dict[str, float]:
     """A search stage's resource limits: "start" = the starting network's own figure (`start`:
-    fine_tune's performance)."""
+    fine_tune's performance); `latency_ms` only when a latency limit is set (`latency_of`)."""
     limits: dict[str, float] = {}
     for key, value in (("params", max_params), ("macs", max_macs)):
         if value == "start":
             limits[key] = float(start[key])
         elif value is not None:
             limits[key] = float(value)
+    if max_latency_ms is not None:
+        limits["latency_ms"] = float(max_latency_ms)
     return limits
 
 
+def size_limits(limits: Mapping[str, float]) -> dict[str, float]:
+    """The params/MACs part of `limits`: what a fully trained detector is compared against (its
+    latency is measured at proposal time, not again after training)."""
+    return {k: v for k, v in limits.items() if k != "latency_ms"}
+
+
+def timed_part(detector: torch.nn.Module) -> torch.nn.Module:
+    """What a detector's latency limit times: the backbone the searches change — serial body,
+    parallel branches and FPN — returning its feature maps. The RPN, RoI heads, resizing and NMS
+    are left out: they are the same for every candidate of a run (fixed FPN width and heads) up
+    to the proposals they see, and their ONNX export is not reliable (latency.measure.ssd_core
+    draws the same line for SSDs)."""
+    return FeatureTuple(detector.backbone).eval()
+
+
+def latency_of(model: DetectorModel, num_classes: int, code: str | None = None,
+               threads: int = 1) -> NetworkLatency:
+    """Memoized ONNX Runtime latency (ms) of `timed_part` on one 1x3xSxS image (S =
+    model.image_size) of the detector a proposal describes: a serial code, or a neck code on the
+    fixed serial `code` (latency.direct: cost per proposal, noise)."""
+
+    def build(arch: Any) -> tuple[torch.nn.Module, torch.Tensor]:
+        serial, neck = (arch, None) if isinstance(arch, str) else (code, list(arch))
+        detector = detector_for(model, num_classes, serial, neck)
+        return timed_part(detector), torch.rand(1, 3, model.image_size, model.image_size)
+
+    return NetworkLatency(build, threads=threads, timing=HEAVY_TIMING)
+
+
 def size_gate(model: DetectorModel, num_classes: int, limits: Mapping[str, float],
-              code: str | None = None) -> Callable[[Any], bool] | None:
+              code: str | None = None, latency: NetworkLatency | None = None) -> Callable[[Any], bool] | None:
     """`fits(arch)` for a limit-aware search: builds the detector a proposal describes (a serial
     code, or a neck code on the fixed serial `code`) and checks it against `limits` before any
     training: parameters first (no forward pass), MACs only when a MACs limit is set and the
-    parameters fit. None without limits (every proposal fits). Answers are remembered, so a search
-    and its random control never build the same network twice to size it."""
+    parameters fit, measured latency (`limits["latency_ms"]`, timed by `latency`, default
+    `latency_of(model, num_classes, code)`) last, only when the rest fit. None without limits
+    (every proposal fits). Answers are remembered, so a search and its random control never
+    build, size or time the same network twice."""
     if not limits:
         return None
     answers: dict[Any, bool] = {}
+    if "latency_ms" in limits and latency is None:
+        latency = latency_of(model, num_classes, code)
 
     def measured(arch: Any) -> bool:
         serial, neck = (arch, None) if isinstance(arch, str) else (code, list(arch))
         detector = detector_for(model, num_classes, serial, neck)
         if "params" in limits and count_params(detector) > limits["params"]:
             return False
-        return "macs" not in limits or measure(detector, model.image_size)["macs"] <= limits["macs"]
+        if "macs" in limits and measure(detector, model.image_size)["macs"] > limits["macs"]:
+            return False
+        return latency is None or "latency_ms" not in limits or latency(arch) <= limits["latency_ms"]
 
     def fits(arch: Any) -> bool:
         key = arch if isinstance(arch, str) else tuple(arch)
@@ -90,3 +129,16 @@ def size_gate(model: DetectorModel, num_classes: int, limits: Mapping[str, float
         return answers[key]
 
     return fits
+
+
+def check_latency_met(strategy: Any, limits: Mapping[str, float], field: str) -> None:
+    """With a latency limit (`limits["latency_ms"]`), one clear error naming `field` when no
+    successfully trained candidate was measured within it (the initial network is trained whatever
+    its latency; every other proposal over it was skipped), instead of choosing over the limit."""
+    limit = limits.get("latency_ms")
+    if limit is None or strategy.within({"latency_ms": limit}):
+        return
+    told = [float(m["latency_ms"]) for _, m in strategy.history if m is not None and "latency_ms" in m]
+    fastest = f"; the fastest trained one measured {min(told):.3f} ms" if told else ""
+    raise InputError(field, f"no trained candidate was within {limit:g} ms{fastest} ({strategy.skipped} "
+                            "proposal(s) over the limits skipped); raise the limit")

@@ -1,7 +1,9 @@
 """Stage `serial` of spnas/full (Vega SpNasS): swap / expand / add-stage mutations of the
 backbone code, parents from the [mAP, params] Pareto front, every child inheriting its parent's
 tensors by name and shape. The winner is the best-mAP candidate within the resource limit
-(`serial.max_params` / `serial.max_macs`; default: the starting network's own figures).
+(`serial.max_params` / `serial.max_macs`; default: the starting network's own figures) and, when
+`serial.max_latency_ms` is set, within that measured latency of backbone + FPN (the start, always
+trained, is then timed too and chosen only if it fits).
 
 A stage that loops ask → evaluate → tell is a subflow, not a task: the candidates are tasks
 mapped over a task runner (tasks/orchestration/search.py drives the loop), and a task must never block on
@@ -22,7 +24,7 @@ from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_files, choose, fidelity_of,
                                         finalize, own_rows, run_control, run_search)
-from tasks.spnas.detectors import desc_for, limits_of, size_gate
+from tasks.spnas.detectors import check_latency_met, desc_for, latency_of, limits_of, size_gate, size_limits
 from tasks.spnas.fine_tune import FineTuned
 from tasks.spnas.split import Split
 from tasks.spnas.train_candidate import train_candidate_task
@@ -40,8 +42,9 @@ class SerialSearched(StageResult):
     best: dict[str, Any]
     rows: tuple[dict[str, Any], ...]
     mutation_kinds: tuple[str, ...]     # the mutation kinds the candidates used, sorted
-    limits: Mapping[str, float]         # the resource limits the winner respects
+    limits: Mapping[str, float]         # the params/MACs limits the winner respects
     control: ControlReport | None = None  # search vs a same-budget random control (serial.control: random)
+    max_latency_ms: float | None = None   # the measured-latency limit it respects (serial.max_latency_ms)
 
 
 def search_config(serial: SerialSearchParams) -> SerialSearchConfig:
@@ -53,23 +56,28 @@ def search_config(serial: SerialSearchParams) -> SerialSearchConfig:
 
 def _row(result: dict[str, Any]) -> dict[str, Any]:
     perf = result.get("performance") or {}
+    latency = {"latency_ms": result["latency_ms"]} if "latency_ms" in result else {}
     return {"code": result.get("code"), "parent_id": result.get("parent_id"), "mutations": result.get("mutations", ""),
             **{k: perf.get(k) for k in ("mAP", "mAP50", "params", "macs", "inherited_ratio", "train_seconds")},
-            "status": "ok" if perf else "failed"}
+            **latency, "status": "ok" if perf else "failed"}
 
 
 def objectives(result: dict[str, Any]) -> dict[str, Any]:
-    """What the strategy is told: its objectives plus MACs (for a MACs limit)."""
+    """What the strategy is told: its objectives plus MACs (for a MACs limit) and, with a latency
+    limit, the latency measured at proposal time (so the choice respects it)."""
     perf = result["performance"]
-    return {"mAP": perf["mAP"], "params": perf["params"], "macs": perf["macs"]}
+    latency = {"latency_ms": result["latency_ms"]} if "latency_ms" in result else {}
+    return {"mAP": perf["mAP"], "params": perf["params"], "macs": perf["macs"], **latency}
 
 
 def serial_setup(data: Split, start: FineTuned, model: DetectorModel, serial: SerialSearchParams,
                  seed: int) -> tuple[SerialSearch, SearchSpec, dict[str, float]]:
-    """The serial search, its driver spec and the size limits: shared by the subflow and by
-    benchmarks/plain_spnas.py, which drives the same search without Prefect."""
-    limits = limits_of(serial.max_params, serial.max_macs, start.performance or {})
-    fits = size_gate(model, data.num_classes, limits)
+    """The serial search, its driver spec and the limits the winner must respect (params, MACs
+    and, when set, `latency_ms`): shared by the subflow and by benchmarks/plain_spnas.py, which
+    drives the same search without Prefect."""
+    limits = limits_of(serial.max_params, serial.max_macs, start.performance or {}, serial.max_latency_ms)
+    latency = latency_of(model, data.num_classes) if serial.max_latency_ms is not None else None
+    fits = size_gate(model, data.num_classes, limits, latency=latency)
     search = SerialSearch([model.backbone_code], search_config(serial), seed=seed, fits=fits)
 
     def control(n: int) -> SerialSearch:
@@ -82,10 +90,14 @@ def serial_setup(data: Split, start: FineTuned, model: DetectorModel, serial: Se
     def to_input(c: Any) -> dict[str, Any]:
         return {"id": c.id, "code": c.code, "parent_id": c.parent_id, "mutations": "+".join(c.mutations),
                 "desc": desc_for(model, data.num_classes, c.code), "parent_model": model_of[c.parent_id],
-                "freeze": bool(serial.freeze_inherited and c.parent_id is not None)}
+                "freeze": bool(serial.freeze_inherited and c.parent_id is not None),
+                # the figure the gate admitted it on (memoized; the start is timed here)
+                **({} if latency is None else {"latency_ms": latency(c.code)})}
 
     def remember(result: dict[str, Any]) -> None:
         model_of[result["id"]] = result["model_path"]  # children inherit from their parent's file
+        if latency is not None and "latency_ms" in result:  # a resumed search keeps its figures
+            latency.remember(result["code"], result["latency_ms"])
 
     spec = SearchSpec(STAGE, train_candidate_task, serial.batch, to_input, objectives, _row, ("params", "mAP"),
                       "SpNasS: backbone codes", on_result=remember,
@@ -102,17 +114,20 @@ def serial_search(data: Split, start: FineTuned, model: DetectorModel, optimizer
         common = dict(data=data, optimizer=optimizer, steps=serial.full_steps, seed=seed, stage=STAGE)
         outcome = run_search(search, spec, ctx, run_id, refresh, **common)
         report = run_control(search, spec, outcome, ctx, run_id, refresh, limits, **common)
+        check_latency_met(search, limits, "serial.max_latency_ms")
         best = choose(search, limits, STAGE)
         rows = finalize(search, spec, outcome, ctx.work, best.id, serial.keep_weights, needed=set())
         kinds = sorted({k for r in own_rows(rows) for k in str(r["mutations"]).split("+") if k})
         chosen = outcome.results[best.id]
         tracker.log_files(run_id, outcome.files, STAGE)
         tracker.log_metrics(run_id, {"candidates": len(outcome.results), "best_mAP": chosen["performance"]["mAP"],
-                                     "resumed_candidates": outcome.resumed_from, "skipped_over_limit": search.skipped})
+                                     "resumed_candidates": outcome.resumed_from, "skipped_over_limit": search.skipped,
+                                     **({"best_latency_ms": chosen["latency_ms"]} if "latency_ms" in chosen else {})})
         tracker.set_tags(run_id, {"best_code": best.code, "mutation_kinds": ",".join(kinds)})
     logger.info("serial search chose %s (mAP %.4f, %.2fM params; limits %s; %d proposal(s) over them skipped "
                 "untrained); mutation kinds seen: %s", best.code, chosen["performance"]["mAP"],
                 chosen["performance"]["params"] / 1e6, limits, search.skipped, kinds)
-    return SerialSearched(best=chosen, rows=tuple(rows), mutation_kinds=tuple(kinds), limits=limits, control=report,
+    return SerialSearched(best=chosen, rows=tuple(rows), mutation_kinds=tuple(kinds), limits=size_limits(limits),
+                          control=report, max_latency_ms=serial.max_latency_ms,
                           files=(*outcome.files, *candidate_files(outcome)))
 

@@ -33,11 +33,33 @@ def check_spos_macs(preset: str, macs_limit: int | None, macs_range: tuple[int, 
                         field="supernet.macs_range")
 
 
+def check_spos_latency(preset: str, limit_ms: float | None) -> None:
+    """InputError naming search.max_latency_ms when it is below the measured latency of both of
+    the space's cheapest paths: the fewest-MACs one and the all-shufflenet-3x3 one (~1 s to time
+    both). Their figures differ by a few percent (the fewest-MACs path takes xception at the
+    stride-2 blocks); a path faster than both is not impossible, so this catches a limit clearly
+    below the space, and the search stage errors when no path it draws fits."""
+    if limit_ms is None:
+        return
+    from tasks.spos.search import path_latency  # torch + ORT only when asked
+
+    table = _table(preset)
+    gate = path_latency(preset, CHECK_CLASSES)
+    fewest_macs, all_3x3 = gate(table.min_path()), gate([0] * table.n_blocks)
+    if limit_ms < min(fewest_macs, all_3x3):
+        raise InputError("search.max_latency_ms", f"{limit_ms:g} ms is below the measured latency of the cheapest "
+                                                  f"paths of the {preset!r} space (fewest MACs {fewest_macs:.3f} ms, "
+                                                  f"all 3x3 {all_3x3:.3f} ms; ONNX Runtime, 1 thread); no path "
+                                                  "can fit")
+
+
 def preflight(p: SposParams) -> None:
     """InputError naming the field when the data folder is missing or broken, the preset unknown,
-    no path meets the MACs limit or range, or the device or output root is unusable."""
+    no path meets the MACs limit or range or the latency limit, or the device or output root is
+    unusable."""
     check_run(p)
     check_cifar_data(p.data)
     with at("model.preset", p.model.preset):
         get_preset(p.model.preset)  # unknown names fail with the list of known ones
     check_spos_macs(p.model.preset, p.search.macs_limit, p.supernet.macs_range, p.supernet.bins)
+    check_spos_latency(p.model.preset, p.search.max_latency_ms)

@@ -4,17 +4,25 @@ the shared search driver in tasks/orchestration/search.py runs it, one generatio
 
 Files: output.csv (+ .parquet: id, generation, choices, macs, params, acc), topk.csv (the top-k
 as it stood after each generation), architecture_final.json (the winner: choices, MACs, params,
-supernet accuracy, the limit it respects)."""
+supernet accuracy, the limit it respects).
+
+`search.max_latency_ms`: a path within the MACs limit is then built as the stand-alone network
+retrain would train and timed (latency/direct.py) before it is scored; one over the limit is
+never evaluated (counted: `skipped_over_limit`), and output.csv gets the scored ones' `latency_ms`."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from prefect import flow, get_run_logger
 
+from core.errors import InputError
 from core.seeds import derive_seed
 from engine.runtime import configure_torch, resolve_device
+from latency.direct import NetworkLatency
+from nas_models.spos_shufflenet import build_subnet, get_preset
 from params.models import EvolutionParams, Runtime
 from strategies.evolution import EvolutionSearch
 from tasks.cifar.data import CifarSplit
@@ -44,6 +52,8 @@ class FinalArchitecture:
     preset: str
     candidate_id: int
     generation: int
+    latency_ms: float | None = None      # measured at proposal time, with search.max_latency_ms set
+    max_latency_ms: float | None = None  # that limit
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +68,18 @@ class SposSearched(StageResult):
 
 def choices_text(choices: list[int]) -> str:
     return "".join(str(c) for c in choices)
+
+
+def path_latency(preset: str, num_classes: int, threads: int = 1) -> NetworkLatency:
+    """Memoized ONNX Runtime latency (ms) of a path as the stand-alone network retrain would build
+    (`build_subnet`), on one 1x3xSxS image at the preset's input size (latency.direct: cost per
+    proposal, noise)."""
+    size = get_preset(preset).input_size
+
+    def build(choices: Any) -> tuple[torch.nn.Module, torch.Tensor]:
+        return build_subnet(list(choices), preset, num_classes), torch.rand(1, 3, size, size)
+
+    return NetworkLatency(build, threads=threads)
 
 
 def evaluate_candidate(candidate: dict[str, Any], supernet: TrainedSupernet, data: CifarSplit,
@@ -96,10 +118,18 @@ def spos_candidate_task(candidate: dict[str, Any], supernet: TrainedSupernet, da
 
 def _row(result: dict[str, Any]) -> dict[str, Any]:
     perf = result.get("performance") or {}
+    latency = {"latency_ms": result["latency_ms"]} if "latency_ms" in result else {}
     return {"generation": result.get("generation"), "origin": result.get("origin"),
             "choices": choices_text(result.get("choices", [])),
             "macs": perf.get("macs", result.get("macs")), "params": perf.get("params"), "acc": perf.get("acc"),
-            "status": "ok" if perf else "failed"}
+            **latency, "status": "ok" if perf else "failed"}
+
+
+def check_any_fits(strategy: EvolutionSearch, limit_ms: float | None) -> None:
+    """One clear error when a latency limit left no path to score."""
+    if limit_ms is not None and not strategy.history:
+        raise InputError("search.max_latency_ms", f"no path within the MACs limit was within {limit_ms:g} ms "
+                                                  f"({strategy.skipped} timed and over it); raise the limit")
 
 
 def topk_rows(strategy: EvolutionSearch, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -124,44 +154,59 @@ def spos_search(supernet: TrainedSupernet, data: CifarSplit, search: EvolutionPa
     logger = get_run_logger()
     table = supernet.table()
     limit = search.macs_limit or (table.min_macs() + table.max_macs()) // 2
+    # One memo for the search and its control: a path both draw is timed once.
+    latency = path_latency(supernet.preset, supernet.num_classes) if search.max_latency_ms is not None else None
+    fits = latency.fits(search.max_latency_ms) if latency is not None else None
     strategy = EvolutionSearch(
         table.macs, limit, seed, num_blocks=table.n_blocks, num_choices=len(table.per_block[0]),
         population=search.population, topk=search.topk, mutation_count=search.mutation_count,
         mutation_prob=search.mutation_prob, crossover_count=search.crossover_count, generations=search.generations,
-        min_macs=table.min_macs())
+        min_macs=table.min_macs(), fits=fits)
 
     def control(n: int) -> EvolutionSearch:
         # The space's own sampler: evolution's generation 0 (uniform paths within the limit), n of them.
         return EvolutionSearch(table.macs, limit, derive_seed(seed, "spos.control"), num_blocks=table.n_blocks,
                                num_choices=len(table.per_block[0]), population=n, topk=min(search.topk, n),
-                               mutation_count=0, crossover_count=0, generations=1, min_macs=table.min_macs())
+                               mutation_count=0, crossover_count=0, generations=1, min_macs=table.min_macs(),
+                               fits=fits)
+
+    def to_input(c: Any) -> dict[str, Any]:
+        # with a latency limit: the figure the gate admitted the path on (memoized)
+        return {"id": c.id, "generation": c.generation, "choices": list(c.choices), "macs": c.macs,
+                "origin": c.origin, **({} if latency is None else {"latency_ms": latency(c.choices)})}
 
     spec = SearchSpec(STAGE, spos_candidate_task, max(search.population, search.mutation_count + search.crossover_count),
-                      lambda c: {"id": c.id, "generation": c.generation, "choices": list(c.choices), "macs": c.macs,
-                                 "origin": c.origin},
+                      to_input,
                       lambda r: {k: r["performance"][k] for k in ("acc", "macs", "params")}, _row, ("macs", "acc"),
-                      f"SPOS evolution (MACs <= {limit / 1e6:.2f}M)", extra_outputs=topk_file,
+                      f"SPOS evolution (MACs <= {limit / 1e6:.2f}M"
+                      + ("" if latency is None else f", latency <= {search.max_latency_ms:g} ms") + ")",
+                      extra_outputs=topk_file,
                       control=control if search.control == "random" else None)
     params = {**search.model_dump(), "macs_limit_used": limit}
     with tracker.child_run(ctx.parent_run_id, STAGE, params) as run_id:
         common = dict(supernet=supernet, data=data, search=search, convention=convention, seed=seed)
         outcome = run_search(strategy, spec, ctx, run_id, refresh, **common)
+        check_any_fits(strategy, search.max_latency_ms)
         report = run_control(strategy, spec, outcome, ctx, run_id, refresh, {"macs": limit}, **common)
         best = strategy.best()
         rows = finalize(strategy, spec, outcome, ctx.work, best.id, "all", needed=set())
         winner = next(r for r in own_rows(rows) if r["id"] == best.id)
         final = FinalArchitecture(choices=tuple(best.choices), macs=winner["macs"], params=winner["params"],
                                   supernet_acc=winner["acc"], macs_limit=limit, preset=supernet.preset,
-                                  candidate_id=best.id, generation=winner["generation"])
+                                  candidate_id=best.id, generation=winner["generation"],
+                                  latency_ms=winner.get("latency_ms"), max_latency_ms=search.max_latency_ms)
         final_path = write_json(ctx.work / "architecture_final.json", asdict(final))
         outcome.files.append(str(final_path))
         tracker.log_files(run_id, outcome.files, STAGE)
         tracker.log_metrics(run_id, {"candidates": len(own_rows(rows)), "best_supernet_acc": winner["acc"],
                                      "best_macs": winner["macs"], "macs_limit": limit,
                                      "rejected_over_limit": sum(strategy.rejected_over_limit),
-                                     "resumed_candidates": outcome.resumed_from})
+                                     "resumed_candidates": outcome.resumed_from,
+                                     **({} if latency is None else {"skipped_over_limit": strategy.skipped,
+                                                                    "best_latency_ms": winner["latency_ms"]})})
     tracker.publish_table("spos-topk", topk_rows(strategy, rows), "top-k per generation (supernet accuracy on val)")
-    logger.info("search: %d paths over %d generations under %.2fM MACs (%d proposals over the limit never "
+    logger.info("search: %d paths over %d generations under %.2fM MACs%s (%d proposals over the limits never "
                 "evaluated); winner %s  %.2fM MACs  supernet acc %.4f", len(own_rows(rows)), strategy.generation + 1,
-                limit / 1e6, sum(strategy.rejected_over_limit), winner["choices"], winner["macs"] / 1e6, winner["acc"])
+                limit / 1e6, "" if latency is None else f" and {search.max_latency_ms:g} ms",
+                sum(strategy.rejected_over_limit), winner["choices"], winner["macs"] / 1e6, winner["acc"])
     return SposSearched(rows=tuple(rows), final=final, control=report, files=tuple(outcome.files))
