@@ -8,13 +8,22 @@
 Both model files come from one torch.export capture: the program is saved as is and
 converted to ONNX by the dynamo exporter (see deploy/onnx_export.py for the checks behind
 that choice). TorchScript (`model.ts` until torch 2.14 deprecated it) is no longer written.
+
+`export_int8` writes a static int8 twin (deploy/quantize.py) as its own folder,
+inference_model_int8/ (model.onnx + model.yml with a `quantization:` block); `int8_figures`
+scores both ONNX models on the same held-out images and times them interleaved.
 """
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnxruntime as ort
 import torch
 import yaml
 from torch import nn
@@ -30,6 +39,7 @@ from deploy.onnx_export import (
     program_to_onnx,
     save_program,
 )
+from deploy.quantize import CALIBRATION_IMAGES, QuantizationError, Quantized, quantization_block, quantize_onnx
 
 ONNX_FILE, PROGRAM_FILE, MODEL_YML = "model.onnx", "model.pt2", "model.yml"
 
@@ -73,3 +83,87 @@ def parity(model: nn.Module, onnx_path: Path, images: torch.Tensor, threads: int
         raise ValueError(f"output shape {tuple(got.shape)} from the program, {tuple(expected.shape)} from torch")
     pt2_diff = (got.double() - expected.double()).abs().max().item()
     return {"onnx_max_abs_diff": float(ort_diff), "pt2_max_abs_diff": float(pt2_diff)}
+
+
+INT8_DIR = "inference_model_int8"  # beside the float folder: its own inference folder for `spnas predict`
+
+
+def export_int8(float_dir: Path, calibration: np.ndarray | torch.Tensor, out_dir: Path | None = None,
+                max_images: int = CALIBRATION_IMAGES) -> Quantized:
+    """Static int8 twin of the classifier folder `float_dir`: `out_dir` (default
+    <float_dir's parent>/inference_model_int8) gets the quantized model.onnx and a model.yml with
+    the same labels and preprocessing plus a `quantization:` block, so the Predictor loads it
+    unchanged. `calibration`: preprocessed training images (N, C, H, W). Raises
+    QuantizationError — after removing any stale int8 folder — when ORT cannot quantize it."""
+    float_dir = Path(float_dir)
+    out_dir = Path(out_dir) if out_dir is not None else float_dir.parent / INT8_DIR
+    meta = yaml.safe_load((float_dir / MODEL_YML).read_text())
+    images = calibration.numpy() if isinstance(calibration, torch.Tensor) else np.asarray(calibration)
+    try:
+        q = quantize_onnx(float_dir / meta["files"]["onnx"], out_dir / ONNX_FILE, images, max_images=max_images)
+    except QuantizationError:
+        shutil.rmtree(out_dir, ignore_errors=True)  # never leave an int8 folder of another model
+        raise
+    meta["files"] = {"onnx": ONNX_FILE}  # no torch program: the int8 model exists only as ONNX
+    meta["quantization"] = quantization_block(q)
+    yml_tmp = out_dir / (MODEL_YML + ".tmp")
+    yml_tmp.write_text(yaml.safe_dump(meta, sort_keys=False))
+    os.replace(yml_tmp, out_dir / MODEL_YML)
+    return q
+
+
+def ort_accuracy(session: ort.InferenceSession, images: np.ndarray, labels: np.ndarray, batch: int = 256) -> float:
+    """Top-1 accuracy of a classifier session (softmax output) on preprocessed `images`."""
+    name = session.get_inputs()[0].name
+    right = 0
+    for i in range(0, len(images), batch):
+        probs = session.run(None, {name: np.ascontiguousarray(images[i:i + batch], dtype=np.float32)})[0]
+        right += int((probs.argmax(1) == labels[i:i + batch]).sum())
+    return right / max(len(images), 1)
+
+
+Interleave = Callable[[Mapping[str, Callable[[], object]]], Mapping[str, float]]
+
+
+def int8_figures(float_onnx: Path, int8_onnx: Path, images: np.ndarray, labels: np.ndarray, threads: int,
+                 interleaved_ms: Interleave) -> dict[str, float]:
+    """Accuracy of both ONNX models through ORT on the same held-out images (int8_acc_delta:
+    int8 − float in percentage points; this is int8's parity figure, not a tensor diff) and their
+    batch-1 latency timed by `interleaved_ms` (latency.measure's: deploy sits below latency, which
+    imports it) on the same threads."""
+    images, labels = np.asarray(images, dtype=np.float32), np.asarray(labels)
+    sessions = {"float": make_session(Path(float_onnx), threads), "int8": make_session(Path(int8_onnx), threads)}
+    acc = {k: ort_accuracy(s, images, labels) for k, s in sessions.items()}
+    one = {s.get_inputs()[0].name: images[:1] for s in sessions.values()}
+    ms = interleaved_ms({k: (lambda s=s: s.run(None, one)) for k, s in sessions.items()})
+    return {"float_ort_acc": acc["float"], "int8_acc": acc["int8"],
+            "int8_acc_delta": 100 * (acc["int8"] - acc["float"]), "int8_eval_images": int(len(images)),
+            "float_ms_batch1_interleaved": ms["float"], "int8_ms_batch1": ms["int8"],
+            "int8_latency_ratio": ms["int8"] / ms["float"] if ms["float"] else float("nan")}
+
+
+def int8_twin(float_dir: Path, calibration: np.ndarray | torch.Tensor, images: np.ndarray | torch.Tensor,
+              labels: np.ndarray | torch.Tensor, threads: int, interleaved_ms: Interleave,
+              max_images: int = CALIBRATION_IMAGES) -> dict[str, Any]:
+    """`export_int8` then `int8_figures` on held-out `images`/`labels`: the report fields
+    (int8_acc, int8_acc_delta, int8_ms_batch1, int8_latency_ratio, int8_model_dir, ...), or
+    {"int8_error": reason} when ORT could not quantize the graph (the float folder is kept)."""
+    try:
+        q = export_int8(Path(float_dir), calibration, max_images=max_images)
+    except QuantizationError as exc:
+        return {"int8_error": exc.reason}
+    as_np = (lambda a: a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a))
+    figures = int8_figures(Path(float_dir) / ONNX_FILE, Path(q.path), as_np(images), as_np(labels), threads,
+                           interleaved_ms)
+    return {**figures, "int8_model_dir": str(Path(q.path).parent), "int8_quantize_s": q.seconds,
+            "int8_calibration_images": q.calibration_images, "int8_qdq_nodes": q.qdq_nodes}
+
+
+def log_int8(logger: logging.Logger | logging.LoggerAdapter, name: str, r: Mapping[str, Any]) -> None:
+    """One line: the int8 twin's accuracy delta and latency ratio, or why there is none."""
+    if r.get("int8_error"):
+        logger.warning("%s: no int8 model, keeping the float one: %s", name, r["int8_error"])
+    elif "int8_acc" in r:
+        logger.info("%s int8: acc %.4f (%+.2f points vs float ONNX on %d images), batch-1 %.3f ms = %.2fx float",
+                    name, r["int8_acc"], r["int8_acc_delta"], r["int8_eval_images"], r["int8_ms_batch1"],
+                    r["int8_latency_ratio"])

@@ -44,10 +44,11 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,10 @@ from torch.export import ExportedProgram
 from torchvision.ops import boxes as box_ops
 
 from core.errors import InputError
+from data.coco import CocoSet
 from deploy.onnx_export import load_program, make_session, save_program
+from deploy.quantize import (CALIBRATION_IMAGES, DETECTOR_OPS, QuantizationError, Quantized, quantization_block,
+                             quantize_onnx)
 
 __all__ = [
     "MODEL_YML",
@@ -70,8 +74,10 @@ __all__ = [
     "ONNX_OPSET",
     "OUTPUT_NAMES",
     "PROGRAM_FILE",
+    "detector_int8_figures",
     "export_detector",
     "export_detector_program",
+    "export_int8_detector",
     "parity_check",
 ]
 
@@ -421,3 +427,62 @@ def parity_check(model: nn.Module, out_dir: Path, images: list[Tensor],
         if indices:
             report.update(_summarise(name, [ref[i] for i in indices], got, seconds))
     return report
+
+
+# --- int8 -----------------------------------------------------------------------------------
+
+INT8_DIR = "inference_model_int8"
+
+
+def export_int8_detector(float_dir: Path, calibration: list[Tensor], out_dir: Path | None = None,
+                         max_images: int = CALIBRATION_IMAGES) -> Quantized:
+    """Static int8 twin of the detector folder `float_dir` (default <parent>/inference_model_int8):
+    Conv/Gemm/MatMul quantized (DETECTOR_OPS; resizing, box decoding and NMS stay float),
+    calibrated on `calibration` (float RGB [3, H, W] training images in [0, 1], as the graph takes
+    them), model.yml as the float one's plus a `quantization:` block, so DetectorPredictor loads it.
+    Raises QuantizationError, after removing any stale int8 folder, when ORT cannot quantize it."""
+    float_dir = Path(float_dir)
+    out_dir = Path(out_dir) if out_dir is not None else float_dir.parent / INT8_DIR
+    meta = yaml.safe_load((float_dir / MODEL_YML).read_text())
+    try:
+        q = quantize_onnx(float_dir / ONNX_FILE, out_dir / ONNX_FILE, [im.detach().float().cpu().numpy()
+                                                                       for im in calibration],
+                          max_images=max_images, op_types=DETECTOR_OPS)
+    except QuantizationError:
+        shutil.rmtree(out_dir, ignore_errors=True)  # never leave an int8 folder of another model
+        raise
+    meta["files"] = {"onnx": ONNX_FILE}  # the int8 model exists only as ONNX
+    meta["quantization"] = quantization_block(q)
+    yml = out_dir / MODEL_YML
+    tmp = _atomic(yml)
+    try:
+        tmp.write_text(yaml.safe_dump(meta, sort_keys=False))
+        os.replace(tmp, yml)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return q
+
+
+def detector_int8_figures(float_onnx: Path, int8_onnx: Path, coco: CocoSet, max_images: int | None, threads: int,
+                          interleaved_ms: Callable[[Mapping[str, Callable[[], object]]], Mapping[str, float]]
+                          ) -> dict[str, float]:
+    """COCO mAP (pycocotools, as training scores) of the float and the int8 ONNX model on the same
+    held-out images (`coco`'s first `max_images`), int8_map_delta = int8 − float in points of
+    mAP@[.5:.95], and their single-image latency on the first image timed by `interleaved_ms`."""
+    from data.coco import CocoDetection
+    from data.coco_eval import coco_map, to_coco_detections
+
+    dataset = CocoDetection(coco, max_images=max_images)
+    images = [dataset[i][0].numpy() for i in range(len(dataset))]
+    ids = list(dataset.image_ids)
+    sessions = {"float": make_session(Path(float_onnx), threads), "int8": make_session(Path(int8_onnx), threads)}
+    scores = {}
+    for name, session in sessions.items():
+        outputs = [dict(zip(OUTPUT_NAMES, session.run(None, {INPUT_NAME: im}))) for im in images]
+        scores[name] = coco_map(coco, to_coco_detections(ids, outputs, coco), image_ids=ids)
+    ms = interleaved_ms({k: (lambda s=s: s.run(None, {INPUT_NAME: images[0]})) for k, s in sessions.items()})
+    return {"float_ort_map": scores["float"]["mAP"], "float_ort_map50": scores["float"]["mAP50"],
+            "int8_map": scores["int8"]["mAP"], "int8_map50": scores["int8"]["mAP50"],
+            "int8_map_delta": 100 * (scores["int8"]["mAP"] - scores["float"]["mAP"]), "int8_eval_images": len(ids),
+            "float_ms_per_image_interleaved": ms["float"], "int8_ms_per_image": ms["int8"],
+            "int8_latency_ratio": ms["int8"] / ms["float"] if ms["float"] else float("nan")}

@@ -10,7 +10,7 @@ from params.models import LcnetParams
 from params.registry import LCNET
 from tasks.lcnet.data import Sources, classification_data_task
 from tasks.lcnet.evaluate import Evaluated, evaluate_classifier_task
-from tasks.lcnet.export import Exported, export_classifier_task
+from tasks.lcnet.export import INT8_SUMMARY, Exported, export_classifier_task
 from tasks.lcnet.predict import Predicted, predict_task
 from tasks.lcnet.preflight import preflight
 from tasks.lcnet.split import Split, split_task
@@ -32,11 +32,12 @@ def lcnet(params_file: str = LCNET.params_file, overrides: dict[str, Any] | None
         evaluated: Evaluated = pipe.run("evaluate", evaluate_classifier_task, split=split, trained=trained,
                                         model=p.model, topk=p.train.topk, seed=p.seed)
         exported: Exported = pipe.run("export", export_classifier_task, split=split, trained=trained, model=p.model,
-                                      seed=p.seed)
+                                      seed=p.seed, export=p.export)
         predicted: Predicted = pipe.run("predict", predict_task, split=split, exported=exported, predict=p.predict)
         summary = {"val_top1": evaluated.val_top1, "test_top1": evaluated.test_top1,
                    "macs": trained.macs, "params": trained.params,
                    "onnx_max_abs_diff": exported.onnx_max_abs_diff,
+                   **{k: exported.report[k] for k in INT8_SUMMARY if k in exported.report},
                    "predict_latency_ms": predicted.average_latency_ms}
         return finish(pipe, summary)
 

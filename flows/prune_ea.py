@@ -13,7 +13,7 @@ from params.registry import PRUNE_EA
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
 from tasks.orchestration.search import control_fields, own_rows
 from tasks.prune_ea.data import CifarSplit, data_task
-from tasks.prune_ea.export import Exported, export_task
+from tasks.prune_ea.export import INT8_COLUMNS, Exported, export_task
 from tasks.prune_ea.preflight import preflight
 from tasks.prune_ea.prune_search import PruneSearched, prune_search, spread
 from tasks.prune_ea.retrain import RetrainedMember, retrain_task
@@ -41,13 +41,14 @@ def prune_ea(params_file: str = PRUNE_EA.params_file, overrides: dict[str, Any] 
         if any(r is None for r in retrained):
             raise RuntimeError("retraining a front member failed; see the task's log")
         exported: Exported = pipe.run("export", export_task, models=[base, *retrained], data=data, seed=p.seed,
-                                      table_key="prune-ea-comparison",
+                                      export=p.export, table_key="prune-ea-comparison",
                                       title="baseline vs retrained front members (test accuracy; r_c = MACs / baseline MACs)")
         rows = exported.rows
         summary = {"depth": p.depth, "candidates": len(own_rows(searched.rows)), "front_size": len(searched.front),
                    **control_fields(searched.control),
                    "baseline_acc": rows[0]["acc"], "baseline_macs": rows[0]["macs"],
-                   **{f"{r['model']}_{k}": r[k] for r in rows[1:] for k in ("acc", "macs", "r_c")}}
+                   **{f"{r['model']}_{k}": r[k] for r in rows[1:] for k in ("acc", "macs", "r_c")},
+                   **{f"{r['model']}_{k}": r[k] for r in rows for k in (*INT8_COLUMNS, "int8_error") if k in r}}
         return finish(pipe, summary, table=list(rows))
 
 

@@ -16,7 +16,7 @@ from params.registry import SANAS
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
 from tasks.orchestration.search import control_fields
 from tasks.sanas.data import Faces, face_data_task
-from tasks.sanas.export import Exported, export_faces_task
+from tasks.sanas.export import INT8_COLUMNS, Exported, export_faces_task
 from tasks.sanas.latency_table import Latency, latency_table_task
 from tasks.sanas.preflight import preflight
 from tasks.sanas.search import Searched, sanas_search
@@ -49,14 +49,15 @@ def sanas(params_file: str = SANAS.params_file, overrides: dict[str, Any] | None
         if any(t is None for t in trained):
             raise RuntimeError("training a compared network failed; see the task's log")
         exported: Exported = pipe.run("export", export_faces_task, models=trained, data=data, latency=latency,
-                                      image_size=p.image_size, threads=p.latency.threads)
+                                      image_size=p.image_size, threads=p.latency.threads, export=p.export)
         rows = {r["model"]: r for r in exported.rows}  # table rows: "found" and "initial"
         summary = {"ctype": window.ctype, "constraint_max": window.max,
                    "found_tokens": rows["found"]["tokens"], "skipped_outside_constraint": searched.skipped,
                    "predictor_within_10pct": latency.within_10pct, "predictor_rmse_ms": latency.rmse_ms,
                    **control_fields(searched.control),
                    **{f"{name}_{k}": r[k] for name, r in rows.items()
-                      for k in ("AP50", "macs", "params", "predicted_ms", "measured_ms")}}
+                      for k in ("AP50", "macs", "params", "predicted_ms", "measured_ms")},
+                   **{f"{name}_{k}": r[k] for name, r in rows.items() for k in (*INT8_COLUMNS, "int8_error") if k in r}}
         return finish(pipe, summary, table=[dict(r) for r in exported.rows])
 
 

@@ -81,6 +81,8 @@ def summarize(trained: list[Trained], compared: Compared, serial: SerialSearched
         summary |= {"baseline_mAP": base["mAP"], "baseline_mAP50": base["mAP50"], "baseline_params": base["params"],
                     "baseline_macs": base["macs"]}
     summary["onnx_max_box_diff"] = exported.report.get("onnx_max_box_diff")
+    summary |= {k: exported.report[k] for k in ("int8_map", "int8_map_delta", "int8_ms_per_image",
+                                                 "int8_latency_ratio", "int8_error") if k in exported.report}
     return summary
 
 

@@ -14,7 +14,7 @@ from params.registry import SPOS
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
 from tasks.orchestration.search import control_fields
 from tasks.spos.data import CifarSplit, data_task
-from tasks.spos.export import Exported, export_task
+from tasks.spos.export import INT8_COLUMNS, Exported, export_task
 from tasks.spos.preflight import preflight
 from tasks.spos.rank_check import RankChecked, rank_check_task
 from tasks.spos.retrain import RetrainedPath, retrain_candidates, spos_retrain_task
@@ -48,7 +48,8 @@ def spos(params_file: str = SPOS.params_file, overrides: dict[str, Any] | None =
         if any(r is None for r in retrained):
             raise RuntimeError("retraining a model failed; see the task's log")
         exported: Exported = pipe.run("export", export_task, models=retrained, data=data, seed=p.seed,
-                                      table_key="spos-comparison", convention=convention, predict_with="winner",
+                                      export=p.export, table_key="spos-comparison", convention=convention,
+                                      predict_with="winner",
                                       title="searched path vs baselines trained from scratch with the same budget "
                                             "(test accuracy; r_c = MACs / winner's MACs)")
         rows = {r["model"]: r for r in exported.rows}
@@ -62,7 +63,8 @@ def spos(params_file: str = SPOS.params_file, overrides: dict[str, Any] | None =
                    # Random paths spread over MACs: with the supernet's weights vs a short stand-alone training.
                    "supernet_path_acc_mean": ranked.supernet_acc_mean,
                    "standalone_path_acc_mean": ranked.standalone_acc_mean, **rank, **control_fields(searched.control),
-                   **{f"{name}_{k}": r[k] for name, r in rows.items() for k in ("acc", "macs", "params", "ort_ms_batch1")}}
+                   **{f"{name}_{k}": r[k] for name, r in rows.items() for k in ("acc", "macs", "params", "ort_ms_batch1")},
+                   **{f"{name}_{k}": r[k] for name, r in rows.items() for k in (*INT8_COLUMNS, "int8_error") if k in r}}
         return finish(pipe, summary, table=list(exported.rows))
 
 

@@ -66,6 +66,7 @@ def _resolved(value: str | None) -> str | None:
 SEED_MAX = 2**32 - 1          # numpy's and torch's generators all take it
 STEPS_MAX = 10_000_000        # training steps of one thing
 SIZE_LIMIT_MAX = 10**15       # params / MACs limits
+LATENCY_LIMIT_MAX = 1e6       # ms: a measured-latency limit (max_latency_ms) of one network
 SizeLimit = Annotated[int, Field(ge=0, le=SIZE_LIMIT_MAX)]
 Channel = Annotated[float, Field(ge=-1000, le=1000)]  # a per-channel mean or std of pixel values
 
@@ -191,10 +192,21 @@ class LcnetPredict(Section):
     topk: int = Field(5, ge=1, le=1000)
 
 
+class ClassifierExportParams(Section):
+    """The export stage of the classifier pipelines (lcnet, prune-ea, spos)."""
+
+    quantize: bool = Field(True, description="also write a static int8 twin (ONNX Runtime QDQ, calibrated on training "
+                                             "images) as inference_model_int8/, scored and timed beside the float "
+                                             "model; a graph ORT cannot quantize keeps the float model only")
+    calibration_images: int = Field(32, ge=1, le=10_000, description="training images that calibrate the int8 "
+                                                                       "activation ranges")
+
+
 class LcnetParams(RunParams):
     data: LcnetData = LcnetData()
     model: LcnetModel = LcnetModel()
     train: LcnetTrain = LcnetTrain()
+    export: ClassifierExportParams = ClassifierExportParams()
     predict: LcnetPredict = LcnetPredict()
 
 
@@ -320,10 +332,16 @@ def search_sections(model: type[BaseModel]) -> list[str]:
 
 class ResourceLimit(SearchControl):
     """Vega: "the best network under a given resource limit". "start" = the starting network's
-    own figure (the default: a better detector at no greater size); null = no limit."""
+    own figure (the default: a better detector at no greater size); null = no limit.
+    max_latency_ms: the measured ONNX Runtime latency (1 thread, batch 1) of the part the search
+    changes — serial body + parallel branches + FPN on a 1x3xSxS image, S = model.image_size —
+    checked at proposal time (latency/direct.py: cost, noise)."""
 
     max_params: Annotated[int, Field(ge=1, le=SIZE_LIMIT_MAX)] | Literal["start"] | None = "start"
     max_macs: Annotated[int, Field(ge=1, le=SIZE_LIMIT_MAX)] | Literal["start"] | None = "start"
+    max_latency_ms: float | None = Field(
+        None, gt=0, le=LATENCY_LIMIT_MAX, description="measured backbone+FPN latency limit (ms, ONNX Runtime, "
+                                                      "1 thread); over it a proposal is skipped untrained; null = none")
     keep_weights: KeepWeights = Field(
         "auto", description="which candidates keep model_<id>.pth after the search: all | pareto | best; "
                             "auto = all up to 100 candidates, pareto above")
@@ -367,6 +385,15 @@ class FullyTrainParams(Section):
 
 class DetectorExportParams(Section):
     num_images: int = Field(4, ge=1, le=1000, description="held-out images for parity checks and drawn predictions")
+    quantize: bool = Field(True, description="also write a static int8 twin (ONNX Runtime QDQ; Conv/Gemm int8, resize, "
+                                             "box decoding and NMS float) as inference_model_int8/ and report its "
+                                             "held-out mAP and latency beside the float model's (adds ~6 s at the "
+                                             "defaults: quantizing ~2-3 s, scoring both models ~3 s); a graph ORT "
+                                             "cannot quantize keeps the float model only")
+    calibration_images: int = Field(8, ge=1, le=10_000, description="training images that calibrate the int8 "
+                                                                      "activation ranges (~0.5 s each on 2 cores)")
+    int8_eval_images: int = Field(32, ge=1, le=100_000, description="held-out images both ONNX models are scored "
+                                                                      "on (mAP) for the int8 delta")
 
 
 class SpnasParams(RunParams):
@@ -429,6 +456,13 @@ class PruneSearchParams(SearchControl, MultiFidelity):
         8, ge=0, le=10_000, description="training batches that re-estimate BatchNorm statistics of each pruned "
                                         "candidate before its fine-tune (0 = keep the base model's statistics)")
     with_params: bool = Field(False, description="also minimise parameters (a third objective)")
+    objective: Literal["macs", "latency"] = Field(
+        "macs", description="the cost NSGA-III minimises beside 1 - accuracy: macs | latency (each encoding's "
+                            "measured ONNX Runtime ms, 1 thread, one 32x32 image, timed before it is trained)")
+    max_latency_ms: float | None = Field(
+        None, gt=0, le=LATENCY_LIMIT_MAX, description="measured latency limit of a pruned network (ms, ONNX Runtime, "
+                                                      "1 thread, one 32x32 image); over it an encoding is never "
+                                                      "trained; null = none")
     keep_weights: KeepWeights = "auto"
 
     @model_validator(mode="after")
@@ -448,6 +482,7 @@ class PruneEaParams(RunParams):
     base: ClassifierTrain = ClassifierTrain()
     search: PruneSearchParams = PruneSearchParams()
     retrain: PruneRetrainParams = PruneRetrainParams()
+    export: ClassifierExportParams = ClassifierExportParams()
 
 
 # ------------------------------------------------------------------------------------ spos/full
@@ -509,6 +544,10 @@ class EvolutionParams(SearchControl):
     generations: int = Field(4, ge=1, le=10_000)
     macs_limit: int | None = Field(None, ge=1, le=SIZE_LIMIT_MAX, description="candidates above it are never evaluated; null = "
                                                            "halfway between the preset's smallest and largest path")
+    max_latency_ms: float | None = Field(
+        None, gt=0, le=LATENCY_LIMIT_MAX, description="measured latency limit of a path as a stand-alone net (ms, "
+                                                      "ONNX Runtime, 1 thread, one image); over it a path is never "
+                                                      "evaluated; null = none")
     recalib_batches: int = Field(4, ge=0, le=10_000, description="training batches to recalibrate BN statistics "
                                                                  "before scoring a candidate; 0 = off")
     batch_size: int = Field(128, ge=1, le=4096, description="batch size of recalibration and scoring")
@@ -557,6 +596,7 @@ class SposParams(RunParams):
     search: EvolutionParams = EvolutionParams()
     rank_check: RankCheckParams = RankCheckParams()
     retrain: SposRetrainParams = SposRetrainParams()
+    export: ClassifierExportParams = ClassifierExportParams()
 
 
 # ----------------------------------------------------------------------------------- sanas/full
@@ -637,6 +677,19 @@ class FaceTrainParams(Section):
     weight_decay: float = Field(5e-4, ge=0, lt=1)
 
 
+class FaceExportParams(Section):
+    """The export stage of sanas/full."""
+
+    quantize: bool = Field(True, description="also write a static int8 twin of each exported SSD core (ONNX Runtime "
+                                             "QDQ, softmax float) as <name>/inference_model_int8/, with its held-out "
+                                             "AP and latency beside the float model's (adds ~2 s per network; on a "
+                                             "CPU without VNNI the int8 BlazeFace measured 3.4x slower than float, "
+                                             "which the report shows); a graph ORT cannot quantize keeps the float "
+                                             "model only")
+    calibration_images: int = Field(32, ge=1, le=10_000, description="training images that calibrate the int8 "
+                                                                       "activation ranges")
+
+
 class SanasParams(RunParams):
     """sanas/full."""
 
@@ -646,3 +699,4 @@ class SanasParams(RunParams):
     latency: LatencyParams = LatencyParams()
     search: SanasSearchParams = SanasSearchParams()
     train: FaceTrainParams = FaceTrainParams()
+    export: FaceExportParams = FaceExportParams()

@@ -299,11 +299,26 @@ def param_rows(runs: Sequence[RunInfo]) -> tuple[list[dict[str, Any]], int]:
     return rows, identical
 
 
+# Summary keys of an export's int8 twin (a model-name prefix may come first, e.g. winner_int8_acc_delta):
+# deltas are int8 − float in points of the run's headline metric, the ratio is int8 / float latency.
+INT8_SUFFIXES = ("int8_acc_delta", "int8_map_delta", "int8_ap50_delta", "int8_latency_ratio", "int8_error")
+INT8_SECTION = "int8 vs float (delta: points; latency: int8 / float)"
+
+
+def _is_int8(key: str) -> bool:
+    return key.endswith(INT8_SUFFIXES)
+
+
 def figure_rows(runs: Sequence[RunInfo]) -> list[dict[str, Any]]:
+    """The summaries' figures (section "final"), then the int8 twin's accuracy delta and latency
+    ratio in a section of their own where any run has them (its other int8 figures stay in "final")."""
     keys: list[str] = []
     for r in runs:
         keys += [k for k in r.summary if k not in keys]
-    return [{"section": "final", "name": k, "values": [r.summary.get(k) for r in runs]} for k in keys]
+    final = [{"section": "final", "name": k, "values": [r.summary.get(k) for r in runs]}
+             for k in keys if not _is_int8(k)]
+    return final + [{"section": INT8_SECTION, "name": k, "values": [r.summary.get(k) for r in runs]}
+                    for k in sorted(keys, key=lambda k: (k.endswith("int8_error"), k)) if _is_int8(k)]
 
 
 def _cell(value: Any) -> str:

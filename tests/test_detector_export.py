@@ -228,3 +228,30 @@ def test_program_with_parallel_branches_and_0_or_1_detections(tmp_path: Path) ->
     assert sorted(counts) == [0, 0, 1, 1]
     with pytest.raises(Exception, match="96"):
         program([torch.rand(3, 80, 120)])
+
+
+@pytest.mark.slow
+def test_int8_twin_predicts_and_reports_map(trained, tmp_path: Path) -> None:
+    """Static int8 (Conv/Gemm) twin of the detector: the predictor loads it unchanged, and its
+    held-out mAP and latency come beside the float ONNX model's."""
+    from deploy.detector_export import detector_int8_figures, export_int8_detector
+    from latency.measure import TimingConfig, interleaved_ms
+
+    float_dir = tmp_path / "inference_model"
+    shutil.copytree(trained["dir"], float_dir)
+    q = export_int8_detector(float_dir, trained["images"][:4], max_images=4)
+    int8_dir = tmp_path / "inference_model_int8"
+    assert Path(q.path) == int8_dir / ONNX_FILE and "Conv" in q.op_types
+    meta = yaml.safe_load((int8_dir / MODEL_YML).read_text())
+    assert meta["labels"] == LABELS and meta["files"] == {"onnx": ONNX_FILE}
+    assert meta["quantization"]["dtype"] == "int8" and meta["quantization"]["calibration"]["images"] == 4
+    got = DetectorPredictor(int8_dir, threads=1, score_threshold=0.0).predict([str(p) for p in trained["paths"]])
+    assert len(got) == len(trained["paths"])
+    assert all(set(d) == {"category_id", "category", "score", "bbox"} for dets in got for d in dets)
+    val_images = trained["paths"][0].parent  # make_digits_coco's layout: <root>/val, <root>/annotations
+    val = load_coco(val_images, val_images.parent / "annotations" / "instances_val.json")
+    timing = TimingConfig(warmup=1, rounds=2, number=2, passes=1)
+    figures = detector_int8_figures(float_dir / ONNX_FILE, int8_dir / ONNX_FILE, val, 4, 1,
+                                    lambda fns: interleaved_ms(fns, timing))
+    assert figures["int8_eval_images"] == 4 and np.isfinite(figures["int8_map_delta"])
+    assert figures["int8_latency_ratio"] > 0

@@ -269,6 +269,20 @@ def finetune_to(model: torch.nn.Module, data: CifarSplit, steps: int, lr: float,
 
 
 PREDICT_IMAGES = 8
+# What an int8 twin adds to a comparison row (export_compared): accuracy of the int8 ONNX model
+# on the test images, int8 − float in percentage points, batch-1 latency and int8 / float latency.
+INT8_COLUMNS = ("int8_acc", "int8_acc_delta", "int8_ms_batch1", "int8_latency_ratio")
+
+
+def calibration_images(data: CifarSplit, count: int, convention: str = "rgb") -> torch.Tensor:
+    """`count` images of the train part, spread over it, normalised as the exported model expects
+    (no augmentation): what calibrates an int8 model's activation ranges."""
+    cifar, train_idx, _ = load_data(data)
+    order, mean, std = INPUT_CONVENTIONS[convention]
+    picks = train_idx[np.unique(np.linspace(0, len(train_idx) - 1, min(count, len(train_idx))).astype(int))]
+    normalize = CifarNormalize(mean, std, order)
+    return torch.stack([normalize(torch.from_numpy(np.ascontiguousarray(cifar.train_images[i].transpose(2, 0, 1))))
+                        for i in picks])
 
 
 def load_entry(entry: TrainedClassifier) -> torch.nn.Module:
@@ -278,23 +292,33 @@ def load_entry(entry: TrainedClassifier) -> torch.nn.Module:
 
 
 def export_compared(models: Sequence[TrainedClassifier], data: CifarSplit, seed: int, runtime: Any,
-                    out_dir: Path, convention: str = "rgb", predict_with: str | None = None) -> dict[str, Any]:
+                    out_dir: Path, convention: str = "rgb", predict_with: str | None = None,
+                    quantize: bool = False, calibration_count: int = 32) -> dict[str, Any]:
     """Export each model as an inference folder (ONNX with softmax + torch.export program +
     model.yml in `convention`), parity-check it on real test images, time it with ONNX Runtime
     (batch 1), and tabulate them against the first: MACs, params, accuracy, r_c = MACs / first
-    model's MACs, latency (comparison.csv). Runs the Predictor as a user would on `predict_with`
-    (a model name; default the last model). Returns the rows, the Predictor's timing report and
-    sample accuracy, and the files written."""
-    from deploy.classifier_export import export_classifier, parity
+    model's MACs, latency (comparison.csv). With `quantize`, each model also gets a static int8
+    twin (<name>/inference_model_int8, calibrated on `calibration_count` training images) scored on
+    the whole test set beside its float ONNX model (INT8_COLUMNS; `int8_error` when ORT could not
+    quantize it). Runs the Predictor as a user would on `predict_with` (a model name; default the
+    last model). Returns the rows, the Predictor's timing report and sample accuracy, and the
+    files written."""
+    import shutil
+
+    from deploy.classifier_export import INT8_DIR, export_classifier, int8_twin, parity
     from deploy.onnx_export import make_session
     from deploy.predictor import ClassifierPredictor
     from engine.runtime import configure_torch
+    from latency.measure import interleaved_ms
     from latency.timing import min_latency_ms
     from tasks.orchestration.tables import write_table
 
     threads = configure_torch(runtime.num_threads, seed)
     _, _, test = loaders(data, 64, seed, convention)
     images, _ = next(iter(test))
+    if quantize:  # the same images each row's `acc` is scored on (train_and_score's test_acc)
+        test_images, test_labels = (torch.cat(parts).numpy() for parts in zip(*test))
+        calibration = calibration_images(data, calibration_count, convention)
     rows, files = [], []
     base_macs = models[0].performance["macs"]
     for entry in models:
@@ -306,9 +330,18 @@ def export_compared(models: Sequence[TrainedClassifier], data: CifarSplit, seed:
         one = images[:1].numpy()
         ort_ms = min_latency_ms(lambda: session.run(None, {"image": one}))
         perf = entry.performance
-        rows.append({"model": entry.name, "macs": perf["macs"], "params": perf["params"], "acc": perf["acc"],
-                     "r_c": perf["macs"] / base_macs, "ort_ms_batch1": ort_ms, **checks})
+        row = {"model": entry.name, "macs": perf["macs"], "params": perf["params"], "acc": perf["acc"],
+               "r_c": perf["macs"] / base_macs, "ort_ms_batch1": ort_ms, **checks}
         files += [exported[k] for k in ("onnx", "program", "model_yml")]
+        if quantize:
+            int8 = int8_twin(Path(exported["model_dir"]), calibration, test_images, test_labels, threads,
+                             interleaved_ms, calibration_count)
+            row |= {k: int8[k] for k in (*INT8_COLUMNS, "int8_error") if k in int8}
+            if "int8_model_dir" in int8:
+                files += [str(Path(int8["int8_model_dir"]) / n) for n in ("model.onnx", "model.yml")]
+        else:  # no int8 folder of an earlier export in this work folder may pass for this model's
+            shutil.rmtree(out_dir / entry.name / INT8_DIR, ignore_errors=True)
+        rows.append(row)
     cifar, _, _ = load_data(data)
     predict_with = predict_with or models[-1].name
     predictor = ClassifierPredictor(str(out_dir / predict_with / "inference_model"), threads=threads)
