@@ -49,6 +49,7 @@ def prune_ea(params_file: str = PRUNE_EA.params_file, overrides: dict[str, Any] 
                    "baseline_acc": rows[0]["acc"], "baseline_macs": rows[0]["macs"],
                    **{f"{r['model']}_{k}": r[k] for r in rows[1:] for k in ("acc", "macs", "r_c")},
                    **{f"{r['model']}_{k}": r[k] for r in rows for k in (*INT8_COLUMNS, "int8_error") if k in r}}
+        summary["latency_flags"] = len(exported.latency_notes)  # winners whose search-time latency missed by > ±10 %
         return finish(pipe, summary, table=list(rows))
 
 

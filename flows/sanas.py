@@ -58,6 +58,7 @@ def sanas(params_file: str = SANAS.params_file, overrides: dict[str, Any] | None
                    **{f"{name}_{k}": r[k] for name, r in rows.items()
                       for k in ("AP50", "macs", "params", "predicted_ms", "measured_ms")},
                    **{f"{name}_{k}": r[k] for name, r in rows.items() for k in (*INT8_COLUMNS, "int8_error") if k in r}}
+        summary["latency_flags"] = len(exported.latency_notes)  # winners whose search-time latency missed by > ±10 %
         return finish(pipe, summary, table=[dict(r) for r in exported.rows])
 
 

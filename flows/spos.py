@@ -65,6 +65,7 @@ def spos(params_file: str = SPOS.params_file, overrides: dict[str, Any] | None =
                    "standalone_path_acc_mean": ranked.standalone_acc_mean, **rank, **control_fields(searched.control),
                    **{f"{name}_{k}": r[k] for name, r in rows.items() for k in ("acc", "macs", "params", "ort_ms_batch1")},
                    **{f"{name}_{k}": r[k] for name, r in rows.items() for k in (*INT8_COLUMNS, "int8_error") if k in r}}
+        summary["latency_flags"] = len(exported.latency_notes)  # winners whose search-time latency missed by > ±10 %
         return finish(pipe, summary, table=list(exported.rows))
 
 

@@ -297,7 +297,9 @@ def export_compared(models: Sequence[TrainedClassifier], data: CifarSplit, seed:
     """Export each model as an inference folder (ONNX with softmax + torch.export program +
     model.yml in `convention`), parity-check it on real test images, time it with ONNX Runtime
     (batch 1), and tabulate them against the first: MACs, params, accuracy, r_c = MACs / first
-    model's MACs, latency (comparison.csv). With `quantize`, each model also gets a static int8
+    model's MACs, latency (comparison.csv): `ort_ms_batch1` on the run's threads, and `measured_ms`
+    on one thread (latency.check), with the search's own figure beside it and a ±10 % flag when the
+    entry's performance has `search_latency_ms`. With `quantize`, each model also gets a static int8
     twin (<name>/inference_model_int8, calibrated on `calibration_count` training images) scored on
     the whole test set beside its float ONNX model (INT8_COLUMNS; `int8_error` when ORT could not
     quantize it). Runs the Predictor as a user would on `predict_with` (a model name; default the
@@ -309,6 +311,7 @@ def export_compared(models: Sequence[TrainedClassifier], data: CifarSplit, seed:
     from deploy.onnx_export import make_session
     from deploy.predictor import ClassifierPredictor
     from engine.runtime import configure_torch
+    from latency.check import LatencyCheck, measure_onnx_ms
     from latency.measure import interleaved_ms
     from latency.timing import min_latency_ms
     from tasks.orchestration.tables import write_table
@@ -342,6 +345,15 @@ def export_compared(models: Sequence[TrainedClassifier], data: CifarSplit, seed:
         else:  # no int8 folder of an earlier export in this work folder may pass for this model's
             shutil.rmtree(out_dir / entry.name / INT8_DIR, ignore_errors=True)
         rows.append(row)
+    # Every exported model re-measured as the latency gate measures (1 thread, batch 1), interleaved,
+    # and checked against the figure its search admitted it on (search_latency_ms, when there was one).
+    remeasured = measure_onnx_ms({r["model"]: (out_dir / r["model"] / "inference_model" / "model.onnx",
+                                               {"image": images[:1].numpy()}) for r in rows}, threads=1)
+    notes = []
+    for entry, row in zip(models, rows):
+        check = LatencyCheck(remeasured[row["model"]], entry.performance.get("search_latency_ms"))
+        row |= check.fields()
+        notes += [n for n in [check.note(row["model"])] if n]
     cifar, _, _ = load_data(data)
     predict_with = predict_with or models[-1].name
     predictor = ClassifierPredictor(str(out_dir / predict_with / "inference_model"), threads=threads)
@@ -353,4 +365,5 @@ def export_compared(models: Sequence[TrainedClassifier], data: CifarSplit, seed:
         "rows": rows, "threads": threads, "input_convention": convention, "predictor_model": predict_with,
         "predictor_sample_accuracy": hits / len(sample), "predictor_timing": predictor.time_info.as_dict()})
     return {"rows": rows, "time_info": predictor.time_info.report(), "predictor_model": predict_with,
-            "predictor_sample_accuracy": hits / len(sample), "files": [*files, str(report)]}
+            "predictor_sample_accuracy": hits / len(sample), "files": [*files, str(report)],
+            "latency_notes": notes}

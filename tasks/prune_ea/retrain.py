@@ -38,7 +38,8 @@ def retrain(candidate: dict[str, Any], data: CifarSplit, depth: int, cfg: PruneR
     scores = train_and_score(model, data, cfg, seed, resolve_device(runtime.device),
                              out_dir / f"checkpoint_{candidate['id']}.pth", on_epoch)
     performance = {"acc": scores["test_acc"], "val_acc": scores["val_acc"], **measure(model), "epochs": cfg.epochs,
-                   "search_acc": candidate["acc"]}
+                   "search_acc": candidate["acc"],
+                   **({"search_latency_ms": candidate["latency_ms"]} if candidate.get("latency_ms") is not None else {})}
     desc = {"type": "PruneResNet", **model.arch}
     files = save_handoff(out_dir, f"retrained_{candidate['id']}", desc, model, performance)
     return RetrainedMember(name=f"member_{candidate['id']}", id=candidate["id"], encoding=candidate["encoding"],

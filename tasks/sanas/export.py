@@ -52,9 +52,11 @@ PARITY_IMAGES = 8
 @dataclass(frozen=True, kw_only=True)
 class Exported(StageResult):
     """The comparison table (comparison.csv's rows, the found network first): tokens, AP50, AP,
-    macs, params, predicted_ms, measured_ms, prediction_error_pct and parity per network."""
+    macs, params, predicted_ms, measured_ms, prediction_error_pct, prediction_flag (beyond ±10 %)
+    and parity per network; `latency_notes`: one line per flagged network."""
 
     rows: tuple[Mapping[str, Any], ...]
+    latency_notes: tuple[str, ...] = ()
 
 
 def _anchors(model: torch.nn.Module, image_size: int) -> np.ndarray:
@@ -184,13 +186,15 @@ def export_faces(models: Sequence[Trained], data: Faces, latency: Latency, image
         else:  # no int8 folder of an earlier export in this work folder may pass for this model's
             shutil.rmtree(out_dir / entry.name / "inference_model_int8", ignore_errors=True)
     measured = measure_networks_ms(cores, "onnxruntime", threads)  # interleaved: load hits both alike
+    notes = []
     for row in rows:
-        row["measured_ms"] = measured[row["model"]]
-        row["prediction_error_pct"] = 100 * (row["predicted_ms"] - row["measured_ms"]) / row["measured_ms"]
+        check = LatencyCheck(measured[row["model"]], row["predicted_ms"])
+        row |= check.fields()
+        notes += [n for n in [check.note(row["model"])] if n]
     files += [str(p) for p in write_table(rows, out_dir / "comparison.csv")]
     files.append(str(write_json(out_dir / "export_report.json", {"rows": rows, "threads": threads,
                                                                  "latency_table": latency.table_file})))
-    return Exported(rows=tuple(rows), files=tuple(files))
+    return Exported(rows=tuple(rows), latency_notes=tuple(notes), files=tuple(files))
 
 
 @task(name="export", persist_result=True, cache_policy=STAGE_CACHE)
@@ -218,4 +222,6 @@ def export_faces_task(models: list[Trained], data: Faces, latency: Latency, imag
             logger.info("%-8s int8: AP@0.5 %.4f (%+.2f points vs float ONNX on %d held-out images), batch-1 %.3f ms "
                         "= %.2fx float", r["model"], r["int8_AP50"], r["int8_ap50_delta"], r["int8_eval_images"],
                         r["int8_ms_batch1"], r["int8_latency_ratio"])
+    for note in out.latency_notes:
+        logger.warning("latency prediction missed: %s", note)
     return out

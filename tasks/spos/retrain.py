@@ -41,7 +41,8 @@ def retrain_candidates(supernet: TrainedSupernet, final: FinalArchitecture, seed
     """The winner, then (if asked) a seeded random path of the closest MACs found within
     `SIMILAR` and the all-3x3 path: the retrain stage's candidate inputs ({"name", "choices"})."""
     table = supernet.table()
-    out = [{"name": "winner", "choices": list(final.choices)}]
+    out: list[dict[str, Any]] = [{"name": "winner", "choices": list(final.choices),
+                                  **({"latency_ms": final.latency_ms} if final.latency_ms is not None else {})}]
     if baselines:
         rng, target = random.Random(seed), final.macs
         best: list[int] | None = None
@@ -62,7 +63,8 @@ def retrain(candidate: dict[str, Any], supernet: TrainedSupernet, data: CifarSpl
     model = build_subnet(candidate["choices"], supernet.preset, num_classes=supernet.num_classes)
     scores = train_and_score(model, data, cfg, seed, resolve_device(runtime.device),
                              out_dir / f"checkpoint_{candidate['name']}.pth", on_epoch, convention)
-    performance = {"acc": scores["test_acc"], "val_acc": scores["val_acc"], **measure(model), "epochs": cfg.epochs}
+    performance = {"acc": scores["test_acc"], "val_acc": scores["val_acc"], **measure(model), "epochs": cfg.epochs,
+                   **({"search_latency_ms": candidate["latency_ms"]} if candidate.get("latency_ms") is not None else {})}
     desc = {"type": "SposSubnet", "choices": list(candidate["choices"]), "preset": supernet.preset,
             "num_classes": supernet.num_classes}
     files = save_handoff(out_dir, candidate["name"], desc, model, performance)
