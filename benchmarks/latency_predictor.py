@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fresh", action="store_true",
                    help="delete this machine's cached table first, so its build time is measured")
     p.add_argument("--cpu", type=int, default=None,
-                   help="CPU to pin the process to (default: the last one; -1: no pinning)")
+                   help="CPU to pin the process to (default: the last one; -1: neither pinning nor priority)")
     p.add_argument("--no-retest", dest="retest", action="store_false",
                    help="skip the second measurement of the held-out networks")
     args = p.parse_args(argv)
@@ -62,8 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def isolate(cpu: int | None, threads: int) -> str:
     """Pin the process to `threads` CPUs ending at `cpu` (default the last) and ask for a higher
     priority; returns what was applied, for the header. Either may be refused: then it says so."""
+    if cpu == -1:
+        return "not pinned, default priority (--cpu -1)"
     notes = []
-    if cpu != -1 and hasattr(os, "sched_setaffinity"):
+    if hasattr(os, "sched_setaffinity"):
         cpus = sorted(os.sched_getaffinity(0))
         last = cpus.index(cpu) if cpu in cpus else len(cpus) - 1
         chosen = set(cpus[max(0, last - threads + 1):last + 1])

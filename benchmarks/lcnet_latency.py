@@ -1,12 +1,16 @@
-"""PP-LCNet x1.0 vs MobileNetV3-small x1.25 on CPU with ONNX Runtime, side by side.
+"""PP-LCNet x1.0 vs MobileNetV3-small x1.25 and MobileNetV3-large x1.0 on CPU with ONNX Runtime,
+float and static int8, on 1 and 2 threads, side by side.
 
-The paper (Intel Xeon, MKLDNN) reports 2.46 ms vs 3.95 ms. Here both models get random
-weights (nothing can be downloaded), the same input and the same thread count; after warm-up
-the two are timed interleaved (A, B, A, B, ...) so machine noise hits both alike, and we
-print min-of-N and median. A second comparison times eager torch vs ONNX Runtime for
-PP-LCNet x1.0. A benchmark reports figures; it asserts nothing.
+The paper (Intel Xeon, MKLDNN) reports 2.46 ms vs 3.95 ms (MobileNetV3-small x1.25). Here every
+model gets random weights (nothing can be downloaded) with BatchNorm statistics set from one
+random batch, the same input and the same thread count; each is exported to ONNX and quantized
+with the project's int8 export (deploy/quantize.py: ORT static QDQ, calibrated on 8 random
+images — latency only, accuracy is meaningless with random weights). Per thread count, after
+warm-up all six sessions are timed interleaved (A, B, C, ...) so machine noise hits them alike,
+and we print min-of-N and median, and int8 / float. A second comparison times eager torch vs ONNX
+Runtime for PP-LCNet x1.0. A benchmark reports figures; it asserts nothing.
 
-    .venv/bin/python benchmarks/lcnet_latency.py [--threads 2] [--size 224] [--repeats 50]
+    .venv/bin/python benchmarks/lcnet_latency.py [--threads 1 2] [--size 224] [--repeats 50]
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from deploy.onnx_export import WithSoftmax, export_onnx, make_session  # noqa: E402
+from deploy.quantize import quantize_onnx  # noqa: E402
 from latency.flops import count_macs_params, format_count  # noqa: E402
 from latency.measure import cpu_model  # noqa: E402
 from latency.timing import interleaved_times, load_average  # noqa: E402
@@ -37,7 +42,7 @@ PAPER_MS = {"PP-LCNet x1.0": 2.46, "MobileNetV3-small x1.25": 3.95}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads, ORT and torch")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts, ORT and torch")
     p.add_argument("--size", type=int, default=224, help="input height = width (px)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=50, help="timed runs per model")
@@ -46,7 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="timed runs for eager torch vs ORT (eager is ~10x slower)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    for name in ("threads", "size", "batch", "repeats", "eager_repeats"):
+    if min(args.threads) < 1:
+        p.error("--threads must be at least 1")
+    for name in ("size", "batch", "repeats", "eager_repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0:
@@ -81,17 +88,44 @@ def summary(ms: list[float]) -> tuple[float, float]:
     return min(ms), statistics.median(ms)
 
 
+def time_models(models: dict[str, nn.Module], x: torch.Tensor, threads: int, args: argparse.Namespace,
+                tmp: Path) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """ORT times of every model, float and int8, interleaved; then eager torch vs ORT for the first."""
+    feed = x.numpy()
+    torch.set_num_threads(threads)
+    fns = {}
+    for i, (name, model) in enumerate(models.items()):
+        path = tmp / f"model{i}.onnx"
+        if not path.is_file():
+            t0 = time.perf_counter()
+            export_onnx(WithSoftmax(model), x, path, output_name="probabilities")
+            quantize_onnx(path, tmp / f"model{i}.int8.onnx", torch.randn(8, *x.shape[1:]).numpy())
+            print(f"exported and quantized {name} in {time.perf_counter() - t0:.1f} s")
+        for kind, file in (("float", path), ("int8", tmp / f"model{i}.int8.onnx")):
+            session = make_session(file, threads=threads)
+            fns[f"{name} {kind}"] = (lambda s=session: s.run(None, {"image": feed}))
+    ort_ms = interleaved_times(fns, args.warmup, args.repeats)
+    first = next(iter(models))
+    softmax = WithSoftmax(models[first]).eval()
+
+    def eager() -> torch.Tensor:
+        with torch.inference_mode():
+            return softmax(x)
+
+    eager_ms = interleaved_times({"torch": eager, "ort": fns[f"{first} float"]}, min(args.warmup, 3),
+                                 args.eager_repeats)
+    return ort_ms, eager_ms
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
     shape = (args.batch, 3, args.size, args.size)
     x = torch.randn(shape)
-    feed = x.numpy()
-
-    lcnet = build_lcnet(1.0, num_classes=1000)
-    mbv3, mbv3_name = mobilenet_v3_small_x125()
-    models = {"PP-LCNet x1.0": lcnet, mbv3_name: mbv3}
+    lc_name = "PP-LCNet x1.0"
+    small, small_name = mobilenet_v3_small_x125()
+    models = {lc_name: build_lcnet(1.0, num_classes=1000), small_name: small,
+              "MobileNetV3-large x1.0": torchvision.models.mobilenet_v3_large(weights=None)}
     calib = torch.randn(8, 3, args.size, args.size)
     for model in models.values():
         calibrate_bn(model, calib)
@@ -99,53 +133,33 @@ def main(argv: list[str] | None = None) -> None:
     print(f"CPU: {cpu_model()} | torch {torch.__version__} | onnxruntime {ort.__version__}")
     print(f"threads {args.threads} (ORT intra-op and torch) | input {shape[0]}x3x{args.size}x"
           f"{args.size} | warm-up {args.warmup} | {args.repeats} interleaved runs each")
-    print(f"MobileNetV3 baseline: {mbv3_name} (random weights; so is PP-LCNet)")
+    print("all models have random weights; int8 = static QDQ (deploy/quantize.py)")
     print(f"load average before: {load_average()} on {os.cpu_count()} CPUs "
           "(shared machine: compare min-of-N first)\n")
-
-    with tempfile.TemporaryDirectory(prefix="lcnet-bench-") as tmp:
-        sessions: dict[str, ort.InferenceSession] = {}
-        for i, (name, model) in enumerate(models.items()):
-            t0 = time.perf_counter()
-            path = export_onnx(WithSoftmax(model), x, Path(tmp) / f"model{i}.onnx",
-                               output_name="probabilities")
-            sessions[name] = make_session(path, threads=args.threads)
-            print(f"exported {name} in {time.perf_counter() - t0:.1f} s "
-                  f"({path.stat().st_size / 1e6:.1f} MB)")
-
-        ort_fns = {name: (lambda s=s: s.run(None, {"image": feed})) for name, s in sessions.items()}
-        ort_ms = interleaved_times(ort_fns, args.warmup, args.repeats)
-
-        lc_name = "PP-LCNet x1.0"
-        lc_softmax = WithSoftmax(lcnet).eval()
-
-        def eager() -> torch.Tensor:
-            with torch.inference_mode():
-                return lc_softmax(x)
-
-        eager_ms = interleaved_times({"torch": eager, "ort": ort_fns[lc_name]},
-                                    min(args.warmup, 3), args.eager_repeats)
-
-    print(f"\nONNX Runtime latency per batch ({args.threads} threads, {args.size} px)")
-    print(f"{'model':<26}{'min ms':>8}{'p50 ms':>8}{'paper ms':>10}{'MACs':>9}{'params':>8}")
     per_image = (1, 3, args.size, args.size)
-    for name, model in models.items():
-        macs, params = count_macs_params(model, per_image)
-        lo, med = summary(ort_ms[name])
-        paper = f"{PAPER_MS[name]:.2f}" if name in PAPER_MS else "-"
-        print(f"{name:<26}{lo:>8.2f}{med:>8.2f}{paper:>10}{format_count(macs):>9}"
-              f"{format_count(params):>8}")
-    (lo_a, med_a), (lo_b, med_b) = (summary(ort_ms[n]) for n in models)
-    paper_ratio = PAPER_MS["MobileNetV3-small x1.25"] / PAPER_MS[lc_name]
-    print(f"MobileNetV3 / PP-LCNet: min {lo_b / lo_a:.2f}x, p50 {med_b / med_a:.2f}x "
-          f"(paper {paper_ratio:.2f}x); MACs and params are per image, counted here")
-
-    (lo_t, med_t), (lo_o, med_o) = summary(eager_ms["torch"]), summary(eager_ms["ort"])
-    print(f"\nPP-LCNet x1.0, eager torch vs ONNX Runtime ({args.threads} threads, {args.size} px)")
-    print(f"eager torch  min {lo_t:.2f} ms  p50 {med_t:.2f} ms")
-    print(f"ONNX Runtime min {lo_o:.2f} ms  p50 {med_o:.2f} ms")
-    print(f"torch / ORT: min {lo_t / lo_o:.2f}x, p50 {med_t / med_o:.2f}x "
-          f"({args.eager_repeats} interleaved runs each)")
+    counts = {name: count_macs_params(model, per_image) for name, model in models.items()}
+    with tempfile.TemporaryDirectory(prefix="lcnet-bench-") as tmp:
+        for threads in args.threads:
+            ort_ms, eager_ms = time_models(models, x, threads, args, Path(tmp))
+            print(f"\nONNX Runtime latency per batch ({threads} thread{'s' * (threads > 1)}, {args.size} px)")
+            print(f"{'model':<26}{'float min':>10}{'p50':>8}{'int8 min':>10}{'p50':>8}{'int8/float':>11}"
+                  f"{'paper ms':>10}{'MACs':>9}{'params':>8}")
+            for name in models:
+                lo_f, med_f = summary(ort_ms[f"{name} float"])
+                lo_q, med_q = summary(ort_ms[f"{name} int8"])
+                paper = f"{PAPER_MS[name]:.2f}" if name in PAPER_MS else "-"
+                macs, params = counts[name]
+                print(f"{name:<26}{lo_f:>10.2f}{med_f:>8.2f}{lo_q:>10.2f}{med_q:>8.2f}{med_q / med_f:>10.2f}x"
+                      f"{paper:>10}{format_count(macs):>9}{format_count(params):>8}")
+            lc = summary(ort_ms[f"{lc_name} float"])
+            for name in list(models)[1:]:
+                other = summary(ort_ms[f"{name} float"])
+                print(f"{name} / PP-LCNet (float): min {other[0] / lc[0]:.2f}x, p50 {other[1] / lc[1]:.2f}x")
+            print(f"(paper: MobileNetV3-small x1.25 / PP-LCNet = "
+                  f"{PAPER_MS['MobileNetV3-small x1.25'] / PAPER_MS[lc_name]:.2f}x)")
+            (lo_t, med_t), (lo_o, med_o) = summary(eager_ms["torch"]), summary(eager_ms["ort"])
+            print(f"PP-LCNet x1.0 eager torch min {lo_t:.2f} / p50 {med_t:.2f} ms vs ORT min {lo_o:.2f} / "
+                  f"p50 {med_o:.2f} ms: torch / ORT {med_t / med_o:.2f}x (p50)")
     print(f"load average after: {load_average()}")
 
 

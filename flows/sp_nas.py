@@ -52,7 +52,7 @@ def spnas(params_file: str = SPNAS.params_file, overrides: dict[str, Any] | None
             raise RuntimeError("fully_train failed; see the task's log")
         compared: Compared = pipe.run("fully_train", compare_task, results=trained, limits=parallel.limits)
         exported: Exported = pipe.run("export", export_detector_task, final=trained[0], data=data, export=p.export,
-                                      seed=p.seed)
+                                      seed=p.seed, search_latency_ms=parallel.best.get("latency_ms"))
         return finish(pipe, summarize(trained, compared, serial, parallel, exported))
 
 
@@ -83,6 +83,9 @@ def summarize(trained: list[Trained], compared: Compared, serial: SerialSearched
     summary["onnx_max_box_diff"] = exported.report.get("onnx_max_box_diff")
     summary |= {k: exported.report[k] for k in ("int8_map", "int8_map_delta", "int8_ms_per_image",
                                                  "int8_latency_ratio", "int8_error") if k in exported.report}
+    summary |= {k: exported.report[k] for k in ("backbone_measured_ms", "backbone_predicted_ms",
+                                                 "backbone_prediction_error_pct") if k in exported.report}
+    summary["latency_flags"] = int(bool(exported.report.get("latency_note")))  # search-time latency missed by > ±10 %
     return summary
 
 

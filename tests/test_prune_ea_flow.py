@@ -58,3 +58,28 @@ def test_prune_ea_depth_56_same_flow(prune_ea_d56: dict) -> None:
     result = read_table(Path(summary["run_dir"]) / "prune_search/result.csv")
     assert len(result) == 4 and (result["encoding"].str.len() == 1136).all()
     assert summary["baseline_macs"] == 125_747_840
+
+
+def test_prune_ea_latency_limit_end_to_end(prefect_api, tmp_path: Path) -> None:
+    """A real run under a measured-latency limit below the base network's own latency, minimising
+    latency: no trained candidate is over the limit, and each exported member is re-measured beside
+    the figure the search admitted it on."""
+    from flows.prune_ea import prune_ea
+    from nas_models.prune_resnet import encoding_length
+    from tasks.prune_ea.prune_search import encoding_latency
+
+    base_ms = encoding_latency(20, 10)("1" * encoding_length(20))
+    limit = round(0.85 * base_ms, 4)
+    summary = prune_ea(params_file="params/prune_ea.yaml", overrides={
+        "base": {"epochs": 1}, "retrain": {"epochs": 1, "count": 1}, "output_root": str(tmp_path),
+        "search": {"num_generation": 1, "num_individual": 4, "random_models": 6, "finetune_steps": 1,
+                   "max_latency_ms": limit, "objective": "latency"}})
+    run = Path(summary["run_dir"])
+    result = read_table(run / "prune_search/result.csv")
+    trained = result[result["status"] == "ok"]
+    assert len(trained) > 0 and (trained["latency_ms"] <= limit).all()
+    comparison = read_table(run / "export/comparison.csv").to_dict("records")
+    member = comparison[1]
+    assert member["predicted_ms"] <= limit and member["measured_ms"] > 0
+    assert member["prediction_flag"] == int(abs(member["prediction_error_pct"]) > 10)
+    assert summary["latency_flags"] == sum(int(r.get("prediction_flag") == 1) for r in comparison)

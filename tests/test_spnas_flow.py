@@ -20,7 +20,8 @@ TINY = {
     "fine_tune": {"epochs": 1}, "fully_train": {"epochs": 1},
     "serial": {"max_sample": 4, "batch": 2, "candidate_steps": 2, "add_stage_ratio": 0.4, "max_stages": 5},
     "reignite": {"epochs": 1, "detector_steps": 1, "input_size": 32},
-    "parallel": {"max_sample": 1, "candidate_steps": 2},
+    # A latency limit no neck reaches: every proposal is timed, none skipped (the gate's wiring).
+    "parallel": {"max_sample": 1, "candidate_steps": 2, "max_latency_ms": 10_000.0},
     "export": {"num_images": 2},
 }
 
@@ -77,6 +78,12 @@ def test_spnas_flow_end_to_end_and_stage_scoped_resume(prefect_api, tmp_path: Pa
 
     parallel = read_table(run / "parallel/output.csv")
     assert parallel.iloc[0]["neck_code"] == "[0, 0, 0, 0]" and len(parallel) == 2
+    assert (parallel["latency_ms"] > 0).all() and (parallel["latency_ms"] <= 10_000).all()
+    report = json.loads((run / "export/export_report.json").read_text())
+    # the chosen neck's search figure
+    assert min(abs(parallel["latency_ms"] - report["backbone_predicted_ms"])) < 1e-6
+    assert report["backbone_measured_ms"] > 0
+    assert summary["latency_flags"] == report["backbone_prediction_flag"]
     for rel in ["data/sources.json", "split/search_val.json", "fine_tune/model_0.pth", "reignite/model_0.pth",
                 "fully_train/model_final.pth", "fully_train/model_baseline.pth", "fully_train/output.csv",
                 "fully_train/output.parquet", "export/inference_model/model.onnx", "export/inference_model/model.yml",

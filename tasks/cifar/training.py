@@ -339,7 +339,7 @@ def export_compared(models: Sequence[TrainedClassifier], data: CifarSplit, seed:
         if quantize:
             int8 = int8_twin(Path(exported["model_dir"]), calibration, test_images, test_labels, threads,
                              interleaved_ms, calibration_count)
-            row |= {k: int8[k] for k in (*INT8_COLUMNS, "int8_error") if k in int8}
+            row |= {k: int8[k] for k in (*INT8_COLUMNS, "int8_eval_images", "int8_error") if k in int8}
             if "int8_model_dir" in int8:
                 files += [str(Path(int8["int8_model_dir"]) / n) for n in ("model.onnx", "model.yml")]
         else:  # no int8 folder of an earlier export in this work folder may pass for this model's

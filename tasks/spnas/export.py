@@ -3,7 +3,9 @@ torch.export program + model.yml), checked against eager torch on real held-out 
 through the ONNX Runtime Predictor, which draws its boxes on a few images. With `export.quantize`, a
 static int8 twin (inference_model_int8/, calibrated on training images) whose held-out mAP and
 latency are reported beside the float ONNX model's; if ORT cannot quantize the graph, one log line
-says why and only the float model is kept."""
+says why and only the float model is kept. With `search_latency_ms` (the parallel search ran under
+`parallel.max_latency_ms`), the trained detector's timed part (backbone + FPN, as the search's gate
+timed it) is measured again and set beside the search's figure, flagged beyond ±10 %."""
 from __future__ import annotations
 
 import shutil
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from prefect import get_run_logger, task
 
 from data.coco import CocoDetection, CocoSet, load_coco
@@ -20,13 +23,14 @@ from deploy.detector_export import (INT8_DIR, detector_int8_figures, export_dete
 from deploy.detector_predictor import DetectorPredictor
 from deploy.quantize import QuantizationError
 from engine.runtime import configure_torch
-from latency.measure import TimingConfig, interleaved_ms
+from latency.check import LatencyCheck
+from latency.measure import TimingConfig, interleaved_ms, measure_network_ms
 from params.models import DetectorExportParams, Runtime
 from tasks.orchestration.caching import STAGE_CACHE
 from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import write_json
 from tasks.orchestration.handoff import StageResult
-from tasks.spnas.detectors import load_detector
+from tasks.spnas.detectors import load_detector, timed_part
 from tasks.spnas.fully_train import Trained
 from tasks.spnas.split import Split
 from tracking import tracker
@@ -45,8 +49,17 @@ class Exported(StageResult):
     drawn: tuple[str, ...]      # images with the predicted boxes drawn
 
 
+def remeasured(model: Any, image_size: int, search_latency_ms: float) -> dict[str, Any]:
+    """backbone_* fields: the trained detector's timed part measured again (one thread, the tables'
+    fuller timing) beside the figure its search admitted it on; `latency_note` when they part ways."""
+    example = torch.rand(1, 3, image_size, image_size)
+    check = LatencyCheck(measure_network_ms(timed_part(model), example, "onnxruntime", 1), search_latency_ms)
+    note = check.note("final detector backbone + FPN")
+    return {**{f"backbone_{k}": v for k, v in check.fields().items()}, **({"latency_note": note} if note else {})}
+
+
 def export_stage(final: Trained, data: Split, cfg: DetectorExportParams, seed: int, runtime: Runtime,
-                 out_dir: Path) -> Exported:
+                 out_dir: Path, search_latency_ms: float | None = None) -> Exported:
     threads = configure_torch(runtime.num_threads, seed)
     model = load_detector(final.desc, final.model_path).eval()  # export and parity run on CPU
     files = export_detector(model, final.desc["image_size"], out_dir / "inference_model", list(data.labels))
@@ -65,6 +78,8 @@ def export_stage(final: Trained, data: Split, cfg: DetectorExportParams, seed: i
         predictor.draw(str(pth), dets, target)
         drawn.append(str(target))
     report = {**checks, "timing": predictor.time_info.as_dict(), "threads": threads}
+    if search_latency_ms is not None:
+        report |= remeasured(model, final.desc["image_size"], search_latency_ms)
     int8_files: list[str] = []
     if cfg.quantize:
         report |= _int8(files["model_dir"], data, val, cfg, threads)
@@ -99,10 +114,10 @@ def _int8(model_dir: str, data: Split, val: CocoSet, cfg: DetectorExportParams, 
 
 @task(name="export", persist_result=True, cache_policy=STAGE_CACHE)
 def export_detector_task(final: Trained, data: Split, export: DetectorExportParams, seed: int,
-                         ctx: StageContext) -> Exported:
+                         ctx: StageContext, search_latency_ms: float | None = None) -> Exported:
     with tracker.child_run(ctx.parent_run_id, "export") as run_id:
-        out = export_stage(final, data, export, seed, ctx.runtime, ctx.work)
-        tracker.log_metrics(run_id, {k: v for k, v in out.report.items() if not isinstance(v, dict)}
+        out = export_stage(final, data, export, seed, ctx.runtime, ctx.work, search_latency_ms)
+        tracker.log_metrics(run_id, {k: v for k, v in out.report.items() if not isinstance(v, (dict, str))}
                             | {f"predict_{k}": v for k, v in out.report["timing"].items()})
         tracker.log_files(run_id, [out.model_dir], "inference_model")
         tracker.log_files(run_id, out.drawn, "predictions")
@@ -120,4 +135,9 @@ def export_detector_task(final: Trained, data: Split, export: DetectorExportPara
         logger.info("int8 detector: mAP %.4f (%+.2f points vs float ONNX on %d held-out images), %.1f ms per image "
                     "= %.2fx float", r["int8_map"], r["int8_map_delta"], r["int8_eval_images"], r["int8_ms_per_image"],
                     r["int8_latency_ratio"])
+    if "backbone_measured_ms" in r:
+        logger.info("backbone + FPN latency: %.3f ms measured now, %.3f ms when the search admitted it",
+                    r["backbone_measured_ms"], r["backbone_predicted_ms"])
+    if r.get("latency_note"):
+        logger.warning("latency re-measured after training differs from the search's: %s", r["latency_note"])
     return out
