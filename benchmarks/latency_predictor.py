@@ -23,14 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from latency.measure import cached_table_path, machine_fingerprint, space_ops  # noqa: E402
-from latency.predictor import CEILING_FLOOR, fit_predictor, predictor_path  # noqa: E402
+from latency.measure import TimingConfig, cached_table_path, machine_fingerprint, space_ops, time_ops  # noqa: E402
+from latency.predictor import CEILING_FLOOR, accuracy_of, fit_predictor, predictor_path  # noqa: E402
 from latency.timing import load_average  # noqa: E402
 
 NN_METER_WITHIN_10PCT = 0.990
@@ -51,11 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="delete this machine's cached table first, so its build time is measured")
     p.add_argument("--cpu", type=int, default=None,
                    help="CPU to pin the process to (default: the last one; -1: neither pinning nor priority)")
+    p.add_argument("--table-passes", type=int, default=5,
+                   help="passes over the ops when building the table (each op's figure: min over passes)")
     p.add_argument("--no-retest", dest="retest", action="store_false",
                    help="skip the second measurement of the held-out networks")
     args = p.parse_args(argv)
-    if args.threads < 1 or args.fit < 11 or args.holdout < 100 or args.size % 16:
-        p.error("need --threads >= 1, --fit >= 11, --holdout >= 100, --size a multiple of 16")
+    if args.threads < 1 or args.table_passes < 1 or args.fit < 11 or args.holdout < 100 or args.size % 16:
+        p.error("need --threads >= 1, --table-passes >= 1, --fit >= 11, --holdout >= 100, --size a multiple of 16")
     return args
 
 
@@ -106,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     predictor = fit_predictor(args.cache_dir, space_id, n_fit=args.fit, n_holdout=args.holdout,
                               seed=args.seed, image_size=args.size, threads=args.threads,
-                              kind=args.kind, progress=sys.stderr.isatty(), retest=args.retest)
+                              kind=args.kind, progress=sys.stderr.isatty(), retest=args.retest,
+                              table_timing=TimingConfig(passes=args.table_passes))
     total = time.perf_counter() - t0
     meta = json.loads(table_path.with_suffix(".json").read_text())
     acc = predictor.accuracy
@@ -134,6 +138,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:<22}{a['within_10pct']:>13.1%}{a['rmse_ms']:>10.4f}"
                   f"{a['mean_abs_rel_error']:>11.1%}{a['max_abs_rel_error']:>11.1%}")
         print(f"verdict: {retest['verdict']} (needs test-retest >= {CEILING_FLOOR:.0%} to judge)")
+    if args.retest:
+        # The table's own repeatability: a sample of its ops timed again, beside the stored figures.
+        keys = random.Random(args.seed).sample(sorted(predictor.table.entries), min(150, len(predictor.table)))
+        again = time_ops(keys, "onnxruntime", args.threads, TimingConfig(passes=args.table_passes), chunk=len(keys))
+        agree = accuracy_of([again[k] for k in keys], [predictor.table.entries[k] for k in keys])
+        print(f"table test-retest: {len(keys)} of its ops timed again agree within ±10 % for "
+              f"{agree['within_10pct']:.0%} (mean |change| {agree['mean_abs_rel_error']:.1%}, "
+              f"max {agree['max_abs_rel_error']:.0%})")
     coef = ", ".join(f"{k} {v:.3g}" for k, v in predictor.coef.items())
     print(f"\ncorrection ({predictor.kind}): {coef}, intercept {predictor.intercept:.4f} ms")
     print(f"predictor: {predictor_path(table_path)}")

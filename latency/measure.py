@@ -411,12 +411,20 @@ def build_table(
     threads: int = 1,
     timing: TimingConfig = TimingConfig(),
     progress: bool = True,
+    chunk: int = 1024,
 ) -> LatencyTable:
     """The latency table (ms) of every distinct op in `ops` on this machine, cached.
 
     Ops are deduplicated by their table key. The table lives at `cached_table_path(...)` with
     its settings in a `.json` beside it; if that file exists, only the ops it lacks are timed
     (none on a second identical call) and the merged table is saved again.
+
+    `chunk`: ops alive (exported, in a session) at once. Each op's passes are spread over its
+    chunk's timing, so a large chunk spreads them over the whole build: with chunks of 48 (a
+    third of a second per chunk) a burst of load from the idle Prefect/MLflow stack could cover
+    all passes of an op, and two builds of the same table agreed within ±10 % on only 54-82 % of
+    the ops (benchmarks/latency_predictor.py prints that agreement). A one-op session is small
+    (the whole BlazeFace space, 731 ops, fits in one chunk).
     """
     _check_backend(backend)
     _check_threads(threads)
@@ -432,7 +440,7 @@ def build_table(
     if not todo and path.is_file():
         return LatencyTable.read(path)
     t0 = time.perf_counter()
-    entries.update(time_ops(todo, backend, threads, timing, progress=progress))
+    entries.update(time_ops(todo, backend, threads, timing, chunk=chunk, progress=progress))
     version = fingerprint["onnxruntime" if backend == "onnxruntime" else "torch"]
     device = re.sub(r"\s+", " ", f"{fingerprint['cpu']} / {backend} {version} / {threads} threads")
     table = LatencyTable(entries, device=device, unit="ms")
