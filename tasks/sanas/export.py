@@ -33,6 +33,7 @@ from data.coco_eval import coco_map, to_coco_detections
 from deploy.quantize import QuantizationError, quantization_block, quantize_onnx
 from deploy.onnx_export import (export_program, load_program, make_session, max_abs_diff_vs_torch,
                                 program_to_onnx, save_program)
+from latency.check import LatencyCheck
 from latency.measure import interleaved_ms, measure_networks_ms, ssd_core
 from params.models import FaceExportParams
 from nas_models.registry import build_from_desc
