@@ -16,7 +16,6 @@ scores both ONNX models on the same held-out images and times them interleaved.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,6 +37,7 @@ from deploy.onnx_export import (
     max_abs_diff_vs_torch,
     program_to_onnx,
     save_program,
+    write_model_yml,
 )
 from deploy.quantize import CALIBRATION_IMAGES, QuantizationError, Quantized, quantization_block, quantize_onnx
 
@@ -64,9 +64,7 @@ def export_classifier(model: nn.Module, desc: dict[str, Any], labels: list[str],
         "export": {"onnx_exporter": "torch.export (dynamo=True)", "onnx_opset": ONNX_OPSET,
                    "torch": str(torch.__version__)},
     }
-    yml_tmp = out_dir / (MODEL_YML + ".tmp")
-    yml_tmp.write_text(yaml.safe_dump(meta, sort_keys=False))
-    os.replace(yml_tmp, out_dir / MODEL_YML)
+    write_model_yml(out_dir / MODEL_YML, meta)
     return {"model_dir": str(out_dir), "onnx": str(onnx_path), "program": str(program_path),
             "model_yml": str(out_dir / MODEL_YML)}
 
@@ -106,9 +104,7 @@ def export_int8(float_dir: Path, calibration: np.ndarray | torch.Tensor, out_dir
         raise
     meta["files"] = {"onnx": ONNX_FILE}  # no torch program: the int8 model exists only as ONNX
     meta["quantization"] = quantization_block(q)
-    yml_tmp = out_dir / (MODEL_YML + ".tmp")
-    yml_tmp.write_text(yaml.safe_dump(meta, sort_keys=False))
-    os.replace(yml_tmp, out_dir / MODEL_YML)
+    write_model_yml(out_dir / MODEL_YML, meta)
     return q
 
 

@@ -64,7 +64,7 @@ from torchvision.ops import boxes as box_ops
 
 from core.errors import InputError
 from data.coco import CocoSet
-from deploy.onnx_export import load_program, make_session, save_program
+from deploy.onnx_export import load_program, make_session, save_program, write_model_yml
 from deploy.quantize import (CALIBRATION_IMAGES, DETECTOR_OPS, QuantizationError, Quantized, quantization_block,
                              quantize_onnx)
 
@@ -311,13 +311,7 @@ def export_detector(
                                     f"{image_size}] in [0, 1]",
                    "torch": str(torch.__version__)},
     }
-    yml = out_dir / MODEL_YML
-    tmp = _atomic(yml)
-    try:
-        tmp.write_text(yaml.safe_dump(meta, sort_keys=False))
-        os.replace(tmp, yml)
-    finally:
-        tmp.unlink(missing_ok=True)
+    yml = write_model_yml(out_dir / MODEL_YML, meta)
     return {
         "model_dir": str(out_dir), "onnx": str(out_dir / ONNX_FILE),
         "program": str(out_dir / PROGRAM_FILE), "model_yml": str(yml),
@@ -453,13 +447,7 @@ def export_int8_detector(float_dir: Path, calibration: list[Tensor], out_dir: Pa
         raise
     meta["files"] = {"onnx": ONNX_FILE}  # the int8 model exists only as ONNX
     meta["quantization"] = quantization_block(q)
-    yml = out_dir / MODEL_YML
-    tmp = _atomic(yml)
-    try:
-        tmp.write_text(yaml.safe_dump(meta, sort_keys=False))
-        os.replace(tmp, yml)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_model_yml(out_dir / MODEL_YML, meta)
     return q
 
 

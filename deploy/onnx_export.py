@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+import yaml
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from torch import nn
 from torch.export import ExportedProgram
@@ -237,6 +238,18 @@ def _export_torchscript(
                 input_names=[input_name], output_names=output_names,
                 dynamic_axes=dynamic_axes, do_constant_folding=True,
             )
+
+
+def write_model_yml(path: Path, meta: dict) -> Path:
+    """An inference folder's model.yml, written whole or not at all (temp file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(yaml.safe_dump(meta, sort_keys=False))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def make_session(path: Path, threads: int = 2, field: str = "path") -> ort.InferenceSession:

@@ -16,7 +16,6 @@ postprocess, COCO AP as training scores it — beside the float ONNX model, and 
 with it (batch 1). A graph ORT cannot quantize keeps the float model only, with one log line."""
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from data.coco import CocoDetection, CocoSet, load_coco
 from data.coco_eval import coco_map, to_coco_detections
 from deploy.quantize import QuantizationError, quantization_block, quantize_onnx
 from deploy.onnx_export import (export_program, load_program, make_session, max_abs_diff_vs_torch,
-                                program_to_onnx, save_program)
+                                program_to_onnx, save_program, write_model_yml)
 from latency.check import LatencyCheck
 from latency.measure import interleaved_ms, measure_networks_ms, ssd_core
 from params.models import FaceExportParams
@@ -84,9 +83,7 @@ def export_face_model(entry: Trained, image_size: int, images: torch.Tensor, out
             "outputs": {"bbox_regression": "box deltas per anchor (torchvision SSD coder, weights 10, 10, 5, 5)",
                         "scores": "softmax class probabilities per anchor"},
             "files": {"onnx": "model.onnx", "program": "model.pt2", "anchors": "anchors.npy"}}
-    tmp = out_dir / "model.yml.tmp"
-    tmp.write_text(yaml.safe_dump(meta, sort_keys=False))
-    os.replace(tmp, out_dir / "model.yml")
+    write_model_yml(out_dir / "model.yml", meta)
     session = make_session(onnx_path, 1)
     with torch.no_grad():
         reloaded = load_program(program_path).module()(images)
@@ -136,9 +133,7 @@ def _int8_face(entry: Trained, model_dir: Path, calibration: torch.Tensor, val: 
     meta["files"] = {"onnx": "model.onnx", "anchors": "anchors.npy"}
     meta["quantization"] = quantization_block(q)
     np.save(int8_dir / "anchors.npy", np.load(model_dir / "anchors.npy"))
-    tmp = int8_dir / "model.yml.tmp"
-    tmp.write_text(yaml.safe_dump(meta, sort_keys=False))
-    os.replace(tmp, int8_dir / "model.yml")
+    write_model_yml(int8_dir / "model.yml", meta)
     model = build_from_desc(dict(entry.desc))
     model.load_state_dict(torch.load(entry.model_path, map_location="cpu", weights_only=True))
     model.eval()
