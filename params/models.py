@@ -330,12 +330,19 @@ def search_sections(model: type[BaseModel]) -> list[str]:
             if isinstance(f.annotation, type) and issubclass(f.annotation, SearchControl)]
 
 
+# An SP-NAS search's cost objective; "latency" is the measured figure (column latency_ms).
+SpnasCost = Literal["params", "macs", "latency"]
+
+
 class ResourceLimit(SearchControl):
     """Vega: "the best network under a given resource limit". "start" = the starting network's
     own figure (the default: a better detector at no greater size); null = no limit.
     max_latency_ms: the measured ONNX Runtime latency (1 thread, batch 1) of the part the search
     changes — serial body + parallel branches + FPN on a 1x3xSxS image, S = model.image_size —
-    checked at proposal time (latency/direct.py: cost, noise)."""
+    checked at proposal time (latency/direct.py: cost, noise).
+    objective: the cost the search's Pareto front (its parents, and the hypervolume against a
+    random control) weighs against mAP — Vega's params (serial) or MACs (parallel), or that
+    measured latency, timed for every proposal before it is trained."""
 
     max_params: Annotated[int, Field(ge=1, le=SIZE_LIMIT_MAX)] | Literal["start"] | None = "start"
     max_macs: Annotated[int, Field(ge=1, le=SIZE_LIMIT_MAX)] | Literal["start"] | None = "start"
@@ -349,6 +356,9 @@ class ResourceLimit(SearchControl):
 
 class SerialSearchParams(ResourceLimit, MultiFidelity):
     """SpNasS (Vega names). The seed's values are in params/spnas_seed.yaml."""
+
+    objective: SpnasCost = Field("params", description="the cost weighed against mAP on the front: params | macs | "
+                                                       "latency (measured backbone+FPN ms, ~0.9 s per proposal)")
 
     max_sample: int = Field(8, ge=1, le=10_000)
     max_optimal: int = Field(5, ge=1, le=10_000)
@@ -371,6 +381,8 @@ class ReigniteParams(Section):
 
 
 class ParallelSearchParams(ResourceLimit, MultiFidelity):
+    objective: SpnasCost = Field("macs", description="the cost weighed against mAP on the front: params | macs | "
+                                                     "latency (measured backbone+FPN ms, ~0.9 s per proposal)")
     max_sample: int = Field(3, ge=0, le=1000)
     max_per_stage: int = Field(2, ge=1, le=8)
     max_additions: int = Field(3, ge=1, le=32)

@@ -50,16 +50,15 @@ class FrontSpec:
     stage: str | None = None        # the pipeline stage that searched
     stage_run: str | None = None    # name of that stage's MLflow child run
     table: str | None = None        # candidates table: artifact path in that run = path in the run folder
-    # (param, value, x): another cost axis when every compared run has param == value (e.g. a
-    # search under a latency constraint is compared on predicted latency, not MACs).
-    x_when: tuple[str, str, str] | None = None
+    # (param, value, x) alternatives, first match wins: another cost axis when every compared run
+    # has param == value (e.g. a search under a latency constraint is compared on latency, not MACs).
+    x_when: tuple[tuple[str, str, str], ...] = ()
 
     def for_runs(self, params: Sequence[Mapping[str, str]]) -> FrontSpec:
         """This front for runs with these (MLflow, flattened) parameters."""
-        if self.x_when is not None and params:
-            key, value, x = self.x_when
+        for key, value, x in self.x_when if params else ():
             if all(p.get(key) == value for p in params):
-                return replace(self, x=x, x_when=None)
+                return replace(self, x=x, x_when=())
         return self
 
 
@@ -91,14 +90,17 @@ LCNET = PipelineSpec(
 SPNAS = PipelineSpec(
     "spnas", "spnas/full", "flows/sp_nas.py:spnas", SpnasParams, "params/spnas.yaml",
     ("data", "split", "fine_tune", "serial", "reignite", "parallel", "fully_train", "export"),
-    (FrontSpec("serial search (backbones)", "params", "mAP", "serial", "serial_search", "serial/output.csv"),
-     FrontSpec("parallel search (necks)", "macs", "mAP", "parallel", "parallel_search", "parallel/output.csv")),
+    (FrontSpec("serial search (backbones)", "params", "mAP", "serial", "serial_search", "serial/output.csv",
+               x_when=(("serial.objective", "latency", "latency_ms"), ("serial.objective", "macs", "macs"))),
+     FrontSpec("parallel search (necks)", "macs", "mAP", "parallel", "parallel_search", "parallel/output.csv",
+               x_when=(("parallel.objective", "latency", "latency_ms"), ("parallel.objective", "params", "params")))),
     "spnas")
 
 PRUNE_EA = PipelineSpec(
     "prune-ea", "prune-ea/full", "flows/prune_ea.py:prune_ea", PruneEaParams, "params/prune_ea.yaml",
     ("data", "train_base", "prune_search", "retrain", "export"),
-    (FrontSpec("NSGA-III pruning search", "macs", "acc", "prune_search", "prune_search", "prune_search/result.csv"),),
+    (FrontSpec("NSGA-III pruning search", "macs", "acc", "prune_search", "prune_search", "prune_search/result.csv",
+               x_when=(("search.objective", "latency", "latency_ms"),)),),
     "prune_ea")
 
 SPOS = PipelineSpec(
@@ -111,7 +113,7 @@ SANAS = PipelineSpec(
     "sanas", "sanas/full", "flows/sanas.py:sanas", SanasParams, "params/sanas.yaml",
     ("data", "latency_table", "search", "train", "export"),
     (FrontSpec("simulated annealing", "macs", "AP50", "search", "search", "search/output.csv",
-               x_when=("constraint.ctype", "latency", "predicted_ms")),),
+               x_when=(("constraint.ctype", "latency", "predicted_ms"),)),),
     "sanas")
 
 # Flow name -> entry, in the order users see them listed.

@@ -186,6 +186,25 @@ def test_spnas_latency_limit_joins_the_choice_but_not_the_size_comparison() -> N
     assert limits_of(None, None, {}) == {}
 
 
+def test_spnas_searches_can_weigh_measured_latency_against_map() -> None:
+    from tasks.spnas.serial import search_config
+
+    assert SerialSearchParams().objective == "params" and ParallelSearchParams().objective == "macs"
+    assert search_config(SerialSearchParams(objective="latency")).objective_keys == ("mAP", "latency_ms")
+    assert search_config(SerialSearchParams(objective="macs")).objective_keys == ("mAP", "macs")
+    with pytest.raises(ValidationError, match="objective"):
+        ParallelSearchParams(objective="flops")
+    # Parents come from the [mAP, latency] front: a slower net of equal mAP is dominated.
+    search = SerialSearch([MODEL.backbone_code], search_config(SerialSearchParams(objective="latency", max_sample=3)),
+                          seed=0)
+    [start] = search.ask(1)
+    search.tell(start.id, {"mAP": 0.5, "params": 1.0, "macs": 1.0, "latency_ms": 12.0})
+    a, b = search.ask(2)
+    search.tell(a.id, {"mAP": 0.5, "params": 2.0, "macs": 1.0, "latency_ms": 9.0})
+    search.tell(b.id, {"mAP": 0.4, "params": 0.5, "macs": 1.0, "latency_ms": 20.0})
+    assert search.pareto_ids() == [a.id]
+
+
 def test_spnas_no_trained_candidate_within_the_latency_limit_is_one_clear_error() -> None:
     search = SerialSearch([MODEL.backbone_code], SerialSearchConfig(max_sample=1), seed=0)
     [start] = search.ask(1)

@@ -19,7 +19,9 @@ from params.loader import load_params
 from params.registry import (
     MAIN,
     PIPELINES,
+    PRUNE_EA,
     SANAS,
+    SPNAS,
     FrontSpec,
     PipelineSpec,
     by_deployment,
@@ -117,6 +119,19 @@ def test_a_latency_constrained_search_is_compared_on_latency() -> None:
     latency = front.for_runs([{"constraint.ctype": "latency"}] * 2)
     assert (latency.x, latency.y, latency.table) == ("predicted_ms", "AP50", "search/output.csv")
     assert front.for_runs([]).x == "macs"
+
+
+def test_each_search_front_follows_its_objective() -> None:
+    serial, parallel = SPNAS.fronts
+    assert serial.for_runs([{"serial.objective": "params"}]).x == "params"
+    assert serial.for_runs([{"serial.objective": "latency"}] * 2).x == "latency_ms"
+    assert serial.for_runs([{"serial.objective": "macs"}]).x == "macs"
+    assert serial.for_runs([{"serial.objective": "macs"}, {"serial.objective": "latency"}]).x == "params"
+    assert parallel.for_runs([{"parallel.objective": "latency"}]).x == "latency_ms"
+    assert parallel.for_runs([{"parallel.objective": "params"}]).x == "params"
+    (prune,) = PRUNE_EA.fronts
+    assert prune.for_runs([{"search.objective": "latency"}]).x == "latency_ms"
+    assert prune.for_runs([{"search.objective": "macs"}]).x == "macs"
 
 
 def test_unknown_deployment_names_the_known_ones() -> None:

@@ -3,7 +3,8 @@ parallel sub-networks K each stage gets; a sub-network is added to a stage with 
 inversely proportional to the MACs it adds (measured, not assumed).
 
 Candidate 0 is the reignited net itself (no extra sub-networks) trained with the same budget,
-so every parallel candidate is compared with its plain-FPN twin. The winner is the best-mAP
+so every parallel candidate is compared with its plain-FPN twin. The front weighs mAP against
+`parallel.objective` (MACs as Vega, params, or the measured latency of backbone + FPN). The winner is the best-mAP
 candidate within the resource limit (`parallel.max_params` / `parallel.max_macs`; default: the
 starting network's figures, so the final detector is no larger than the baseline) and, when
 `parallel.max_latency_ms` is set, within that measured latency of backbone + FPN (candidate 0, always
@@ -25,7 +26,8 @@ from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_files, choose, fidelity_of,
                                         finalize, run_control, run_search)
-from tasks.spnas.detectors import check_latency_met, desc_for, latency_of, limits_of, size_gate, size_limits
+from tasks.spnas.detectors import (check_latency_met, cost_key, desc_for, latency_of, limits_of, size_gate,
+                                   size_limits)
 from tasks.spnas.fine_tune import FineTuned
 from tasks.spnas.reignite import Reignited
 from tasks.spnas.split import Split
@@ -71,8 +73,9 @@ def parallel_setup(data: Split, base: Reignited, start: FineTuned, model: Detect
     num_stages = len(base.code.split("-"))
     cost = extra_macs_per_stage(base.code, model.block, model.image_size)
     limits = limits_of(parallel.max_params, parallel.max_macs, start.performance or {}, parallel.max_latency_ms)
-    latency = latency_of(model, data.num_classes, base.code) if parallel.max_latency_ms is not None else None
-    if latency is not None and (plain := latency([0] * num_stages)) > parallel.max_latency_ms:
+    timed = parallel.max_latency_ms is not None or parallel.objective == "latency"
+    latency = latency_of(model, data.num_classes, base.code) if timed else None
+    if latency is not None and parallel.max_latency_ms is not None and (plain := latency([0] * num_stages)) > parallel.max_latency_ms:
         # Extra sub-networks only add work: the plain neck is the fastest of the space.
         raise InputError("parallel.max_latency_ms", f"{parallel.max_latency_ms:g} ms is below the reignited "
                                                     f"network's own {plain:.3f} ms ({base.code} with no extra "
@@ -82,7 +85,8 @@ def parallel_setup(data: Split, base: Reignited, start: FineTuned, model: Detect
     def sampler(max_sample: int, own_seed: int) -> ParallelSearch:
         return ParallelSearch(num_stages, cost, max_sample, own_seed, max_per_stage=parallel.max_per_stage,
                               max_additions=min(parallel.max_additions, num_stages * parallel.max_per_stage),
-                              objective_keys=("mAP", "macs"), maximize=(True, False), include_plain=True, fits=fits)
+                              objective_keys=("mAP", cost_key(parallel.objective)), maximize=(True, False),
+                              include_plain=True, fits=fits)
 
     search = sampler(parallel.max_sample, seed)
 
@@ -102,7 +106,8 @@ def parallel_setup(data: Split, base: Reignited, start: FineTuned, model: Detect
         if latency is not None and "latency_ms" in result:  # a resumed search keeps its figures
             latency.remember(result["neck_code"], result["latency_ms"])
 
-    spec = SearchSpec(STAGE, train_candidate_task, parallel.batch, to_input, objectives, _row, ("macs", "mAP"),
+    spec = SearchSpec(STAGE, train_candidate_task, parallel.batch, to_input, objectives, _row,
+                      (cost_key(parallel.objective), "mAP"),
                       "SpNasP: neck codes (0 = no extra sub-networks)", on_result=remember,
                       control=control if parallel.control == "random" else None, fidelity=fidelity_of(parallel))
     return search, spec, limits, cost

@@ -1,5 +1,6 @@
 """Stage `serial` of spnas/full (Vega SpNasS): swap / expand / add-stage mutations of the
-backbone code, parents from the [mAP, params] Pareto front, every child inheriting its parent's
+backbone code, parents from the [mAP, params] Pareto front (`serial.objective`: params, MACs or the
+measured latency of backbone + FPN), every child inheriting its parent's
 tensors by name and shape. The winner is the best-mAP candidate within the resource limit
 (`serial.max_params` / `serial.max_macs`; default: the starting network's own figures) and, when
 `serial.max_latency_ms` is set, within that measured latency of backbone + FPN (the start, always
@@ -24,7 +25,8 @@ from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_files, choose, fidelity_of,
                                         finalize, own_rows, run_control, run_search)
-from tasks.spnas.detectors import check_latency_met, desc_for, latency_of, limits_of, size_gate, size_limits
+from tasks.spnas.detectors import (check_latency_met, cost_key, desc_for, latency_of, limits_of, size_gate,
+                                   size_limits)
 from tasks.spnas.fine_tune import FineTuned
 from tasks.spnas.split import Split
 from tasks.spnas.train_candidate import train_candidate_task
@@ -51,7 +53,7 @@ def search_config(serial: SerialSearchParams) -> SerialSearchConfig:
     return SerialSearchConfig(max_sample=serial.max_sample, max_optimal=serial.max_optimal,
                               num_mutate=serial.num_mutate, add_stage_ratio=serial.add_stage_ratio,
                               expend_ratio=serial.expend_ratio, max_stages=serial.max_stages,
-                              objective_keys=("mAP", "params"), maximize=(True, False))
+                              objective_keys=("mAP", cost_key(serial.objective)), maximize=(True, False))
 
 
 def _row(result: dict[str, Any]) -> dict[str, Any]:
@@ -63,8 +65,8 @@ def _row(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def objectives(result: dict[str, Any]) -> dict[str, Any]:
-    """What the strategy is told: its objectives plus MACs (for a MACs limit) and, with a latency
-    limit, the latency measured at proposal time (so the choice respects it)."""
+    """What the strategy is told: mAP, params and MACs (objectives and limits) and, with a latency
+    limit or objective, the latency measured at proposal time (so the choice respects it)."""
     perf = result["performance"]
     latency = {"latency_ms": result["latency_ms"]} if "latency_ms" in result else {}
     return {"mAP": perf["mAP"], "params": perf["params"], "macs": perf["macs"], **latency}
@@ -76,7 +78,8 @@ def serial_setup(data: Split, start: FineTuned, model: DetectorModel, serial: Se
     and, when set, `latency_ms`): shared by the subflow and by benchmarks/plain_spnas.py, which
     drives the same search without Prefect."""
     limits = limits_of(serial.max_params, serial.max_macs, start.performance or {}, serial.max_latency_ms)
-    latency = latency_of(model, data.num_classes) if serial.max_latency_ms is not None else None
+    timed = serial.max_latency_ms is not None or serial.objective == "latency"
+    latency = latency_of(model, data.num_classes) if timed else None
     fits = size_gate(model, data.num_classes, limits, latency=latency)
     search = SerialSearch([model.backbone_code], search_config(serial), seed=seed, fits=fits)
 
@@ -99,7 +102,8 @@ def serial_setup(data: Split, start: FineTuned, model: DetectorModel, serial: Se
         if latency is not None and "latency_ms" in result:  # a resumed search keeps its figures
             latency.remember(result["code"], result["latency_ms"])
 
-    spec = SearchSpec(STAGE, train_candidate_task, serial.batch, to_input, objectives, _row, ("params", "mAP"),
+    spec = SearchSpec(STAGE, train_candidate_task, serial.batch, to_input, objectives, _row,
+                      (cost_key(serial.objective), "mAP"),
                       "SpNasS: backbone codes", on_result=remember,
                       control=control if serial.control == "random" else None, fidelity=fidelity_of(serial))
     return search, spec, limits
