@@ -336,12 +336,15 @@ PHOTO_DIGIT_ALPHA = (0.75, 1.0)
 PHOTO_BACKGROUND_CONTRAST = (0.0, 0.6)
 PHOTO_INK_BAND = 60
 PHOTO_DARK_INK_ABOVE = 180
+# Renderings of each digit (each on its own patch, size, place and ink); a digit and all its
+# renderings stay on one side of the train/test split, so test digits are never seen in training.
+PHOTO_RENDERINGS = 1
 
 
 def _photo_digit_settings() -> dict[str, Any]:
     return {"size": list(PHOTO_DIGIT_SIZE), "alpha": list(PHOTO_DIGIT_ALPHA),
             "background_contrast": list(PHOTO_BACKGROUND_CONTRAST), "ink_band": PHOTO_INK_BAND,
-            "dark_ink_above": PHOTO_DARK_INK_ABOVE}
+            "dark_ink_above": PHOTO_DARK_INK_ABOVE, "renderings": PHOTO_RENDERINGS}
 
 
 def embedded_photo_digits_cifar(seed: int = 0) -> CifarSet:
@@ -364,24 +367,37 @@ def embedded_photo_digits_cifar(seed: int = 0) -> CifarSet:
     digits, targets = load_digit_arrays()
     backgrounds = load_backgrounds()
     rng = np.random.default_rng(derive_seed(seed, "data.photo_digits"))
-    images = np.empty((len(digits), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    for i, digit in enumerate(digits):
-        photo = backgrounds[rng.integers(len(backgrounds))]
-        y, x = rng.integers(photo.shape[0] - IMAGE_SIZE), rng.integers(photo.shape[1] - IMAGE_SIZE)
-        patch = photo[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE].astype(np.float32)
-        mean = patch.mean()
-        patch = mean + (patch - mean) * rng.uniform(*PHOTO_BACKGROUND_CONTRAST)
-        size = int(rng.integers(PHOTO_DIGIT_SIZE[0], PHOTO_DIGIT_SIZE[1] + 1))
-        stroke = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-        top, left = rng.integers(IMAGE_SIZE - size + 1, size=2)
-        stroke[top:top + size, left:left + size] = upscale_digit(digit, size) / 255.0
-        alpha = stroke[..., None] * rng.uniform(*PHOTO_DIGIT_ALPHA)
-        ink = rng.uniform(0, PHOTO_INK_BAND, size=3)
-        ink = ink if mean >= PHOTO_DARK_INK_ABOVE else 255.0 - ink  # the far side of the patch's brightness
-        images[i] = np.clip(np.rint(patch * (1 - alpha) + ink * alpha), 0, 255).astype(np.uint8)
+    copies = PHOTO_RENDERINGS
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise InputError("PHOTO_RENDERINGS", f"must be a positive integer, got {copies!r}")
+    # Rendering r of digit i is image r * n + i (the first rendering draws what a single one did).
+    n = len(digits)
+    images = np.empty((copies * n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    for r in range(copies):
+        for i, digit in enumerate(digits):
+            images[r * n + i] = _photo_digit(digit, backgrounds, rng)
     train, test = _stratified_split(targets, lambda n: EMBEDDED_TEST_PER_CLASS, seed)
+    train, test = (np.concatenate([part + r * n for r in range(copies)]) for part in (train, test))
+    labels = np.tile(targets, copies)
     names = tuple(str(label) for label in range(int(targets.max()) + 1))
-    return CifarSet(images[train], targets[train], images[test], targets[test], names)
+    return CifarSet(images[train], labels[train], images[test], labels[test], names)
+
+
+def _photo_digit(digit: np.ndarray, backgrounds: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """One rendering of a digit on a photo patch (embedded_photo_digits_cifar, the PHOTO_* settings)."""
+    photo = backgrounds[rng.integers(len(backgrounds))]
+    y, x = rng.integers(photo.shape[0] - IMAGE_SIZE), rng.integers(photo.shape[1] - IMAGE_SIZE)
+    patch = photo[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE].astype(np.float32)
+    mean = patch.mean()
+    patch = mean + (patch - mean) * rng.uniform(*PHOTO_BACKGROUND_CONTRAST)
+    size = int(rng.integers(PHOTO_DIGIT_SIZE[0], PHOTO_DIGIT_SIZE[1] + 1))
+    stroke = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    top, left = rng.integers(IMAGE_SIZE - size + 1, size=2)
+    stroke[top:top + size, left:left + size] = upscale_digit(digit, size) / 255.0
+    alpha = stroke[..., None] * rng.uniform(*PHOTO_DIGIT_ALPHA)
+    ink = rng.uniform(0, PHOTO_INK_BAND, size=3)
+    ink = ink if mean >= PHOTO_DARK_INK_ABOVE else 255.0 - ink  # the far side of the patch's brightness
+    return np.clip(np.rint(patch * (1 - alpha) + ink * alpha), 0, 255).astype(np.uint8)
 
 
 EMBEDDED = {"digits": embedded_digits_cifar, "photo_digits": embedded_photo_digits_cifar}

@@ -403,6 +403,35 @@ def test_photo_digits_keep_labels_and_split_and_are_seeded() -> None:
     assert (photo.train_images.reshape(len(photo.train_images), -1).min(axis=1) == 0).mean() < 0.2
 
 
+def test_photo_digit_renderings_multiply_the_set_and_keep_test_digits_unseen(monkeypatch) -> None:
+    import data.cifar as cifar
+    from data.digits import load_digit_arrays
+
+    one = cifar.embedded_photo_digits_cifar(0)
+    monkeypatch.setattr(cifar, "PHOTO_RENDERINGS", 3)
+    three = cifar.embedded_photo_digits_cifar(0)
+    assert len(three.train_images) == 3 * len(one.train_images) and len(three.test_images) == 900
+    assert np.array_equal(three.train_labels, np.tile(one.train_labels, 3))
+    assert np.array_equal(three.train_images[:len(one.train_images)], one.train_images)  # rendering 0 = the one
+    assert not np.array_equal(three.train_images[:10], three.train_images[len(one.train_images):][:10])
+    # Every rendering of a digit is on one side of the split: paint each digit's index instead.
+    digits, _ = load_digit_arrays()
+    index = {d.tobytes(): i for i, d in enumerate(digits)}
+
+    def painted(digit, backgrounds, rng):
+        i = index[digit.tobytes()]
+        return np.array([i % 256, i // 256, 0], np.uint8)[None, None].repeat(32, 0).repeat(32, 1)
+
+    monkeypatch.setattr(cifar, "_photo_digit", painted)
+    ids = cifar.embedded_photo_digits_cifar(0)
+    digit_of = lambda images: set((images[:, 0, 0, 0] + 256 * images[:, 0, 0, 1].astype(int)).tolist())  # noqa: E731
+    train, test = digit_of(ids.train_images), digit_of(ids.test_images)
+    assert len(train) == len(one.train_images) and len(test) == 300 and not train & test
+    monkeypatch.setattr(cifar, "PHOTO_RENDERINGS", 0)
+    with pytest.raises(InputError, match="PHOTO_RENDERINGS"):
+        cifar.embedded_photo_digits_cifar(0)
+
+
 def test_unknown_embedded_set_names_the_field() -> None:
     from data.cifar import default_cifar_folder
 

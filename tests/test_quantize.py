@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from core.errors import InputError
 from data.transforms import Preprocess
 from deploy.classifier_export import (INT8_DIR, MODEL_YML, ONNX_FILE, export_classifier, export_int8, int8_figures,
-                                      int8_twin)
+                                      int8_twin, top1_agreement)
 from deploy.predictor import ClassifierPredictor
 from deploy.quantize import QuantizationError, quantize_onnx
 from latency.measure import TimingConfig, interleaved_ms
@@ -70,6 +70,8 @@ def test_int8_folder_predicts_like_the_float_one(exported) -> None:
     block = meta["quantization"]
     assert (block["method"], block["dtype"], block["format"]) == ("static", "int8", "QDQ")
     assert block["calibration"]["images"] == 8 and block["calibration"]["source"] == "training images"
+    agreement = block["weights_chosen_by"]["top1_agreement_with_float"]
+    assert 0 <= agreement["per_tensor"] <= 1 and q.per_channel == (agreement.get("per_channel", 0) > agreement["per_tensor"])
     images = _images(3)
     got = ClassifierPredictor(int8_dir, threads=1).predict(images, topk=2)
     want = ClassifierPredictor(float_dir, threads=1).predict(images, topk=2)
@@ -78,6 +80,41 @@ def test_int8_folder_predicts_like_the_float_one(exported) -> None:
         assert [sorted(d) for d in g] == [sorted(d) for d in w]  # same keys, same shape of output
         assert {d["category"] for d in g} <= set(LABELS)
         assert all(0.0 <= d["score"] <= 1.0 for d in g)
+
+
+@pytest.mark.parametrize("per_channel_agrees", [1.0, 0.25])
+def test_weights_go_per_channel_when_per_tensor_disagrees_with_float(exported, monkeypatch,
+                                                                     per_channel_agrees: float) -> None:
+    # Measured on SPOS paths: per-tensor weights kept 0.25-0.63 test top-1 of 0.83-0.92 (affine-free
+    # BatchNorm folded into convolutions), per-channel lost nothing. Here the agreement is staged.
+    import deploy.classifier_export as ce
+
+    float_dir, pre, calibration = exported
+    seen = []
+
+    def agreement(float_onnx, int8_onnx, images):
+        per_channel = Path(int8_onnx).name.startswith(".per_channel")
+        seen.append((per_channel, len(images), Path(int8_onnx).is_file()))
+        return per_channel_agrees if per_channel else 0.5
+
+    monkeypatch.setattr(ce, "top1_agreement", agreement)
+    q = export_int8(float_dir, calibration, max_images=8)
+    assert seen == [(False, 8, True), (True, 8, True)]  # calibration images only, never held-out ones
+    chose = per_channel_agrees > 0.5
+    assert q.per_channel == chose and Path(q.path) == float_dir.parent / INT8_DIR / ONNX_FILE
+    int8_dir = float_dir.parent / INT8_DIR
+    assert sorted(p.name for p in int8_dir.iterdir()) == sorted([ONNX_FILE, MODEL_YML])  # the trial is gone
+    block = yaml.safe_load((int8_dir / MODEL_YML).read_text())["quantization"]
+    assert block["weights_chosen_by"]["top1_agreement_with_float"] == {"per_tensor": 0.5,
+                                                                       "per_channel": per_channel_agrees}
+    assert ("per-channel" in block["weights"]) == chose
+    got = ClassifierPredictor(int8_dir, threads=1).predict(_images(2), topk=1)
+    assert len(got) == 2 and {d["category"] for g in got for d in g} <= set(LABELS)
+
+
+def test_real_agreement_of_a_model_with_itself_is_one(exported) -> None:
+    float_dir, _, calibration = exported
+    assert top1_agreement(float_dir / ONNX_FILE, float_dir / ONNX_FILE, calibration) == 1.0
 
 
 def test_accuracy_delta_and_latency_ratio(exported) -> None:
