@@ -24,6 +24,10 @@ convolutions and elementwise activations, where Q/DQ adds work that integer kern
 VNNI do not win back (a VNNI/AMX CPU should do better). Default: U8S8 per-tensor — the fastest at
 the pipelines' 32 px and no less accurate; `per_channel=True, reduce_range=True` is the
 alternative for networks whose channels differ widely in range.
+- SPOS paths (a default spos/full run, 300 test digits): per-tensor weights lost 20-62 points
+  (0.52 / 0.25 / 0.63 top-1 against float 0.92 / 0.87 / 0.83), per-channel 0 to +0.3, at 1.6x the
+  float latency either way; with int8 activations 2.2-2.6x. deploy/classifier_export.py therefore
+  retries per channel when per-tensor disagrees with the float model on the calibration images.
 - Softmax and detector post-processing stay float (FLOAT_OPS, DETECTOR_OPS): probabilities
   rounded to 1/256 steps and quantized box coordinates buy nothing.
 - MinMax calibration: under 1 s for 32 images here; Entropy / Percentile build histograms.
