@@ -177,16 +177,21 @@ def front_files(strategy: PruneEASearch, rows: list[dict[str, Any]], work: Path)
     return [str(f) for f in files]
 
 
-def spread(front: Sequence[dict[str, Any]], count: int, num_classes: int) -> list[dict[str, Any]]:
-    """`count` front members evenly spread along MACs (both ends included), leaving out the
-    front's degenerate end: members no better than chance (acc <= 1.5 / classes) are not
-    worth retraining."""
+def spread(front: Sequence[dict[str, Any]], count: int, num_classes: int, along: str = "macs") -> list[dict[str, Any]]:
+    """`count` front members evenly spread along the front's cost axis `along` (macs, or
+    latency_ms for `search.objective: latency`; both ends included), leaving out the front's
+    degenerate end: members no better than chance (acc <= 1.5 / classes) are not worth retraining."""
     useful = [r for r in front if r["acc"] > 1.5 / num_classes] or list(front)
-    ordered = sorted(useful, key=lambda r: (r["macs"], -r["acc"]))
+    ordered = sorted(useful, key=lambda r: (r[along], -r["acc"]))
     if len(ordered) <= count:
         return ordered
     picks = sorted({round(i * (len(ordered) - 1) / (count - 1)) for i in range(count)}) if count > 1 else [len(ordered) - 1]
     return [ordered[i] for i in picks]
+
+
+def cost_axis(search: PruneSearchParams) -> str:
+    """The candidate field the search minimises beside the error: macs, or latency_ms."""
+    return "latency_ms" if search.objective == "latency" else "macs"
 
 
 @flow(name="prune-search")
@@ -197,7 +202,7 @@ def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneS
     full_state = load_base(base).state_dict()
     cost = search.objective  # "macs" or "latency" (measured before training, like the limit)
     objectives = (cost, "error", "params") if search.with_params else (cost, "error")
-    x_axis = "latency_ms" if cost == "latency" else "macs"
+    x_axis = cost_axis(search)
 
     def repair(bits: Sequence[int]) -> list[int]:
         # Never an all-zero channel group: keep the group's largest-norm channel of the base model.
@@ -245,7 +250,7 @@ def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneS
                                      "resumed_candidates": outcome.resumed_from,
                                      **({} if fits is None else {"skipped_over_limit": strategy.skipped})})
     tracker.publish_table("prune-search-front", sorted(({k: v for k, v in r.items() if k != "encoding"} for r in front),
-                                                       key=lambda r: r["macs"]),
+                                                       key=lambda r: r[x_axis]),
                           f"final Pareto front: {'measured latency' if cost == 'latency' else 'MACs'} vs accuracy "
                           "(val split, inherited weights + short fine-tune)")
     logger.info("prune search: %d candidates over %d generations, front of %d%s", len(rows), strategy.generation + 1,
