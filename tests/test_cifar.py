@@ -390,9 +390,13 @@ def test_default_folder_is_the_embedded_set_in_batches_format(digits, tmp_path, 
 def test_photo_digits_keep_labels_and_split_and_are_seeded() -> None:
     from data.cifar import embedded_digits_cifar, embedded_photo_digits_cifar
 
+    from data.cifar import PHOTO_RENDERINGS as k
+
     plain, photo = embedded_digits_cifar(0), embedded_photo_digits_cifar(0)
-    assert photo.train_images.shape == plain.train_images.shape and photo.test_images.shape == (300, 32, 32, 3)
-    assert np.array_equal(photo.train_labels, plain.train_labels) and np.array_equal(photo.test_labels, plain.test_labels)
+    assert photo.train_images.shape == (k * len(plain.train_images), 32, 32, 3)
+    assert photo.test_images.shape == (k * 300, 32, 32, 3)
+    assert np.array_equal(photo.train_labels, np.tile(plain.train_labels, k))
+    assert np.array_equal(photo.test_labels, np.tile(plain.test_labels, k))
     assert np.array_equal(photo.train_images, embedded_photo_digits_cifar(0).train_images)
     assert not np.array_equal(photo.train_images, embedded_photo_digits_cifar(1).train_images)
     # colour photographs behind the strokes: the plain set is grey on black, this one is neither
@@ -407,6 +411,7 @@ def test_photo_digit_renderings_multiply_the_set_and_keep_test_digits_unseen(mon
     import data.cifar as cifar
     from data.digits import load_digit_arrays
 
+    monkeypatch.setattr(cifar, "PHOTO_RENDERINGS", 1)
     one = cifar.embedded_photo_digits_cifar(0)
     monkeypatch.setattr(cifar, "PHOTO_RENDERINGS", 3)
     three = cifar.embedded_photo_digits_cifar(0)
