@@ -361,8 +361,8 @@ def embedded_photo_digits_cifar(seed: int = 0) -> CifarSet:
     digits: 0.95+ even at 1/3). Earlier settings, one rendering each: 26-30 px, opacity 0.75-1,
     contrast 0-0.6 gave the full network 0.750 / 0.733 and the x0.58 one *more* (0.880 / 0.783),
     as accuracy then followed how soon training took off; three renderings of those gave 0.953
-    (x0.58: 0.944), with opacity 0.6-1 and contrast 0-1 0.929, too easy; 14-30 px, opacity 0.45-0.95 and untouched photographs left it at
-    chance (0.11) with one rendering."""
+    (x0.58: 0.944), and with opacity 0.6-1 and contrast 0-1 0.929: too easy. 14-30 px, opacity
+    0.45-0.95 and untouched photographs left it at chance (0.11) with one rendering."""
     from data.faces import load_backgrounds  # the photographs the face canvases use too
 
     seed = _check_seed(seed, "seed")

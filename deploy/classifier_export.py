@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import replace
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 

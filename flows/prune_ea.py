@@ -11,11 +11,11 @@ from params.loader import load_params
 from params.models import PruneEaParams
 from params.registry import PRUNE_EA
 from tasks.orchestration.pipeline import close_tracking_on_crash, finish, pipeline
-from tasks.orchestration.search import control_fields, own_rows
+from tasks.orchestration.search import control_fields, cost_column, own_rows
 from tasks.prune_ea.data import CifarSplit, data_task
 from tasks.prune_ea.export import INT8_COLUMNS, Exported, export_task
 from tasks.prune_ea.preflight import preflight
-from tasks.prune_ea.prune_search import PruneSearched, cost_axis, prune_search, spread
+from tasks.prune_ea.prune_search import PruneSearched, prune_search, spread
 from tasks.prune_ea.retrain import RetrainedMember, retrain_task
 from tasks.prune_ea.train_base import TrainedBase, train_base_task
 
@@ -35,7 +35,7 @@ def prune_ea(params_file: str = PRUNE_EA.params_file, overrides: dict[str, Any] 
         # Candidates go where candidate_workers / dask_address say (Pipeline.search).
         searched: PruneSearched = pipe.search("prune_search", prune_search, data=data, base=base, depth=p.depth,
                                               search=p.search, batch_size=p.base.batch_size, seed=p.seed)
-        chosen = spread(searched.front, p.retrain.count, data.num_classes, along=cost_axis(p.search))
+        chosen = spread(searched.front, p.retrain.count, data.num_classes, along=cost_column(p.search.objective))
         retrained: list[RetrainedMember | None] = pipe.map("retrain", retrain_task, chosen, data=data, depth=p.depth,
                                                            retrain_cfg=p.retrain, seed=p.seed)
         if any(r is None for r in retrained):

@@ -17,15 +17,14 @@ def test_spread_takes_both_ends_and_skips_chance_level_members() -> None:
 
 
 def test_spread_follows_the_searched_cost_axis() -> None:
-    from params.models import PruneSearchParams
-    from tasks.prune_ea.prune_search import cost_axis
+    from tasks.orchestration.search import cost_column
 
     # On a latency front MACs are out of order (an odd channel count can be slower with fewer MACs).
     front = [{"id": i, "macs": m, "latency_ms": ms, "acc": a}
              for i, (m, ms, a) in enumerate([(9e6, 0.2, 0.5), (1e6, 0.3, 0.6), (5e6, 0.5, 0.8), (3e6, 0.9, 0.9)])]
     assert [r["id"] for r in spread(front, 2, 10, along="latency_ms")] == [0, 3]
     assert [r["id"] for r in spread(front, 2, 10)] == [1, 0]
-    assert cost_axis(PruneSearchParams(objective="latency")) == "latency_ms" and cost_axis(PruneSearchParams()) == "macs"
+    assert [cost_column(o) for o in ("latency", "macs", "params")] == ["latency_ms", "macs", "params"]
 
 
 def test_spread_of_an_all_chance_front_still_returns_members() -> None:

@@ -166,6 +166,12 @@ class ControlReport:
         return text if self.hv_ratio is None else f"{text}; hypervolume ratio search/control {self.hv_ratio:.3f}"
 
 
+def cost_column(objective: str) -> str:
+    """The candidate field a search's cost objective reads: its own name (params, macs), except
+    `latency`, the figure measured at proposal time (latency/direct.py), kept as `latency_ms`."""
+    return "latency_ms" if objective == "latency" else objective
+
+
 def candidate_files(outcome: SearchOutcome) -> list[str]:
     """Every file the search's candidates wrote, and its control's (weights, descs, performance)."""
     outcomes = [outcome] + ([outcome.control] if outcome.control else [])

@@ -38,8 +38,8 @@ from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff
 from tasks.orchestration.handoff import StageResult
 from tasks.orchestration.pipeline import candidate_run_name
-from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_task, choose, fidelity_of, finalize,
-                                        own_rows, run_control, run_search)
+from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_task, choose, cost_column, fidelity_of,
+                                        finalize, own_rows, run_control, run_search)
 from tasks.orchestration.tables import write_table
 from tasks.prune_ea.train_base import TrainedBase
 from tracking import tracker
@@ -189,11 +189,6 @@ def spread(front: Sequence[dict[str, Any]], count: int, num_classes: int, along:
     return [ordered[i] for i in picks]
 
 
-def cost_axis(search: PruneSearchParams) -> str:
-    """The candidate field the search minimises beside the error: macs, or latency_ms."""
-    return "latency_ms" if search.objective == "latency" else "macs"
-
-
 @flow(name="prune-search")
 def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneSearchParams, batch_size: int,
                  seed: int, ctx: StageContext, refresh: bool = False
@@ -202,7 +197,7 @@ def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneS
     full_state = load_base(base).state_dict()
     cost = search.objective  # "macs" or "latency" (measured before training, like the limit)
     objectives = (cost, "error", "params") if search.with_params else (cost, "error")
-    x_axis = cost_axis(search)
+    x_axis = cost_column(cost)
 
     def repair(bits: Sequence[int]) -> list[int]:
         # Never an all-zero channel group: keep the group's largest-norm channel of the base model.

@@ -84,12 +84,6 @@ def timed_part(detector: torch.nn.Module) -> torch.nn.Module:
     return FeatureTuple(detector.backbone).eval()
 
 
-def cost_key(objective: str) -> str:
-    """The candidate field an SP-NAS search's cost objective reads (`objective: latency` is the
-    latency measured at proposal time, `latency_ms`)."""
-    return "latency_ms" if objective == "latency" else objective
-
-
 def latency_of(model: DetectorModel, num_classes: int, code: str | None = None,
                threads: int = 1) -> NetworkLatency:
     """Memoized ONNX Runtime latency (ms) of `timed_part` on one 1x3xSxS image (S =

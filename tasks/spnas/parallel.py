@@ -24,10 +24,9 @@ from params.models import DetectorModel, DetectorTrainParams, ParallelSearchPara
 from strategies.parallel import ParallelSearch
 from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
-from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_files, choose, fidelity_of,
-                                        finalize, run_control, run_search)
-from tasks.spnas.detectors import (check_latency_met, cost_key, desc_for, latency_of, limits_of, size_gate,
-                                   size_limits)
+from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_files, choose, cost_column,
+                                        fidelity_of, finalize, run_control, run_search)
+from tasks.spnas.detectors import check_latency_met, desc_for, latency_of, limits_of, size_gate, size_limits
 from tasks.spnas.fine_tune import FineTuned
 from tasks.spnas.reignite import Reignited
 from tasks.spnas.split import Split
@@ -85,7 +84,7 @@ def parallel_setup(data: Split, base: Reignited, start: FineTuned, model: Detect
     def sampler(max_sample: int, own_seed: int) -> ParallelSearch:
         return ParallelSearch(num_stages, cost, max_sample, own_seed, max_per_stage=parallel.max_per_stage,
                               max_additions=min(parallel.max_additions, num_stages * parallel.max_per_stage),
-                              objective_keys=("mAP", cost_key(parallel.objective)), maximize=(True, False),
+                              objective_keys=("mAP", cost_column(parallel.objective)), maximize=(True, False),
                               include_plain=True, fits=fits)
 
     search = sampler(parallel.max_sample, seed)
@@ -107,7 +106,7 @@ def parallel_setup(data: Split, base: Reignited, start: FineTuned, model: Detect
             latency.remember(result["neck_code"], result["latency_ms"])
 
     spec = SearchSpec(STAGE, train_candidate_task, parallel.batch, to_input, objectives, _row,
-                      (cost_key(parallel.objective), "mAP"),
+                      (cost_column(parallel.objective), "mAP"),
                       "SpNasP: neck codes (0 = no extra sub-networks)", on_result=remember,
                       control=control if parallel.control == "random" else None, fidelity=fidelity_of(parallel))
     return search, spec, limits, cost

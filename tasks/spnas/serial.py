@@ -23,10 +23,9 @@ from params.models import DetectorModel, DetectorTrainParams, SerialSearchParams
 from strategies.serial import SerialSearch, SerialSearchConfig
 from tasks.orchestration.context import StageContext
 from tasks.orchestration.handoff import StageResult
-from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_files, choose, fidelity_of,
-                                        finalize, own_rows, run_control, run_search)
-from tasks.spnas.detectors import (check_latency_met, cost_key, desc_for, latency_of, limits_of, size_gate,
-                                   size_limits)
+from tasks.orchestration.search import (ControlReport, SearchSpec, candidate_files, choose, cost_column,
+                                        fidelity_of, finalize, own_rows, run_control, run_search)
+from tasks.spnas.detectors import check_latency_met, desc_for, latency_of, limits_of, size_gate, size_limits
 from tasks.spnas.fine_tune import FineTuned
 from tasks.spnas.split import Split
 from tasks.spnas.train_candidate import train_candidate_task
@@ -53,7 +52,7 @@ def search_config(serial: SerialSearchParams) -> SerialSearchConfig:
     return SerialSearchConfig(max_sample=serial.max_sample, max_optimal=serial.max_optimal,
                               num_mutate=serial.num_mutate, add_stage_ratio=serial.add_stage_ratio,
                               expend_ratio=serial.expend_ratio, max_stages=serial.max_stages,
-                              objective_keys=("mAP", cost_key(serial.objective)), maximize=(True, False))
+                              objective_keys=("mAP", cost_column(serial.objective)), maximize=(True, False))
 
 
 def _row(result: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +102,7 @@ def serial_setup(data: Split, start: FineTuned, model: DetectorModel, serial: Se
             latency.remember(result["code"], result["latency_ms"])
 
     spec = SearchSpec(STAGE, train_candidate_task, serial.batch, to_input, objectives, _row,
-                      (cost_key(serial.objective), "mAP"),
+                      (cost_column(serial.objective), "mAP"),
                       "SpNasS: backbone codes", on_result=remember,
                       control=control if serial.control == "random" else None, fidelity=fidelity_of(serial))
     return search, spec, limits
