@@ -113,14 +113,7 @@ def export_int8(float_dir: Path, calibration: np.ndarray | torch.Tensor, out_dir
         agree = top1_agreement(float_onnx, Path(q.path), images[:max_images])
         chosen_by = {"top1_agreement_with_float": {"per_tensor": agree}}
         if agree < PER_TENSOR_AGREEMENT_FLOOR:
-            trial = out_dir / f".per_channel.{ONNX_FILE}"
-            pc = quantize_onnx(float_onnx, trial, images, max_images=max_images, per_channel=True)
-            pc_agree = top1_agreement(float_onnx, trial, images[:max_images])
-            chosen_by["top1_agreement_with_float"]["per_channel"] = pc_agree
-            if pc_agree > agree:
-                trial.replace(out_dir / ONNX_FILE)
-                q = replace(pc, path=str(out_dir / ONNX_FILE))
-            trial.unlink(missing_ok=True)
+            q = _try_per_channel(float_onnx, out_dir, images, max_images, agree, chosen_by, q)
     except QuantizationError:
         shutil.rmtree(out_dir, ignore_errors=True)  # never leave an int8 folder of another model
         raise
@@ -128,6 +121,26 @@ def export_int8(float_dir: Path, calibration: np.ndarray | torch.Tensor, out_dir
     meta["quantization"] = {**quantization_block(q), "weights_chosen_by": chosen_by}
     write_model_yml(out_dir / MODEL_YML, meta)
     return q
+
+
+def _try_per_channel(float_onnx: Path, out_dir: Path, images: np.ndarray, max_images: int, agree: float,
+                     chosen_by: dict[str, Any], per_tensor: Quantized) -> Quantized:
+    """Quantize per channel beside the per-tensor model and keep it if its top-1 agrees more with
+    the float model; a per-channel failure keeps the per-tensor model (and says why in `chosen_by`)."""
+    trial = out_dir / f".per_channel.{ONNX_FILE}"
+    try:
+        pc = quantize_onnx(float_onnx, trial, images, max_images=max_images, per_channel=True)
+        pc_agree = top1_agreement(float_onnx, trial, images[:max_images])
+        chosen_by["top1_agreement_with_float"]["per_channel"] = pc_agree
+        if pc_agree > agree:
+            trial.replace(out_dir / ONNX_FILE)
+            return replace(pc, path=str(out_dir / ONNX_FILE))
+        return per_tensor
+    except QuantizationError as exc:
+        chosen_by["per_channel_error"] = exc.reason
+        return per_tensor
+    finally:
+        trial.unlink(missing_ok=True)
 
 
 def top1_agreement(float_onnx: Path, int8_onnx: Path, images: np.ndarray) -> float:

@@ -112,6 +112,27 @@ def test_weights_go_per_channel_when_per_tensor_disagrees_with_float(exported, m
     assert len(got) == 2 and {d["category"] for g in got for d in g} <= set(LABELS)
 
 
+def test_a_failed_per_channel_retry_keeps_the_per_tensor_model(exported, monkeypatch) -> None:
+    import deploy.classifier_export as ce
+
+    float_dir, _, calibration = exported
+    real = ce.quantize_onnx
+
+    def per_channel_fails(*args, **kwargs):
+        if kwargs.get("per_channel"):
+            raise QuantizationError("ORT cannot quantize op 'Conv' per channel", "Conv")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ce, "quantize_onnx", per_channel_fails)
+    monkeypatch.setattr(ce, "top1_agreement", lambda *a: 0.5)
+    q = export_int8(float_dir, calibration, max_images=8)
+    int8_dir = float_dir.parent / INT8_DIR
+    assert not q.per_channel and (int8_dir / ONNX_FILE).is_file()
+    assert sorted(p.name for p in int8_dir.iterdir()) == sorted([ONNX_FILE, MODEL_YML])
+    block = yaml.safe_load((int8_dir / MODEL_YML).read_text())["quantization"]
+    assert "per channel" in block["weights_chosen_by"]["per_channel_error"]
+
+
 def test_real_agreement_of_a_model_with_itself_is_one(exported) -> None:
     float_dir, _, calibration = exported
     assert top1_agreement(float_dir / ONNX_FILE, float_dir / ONNX_FILE, calibration) == 1.0
