@@ -146,21 +146,21 @@ def _try_per_channel(float_onnx: Path, out_dir: Path, images: np.ndarray, max_im
 def top1_agreement(float_onnx: Path, int8_onnx: Path, images: np.ndarray) -> float:
     """Share of `images` on which both classifier ONNX models pick the same class (no labels needed:
     the calibration images decide the int8 settings, the held-out ones only report them)."""
-    picks = []
-    for path in (float_onnx, int8_onnx):
-        session = make_session(Path(path), 1)
-        name = session.get_inputs()[0].name
-        picks.append(session.run(None, {name: np.ascontiguousarray(images, dtype=np.float32)})[0].argmax(1))
-    return float((picks[0] == picks[1]).mean())
+    float_picks, int8_picks = (ort_top1(make_session(Path(p), 1), images) for p in (float_onnx, int8_onnx))
+    return float((float_picks == int8_picks).mean())
+
+
+def ort_top1(session: ort.InferenceSession, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """The class a classifier session (softmax output) picks for each preprocessed image."""
+    name = session.get_inputs()[0].name
+    picks = [session.run(None, {name: np.ascontiguousarray(images[i:i + batch], dtype=np.float32)})[0].argmax(1)
+             for i in range(0, len(images), batch)]
+    return np.concatenate(picks) if picks else np.empty(0, dtype=np.int64)
 
 
 def ort_accuracy(session: ort.InferenceSession, images: np.ndarray, labels: np.ndarray, batch: int = 256) -> float:
     """Top-1 accuracy of a classifier session (softmax output) on preprocessed `images`."""
-    name = session.get_inputs()[0].name
-    right = 0
-    for i in range(0, len(images), batch):
-        probs = session.run(None, {name: np.ascontiguousarray(images[i:i + batch], dtype=np.float32)})[0]
-        right += int((probs.argmax(1) == labels[i:i + batch]).sum())
+    right = int((ort_top1(session, images, batch) == np.asarray(labels)[:len(images)]).sum())
     return right / max(len(images), 1)
 
 
