@@ -42,8 +42,8 @@ def spaces(threads: int) -> dict[str, tuple[Callable[[], NetworkLatency], list[A
     return {
         "spnas detector body+FPN (96 px)": (lambda: latency_of(model, 11, threads=threads),
                                             [model.backbone_code, "112-1-21-21", "11-211-21-21"]),
-        "prune-ea ResNet-20 (32 px)": (lambda: encoding_latency(20, 10, threads), encodings),
-        "spos small path (32 px)": (lambda: path_latency("small", 10, threads), paths),
+        "prune-ea ResNet-20 (32 px)": (lambda: encoding_latency(20, 10, threads=threads), encodings),
+        "spos small path (32 px)": (lambda: path_latency("small", 10, threads=threads), paths),
     }
 
 

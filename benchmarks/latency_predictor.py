@@ -1,4 +1,8 @@
-"""BlazeFace latency predictor on this machine: table build time and held-out accuracy.
+"""Latency predictor of a search space on this machine: table build time and held-out accuracy.
+
+`--space blazeface` (default; SANAS) enumerates every op the space can run; `--space spnas |
+prune-ea | spos` samples networks with each search's own builder (the one its latency limit
+times), reads their ops off a forward pass (latency.trace) and tables the ops those networks run.
 
 Builds (or reuses) the latency table of every op the SANAS BlazeFace space can run, measures
 random architectures end to end (backbone + SSD heads + class softmax, `latency.measure.
@@ -15,7 +19,7 @@ process is pinned to one CPU (`--cpu`, default the last one) and asks for a high
 priority where it is allowed, so the stack and other processes running beside it move the
 figures less.
 
-    .venv/bin/python benchmarks/latency_predictor.py [--threads 1] [--size 128]
+    .venv/bin/python benchmarks/latency_predictor.py [--space blazeface] [--threads 1] [--size 128]
         [--fit 60] [--holdout 100] [--cache-dir .spnas/latency] [--fresh] [--cpu N] [--no-retest]
 """
 from __future__ import annotations
@@ -31,14 +35,30 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from latency.measure import TimingConfig, cached_table_path, machine_fingerprint, space_ops, time_ops  # noqa: E402
-from latency.predictor import CEILING_FLOOR, accuracy_of, fit_predictor, predictor_path  # noqa: E402
+from latency.predictor import (CEILING_FLOOR, LatencySpace, accuracy_of, fit_predictor,  # noqa: E402
+                               fit_space_predictor, predictor_path)
 from latency.timing import load_average  # noqa: E402
 
 NN_METER_WITHIN_10PCT = 0.990
 
 
+def searched_space(name: str) -> LatencySpace:
+    """The space of a search pipeline at its default settings (its tasks module defines it)."""
+    if name == "spnas":
+        from params.models import DetectorModel
+        from tasks.spnas.detectors import latency_space
+        return latency_space(DetectorModel())
+    if name == "prune-ea":
+        from tasks.prune_ea.prune_search import latency_space
+        return latency_space(20)
+    from tasks.spos.search import latency_space
+    return latency_space("small")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--space", choices=("blazeface", "spnas", "prune-ea", "spos"), default="blazeface",
+                   help="which search space (blazeface: SANAS, the whole space tabled)")
     p.add_argument("--threads", type=int, default=1,
                    help="ORT intra-op threads (1: see latency.measure on 2-thread timings here)")
     p.add_argument("--size", type=int, default=128, help="input height = width (px)")
@@ -87,30 +107,44 @@ def isolate(cpu: int | None, threads: int) -> str:
     return ", ".join(notes)
 
 
+def row(name: str, a: dict) -> str:
+    tau = "-" if a.get("kendall_tau") is None else f"{a['kendall_tau']:.2f}"
+    return (f"{name:<22}{a['within_10pct']:>13.1%}{a['rmse_ms']:>10.4f}"
+            f"{a['mean_abs_rel_error']:>11.1%}{a['max_abs_rel_error']:>11.1%}{tau:>7}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     isolation = isolate(args.cpu, args.threads)
     space_id = "blazeface"
-    table_path = cached_table_path(args.cache_dir, f"{space_id}-{args.size}px", "onnxruntime",
-                                   args.threads)
+    space = None if args.space == "blazeface" else searched_space(args.space)
+    table_id = f"{space_id}-{args.size}px" if space is None else space.name
+    table_path = cached_table_path(args.cache_dir, table_id, "onnxruntime", args.threads)
     if args.fresh:
         for path in (table_path, table_path.with_suffix(".json"), predictor_path(table_path)):
             path.unlink(missing_ok=True)
     fp = machine_fingerprint("onnxruntime", args.threads)
     t0 = time.perf_counter()
-    n_ops = len(space_ops(image_size=args.size))
+    size = f"input 1x3x{args.size}x{args.size}" if space is None else f"space {space.name}"
     print(f"CPU: {fp['cpu']} ({fp['cpu_count']} CPUs) | torch {fp['torch']} | "
-          f"onnxruntime {fp['onnxruntime']} | threads {args.threads} | input 1x3x{args.size}x{args.size} | "
-          f"{isolation}")
-    print(f"BlazeFace SANAS space: {n_ops} distinct ops (both kernel choices), enumerated in "
-          f"{time.perf_counter() - t0:.1f} s | load average before: {load_average()}")
+          f"onnxruntime {fp['onnxruntime']} | threads {args.threads} | {size} | {isolation}")
+    if space is None:
+        n_ops = len(space_ops(image_size=args.size))
+        print(f"BlazeFace SANAS space: {n_ops} distinct ops (both kernel choices), enumerated in "
+              f"{time.perf_counter() - t0:.1f} s | load average before: {load_average()}")
+    else:
+        print(f"{space.note}: the table holds the ops of the {args.fit + args.holdout} sampled networks "
+              f"| load average before: {load_average()}")
     cached = table_path.is_file()
 
     t0 = time.perf_counter()
-    predictor = fit_predictor(args.cache_dir, space_id, n_fit=args.fit, n_holdout=args.holdout,
-                              seed=args.seed, image_size=args.size, threads=args.threads,
-                              kind=args.kind, progress=sys.stderr.isatty(), retest=args.retest,
-                              table_timing=TimingConfig(passes=args.table_passes))
+    common = dict(n_fit=args.fit, n_holdout=args.holdout, seed=args.seed, threads=args.threads, kind=args.kind,
+                  progress=sys.stderr.isatty(), retest=args.retest,
+                  table_timing=TimingConfig(passes=args.table_passes))
+    if space is None:
+        predictor = fit_predictor(args.cache_dir, space_id, image_size=args.size, **common)
+    else:
+        predictor = fit_space_predictor(space, args.cache_dir, **common)
     total = time.perf_counter() - t0
     meta = json.loads(table_path.with_suffix(".json").read_text())
     acc = predictor.accuracy
@@ -123,10 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"fit + measure {args.fit + args.holdout} networks end to end: {total:.1f} s in all")
     print(f"held-out networks: {acc['n_holdout']} (fit on {acc['n_fit']} others), measured "
           f"{min(measured):.3f}-{max(measured):.3f} ms")
-    print(f"\n{'':<22}{'within ±10 %':>14}{'RMSE ms':>10}{'mean |err|':>12}{'max |err|':>11}")
-    for name, a in (("predictor", acc), ("raw table sum", raw)):
-        print(f"{name:<22}{a['within_10pct']:>13.1%}{a['rmse_ms']:>10.4f}"
-              f"{a['mean_abs_rel_error']:>11.1%}{a['max_abs_rel_error']:>11.1%}")
+    print(f"\n{'':<22}{'within ±10 %':>14}{'RMSE ms':>10}{'mean |err|':>12}{'max |err|':>11}{'tau':>7}")
+    rows = [("predictor", acc), ("raw table sum", raw)]
+    if "constant_fit_mean" in acc:  # the floor: one number, the fitting networks' mean
+        rows.append(("constant (fit mean)", acc["constant_fit_mean"]))
+    for name, a in rows:
+        print(row(name, a))
     print(f"{'nn-Meter (paper)':<22}{NN_METER_WITHIN_10PCT:>13.1%}{'-':>10}")
     retest = acc.get("retest")
     if retest:
@@ -134,9 +170,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{retest['median_abs_rel_change']:.1%}):")
         for name, key in (("test-retest (ceiling)", "test_retest"), ("predictor vs 1st", "predictor_vs_first"),
                           ("predictor vs 2nd", "predictor_vs_second")):
-            a = retest[key]
-            print(f"{name:<22}{a['within_10pct']:>13.1%}{a['rmse_ms']:>10.4f}"
-                  f"{a['mean_abs_rel_error']:>11.1%}{a['max_abs_rel_error']:>11.1%}")
+            print(row(name, retest[key]))
         print(f"verdict: {retest['verdict']} (needs test-retest >= {CEILING_FLOOR:.0%} to judge)")
     if args.retest:
         # The table's own repeatability: a sample of its ops timed again, beside the stored figures.
@@ -148,6 +182,10 @@ def main(argv: list[str] | None = None) -> None:
               f"max {agree['max_abs_rel_error']:.0%})")
     coef = ", ".join(f"{k} {v:.3g}" for k, v in predictor.coef.items())
     print(f"\ncorrection ({predictor.kind}): {coef}, intercept {predictor.intercept:.4f} ms")
+    untabled = acc.get("untabled_kernels")
+    if untabled is not None:
+        left = ", ".join(f"{k} x{v}" for k, v in sorted(untabled.items())) or "none"
+        print(f"kernels with no table op (left to the correction), over all sampled networks: {left}")
     print(f"predictor: {predictor_path(table_path)}")
     print(f"load average after: {load_average()} (shared machine: figures move with load)")
 

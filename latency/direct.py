@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,7 +44,7 @@ from torch import nn
 from core.errors import InputError
 from latency.measure import TimingConfig, measure_network_ms
 
-__all__ = ["GATE_TIMING", "HEAVY_TIMING", "FeatureTuple", "NetworkLatency", "arch_key"]
+__all__ = ["GATE_TIMING", "HEAVY_TIMING", "FeatureTuple", "NetworkLatency", "arch_key", "network_latency"]
 
 # warmup 3 + 3 rounds x 8 calls, 2 passes: ~60 calls (module docstring: why lighter than tables).
 GATE_TIMING = TimingConfig(warmup=3, rounds=3, number=8, passes=2)
@@ -74,7 +75,8 @@ class NetworkLatency:
     """
 
     def __init__(self, build: Builder, threads: int = 1, timing: TimingConfig = GATE_TIMING,
-                 measure: Callable[[nn.Module, torch.Tensor, int, TimingConfig], float] | None = None) -> None:
+                 measure: Callable[[nn.Module, torch.Tensor, int, TimingConfig], float] | None = None,
+                 source: str | None = None) -> None:
         if not callable(build):
             raise InputError("build", "must be a function architecture -> (module, example input)")
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -84,6 +86,8 @@ class NetworkLatency:
         self.timing = timing
         # Injectable for tests (a fake clock); the default is ONNX Runtime on `threads` threads.
         self._measure = measure or (lambda m, x, t, cfg: measure_network_ms(m, x, "onnxruntime", t, cfg))
+        # What the figures are, for logs and summaries.
+        self.source = source or f"measured here (ONNX Runtime, {threads} thread{'s' * (threads > 1)}, batch 1)"
         self.measured: dict[Hashable, float] = {}
         self.timed = 0
 
@@ -115,6 +119,35 @@ class NetworkLatency:
                 or not math.isfinite(limit_ms):
             raise InputError("max_latency_ms", f"must be a positive number of milliseconds; got {limit_ms!r}.")
         return lambda arch: self(arch) <= limit_ms
+
+
+def network_latency(build: Builder, predictor_file: str | None = None, threads: int = 1,
+                    timing: TimingConfig = GATE_TIMING, space: Any = None,
+                    field_name: str = "latency_predictor") -> NetworkLatency:
+    """A search's latency source: `NetworkLatency` measuring here, or — given the predictor file a
+    user fitted on their device (`latency.predictor.fit_space_predictor`) — one predicting that
+    device's latency from each network's traced ops (`latency.trace`; no timing). With a predictor,
+    `space` (a `latency.predictor.LatencySpace`) is required: random networks of it must all be
+    covered by the predictor's table (`check_covers`), so a predictor for another space, input size
+    or class count is one InputError naming `field_name` here, not a failure mid-search."""
+    if predictor_file is None:
+        return NetworkLatency(build, threads, timing)
+    from latency.predictor import LatencyPredictor, check_covers
+    from latency.trace import ops_of_network
+
+    try:
+        predictor = LatencyPredictor.load(Path(predictor_file))
+    except InputError as exc:
+        raise InputError(field_name, exc.message) from None
+    if space is None:
+        raise InputError("space", "a predicted latency needs the space it must cover.")
+    check_covers(predictor, space, field_name=field_name)
+
+    def predict(module: nn.Module, example: torch.Tensor, threads: int, timing: TimingConfig) -> float:
+        return predictor.predict(ops_of_network(module, example).ops)
+
+    return NetworkLatency(build, threads, timing, measure=predict,
+                          source=f"predicted for {predictor.table.device} by {predictor_file}")
 
 
 class FeatureTuple(nn.Module):

@@ -184,14 +184,77 @@ class _Softmax(nn.Module):
         return torch.softmax(x, dim=self.axis)
 
 
+class _Concat(nn.Module):
+    """x split into `inputs` equal channel groups and concatenated back: one Concat reading them
+    all, from a single graph input (the split is a free view in torch; in ONNX its Split is one
+    more node, which the predictor's per-op count absorbs)."""
+
+    def __init__(self, inputs: int) -> None:
+        super().__init__()
+        self.inputs = inputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(torch.chunk(x, self.inputs, dim=1), 1)
+
+
+class _ChannelSlice(nn.Module):
+    def __init__(self, count: int, stride: int) -> None:
+        super().__init__()
+        self.count, self.stride = count, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0:self.count * self.stride:self.stride]
+
+
+class _Resize(nn.Module):
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.interpolate(x, scale_factor=float(self.scale), mode="nearest")
+
+
+class _Gather(nn.Module):
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        # Spread, repeating picks: what a pruned shortcut's channel selection looks like.
+        self.register_buffer("index", torch.arange(c_out) * c_in // max(c_out, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(1, self.index)
+
+
+def _shape_op(kind: str, spec: Mapping[str, Any]) -> nn.Module:
+    """The module of a concat / slice / resize / gather op (table types of our own)."""
+    c, key = spec["c_in"], key_of(spec)
+    if kind == "concat":
+        if c % spec["inputs"]:
+            raise InputError("op", f"concat inputs {spec['inputs']} must divide c_in {c}; got {key}.")
+        return _Concat(spec["inputs"])
+    if kind == "slice":
+        if (spec["c_out"] - 1) * spec["stride"] >= c:
+            raise InputError("op", f"slice of {spec['c_out']} channels at stride {spec['stride']} "
+                                   f"does not fit c_in {c}; got {key}.")
+        return _ChannelSlice(spec["c_out"], spec["stride"])
+    if kind == "resize":
+        return _Resize(spec["scale"])
+    return _Gather(c, spec["c_out"])
+
+
 def op_module(op: Mapping[str, Any] | str) -> tuple[nn.Module, torch.Tensor]:
     """A module in eval mode performing just `op` (a dict or table key), and a random input."""
     spec = parse_key(op if isinstance(op, str) else key_of(op))
     kind = op_type_of(spec)
+    if kind == "fc":
+        linear = nn.Linear(spec["c_in"], spec["c_out"], bias=bool(spec["flag_bias"]))
+        return linear.eval(), torch.randn(spec["n"], spec["c_in"])
     shape = (spec["n"], spec["c_in"], spec["h"], spec["w"])
     c = spec["c_in"]
     module: nn.Module
-    if kind == "conv":
+    if kind in ("concat", "slice", "resize", "gather"):
+        module = _shape_op(kind, spec)
+    elif kind == "conv":
         g = spec["groups"]
         if c % g or spec["c_out"] % g:
             raise InputError("op", f"conv groups {g} must divide c_in {c} and c_out "
@@ -257,6 +320,8 @@ def _runner(model: nn.Module, example: torch.Tensor, backend: str, threads: int,
         # The TorchScript-based exporter warns that it is deprecated (module docstring: it is
         # the fast one for one-op graphs); export_onnx filters its notices, this any others.
         warnings.simplefilter("ignore", DeprecationWarning)
+        # ONNX Slice with a step (a channel split) cannot be constant-folded; nothing is lost.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         path = export_onnx(model, example, folder / "model.onnx", opset=_OPSET, dynamic_batch=False,
                            input_name="input", output_name=_output_names(model, example), dynamo=False)
     session = make_session(path, threads=threads)
@@ -267,24 +332,35 @@ def _runner(model: nn.Module, example: torch.Tensor, backend: str, threads: int,
 def _time_modules(items: Mapping[str, tuple[nn.Module, torch.Tensor]], backend: str, threads: int,
                   timing: TimingConfig, chunk: int, progress: bool, label: str) -> dict[str, float]:
     """Interleaved timing of many modules, `chunk` of them alive (exported, in a session) at
-    a time so memory and idle ORT thread pools stay bounded."""
+    a time so memory and idle ORT thread pools stay bounded. Each item is fetched once, when its
+    chunk is exported, so `items` may build its modules lazily (latency.predictor does for
+    large networks); training flags are restored."""
     names = list(items)
     result: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="spnas-lat-") as tmp:
         for start in _progress(list(range(0, len(names), chunk)), label, progress, len(names), chunk):
             group = names[start:start + chunk]
             runners = {}
+            modes: list[tuple[nn.Module, bool]] = []
             # Exporting traces the model once; one torch thread is enough for that and keeps
             # a busy second core from stalling every traced op (OpenMP barrier waits).
-            with _torch_threads(1):
-                for i, name in enumerate(group):
-                    folder = Path(tmp) / str(i)
-                    folder.mkdir(exist_ok=True)
-                    model, example = items[name]
-                    runners[name] = _runner(model, example, backend, threads, folder)
-            with _torch_threads(threads):
-                result.update(interleaved_ms(runners, timing, seed=start))
-            del runners  # frees the chunk's sessions before the next one is built
+            try:
+                with _torch_threads(1):
+                    for i, name in enumerate(group):
+                        folder = Path(tmp) / str(i)
+                        folder.mkdir(exist_ok=True)
+                        model, example = items[name]
+                        if not isinstance(example, torch.Tensor):
+                            raise InputError("example", f"of {name} must be a torch.Tensor; got "
+                                                        f"{type(example).__name__}.")
+                        modes += [(m, m.training) for m in model.modules()]
+                        runners[name] = _runner(model, example, backend, threads, folder)
+                with _torch_threads(threads):
+                    result.update(interleaved_ms(runners, timing, seed=start))
+            finally:  # after timing: the torch backend runs the modules themselves, in eval mode
+                for m, flag in modes:
+                    m.training = flag
+            del runners, modes  # frees the chunk's sessions before the next one is built
     return result
 
 
@@ -321,17 +397,8 @@ def measure_networks_ms(models: Mapping[str, tuple[nn.Module, torch.Tensor]],
     """
     _check_backend(backend)
     _check_threads(threads)
-    for name, (model, example) in models.items():
-        if not isinstance(example, torch.Tensor):
-            raise InputError("example", f"of {name} must be a torch.Tensor; got "
-                                        f"{type(example).__name__}.")
-    modes = [(m, m.training) for model, _ in models.values() for m in model.modules()]
-    try:
-        return _time_modules(models, backend, threads, timing, chunk, progress,
-                             f"timing {len(models)} networks ({backend}, {threads} threads)")
-    finally:
-        for m, flag in modes:
-            m.training = flag
+    return _time_modules(models, backend, threads, timing, chunk, progress,
+                         f"timing {len(models)} networks ({backend}, {threads} threads)")
 
 
 def measure_network_ms(model: nn.Module, example: torch.Tensor, backend: str = "onnxruntime",

@@ -28,28 +28,32 @@ import json
 import math
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import kendalltau
 
 from latency.measure import (TimingConfig, _torch_threads, build_table, measure_networks_ms,
                              space_ops, ssd_core)
 from core.errors import InputError
 from core.seeds import derive_seed
-from latency.table import LatencyTable, op_type_of
+from latency.table import LatencyTable, key_of, op_type_of
 
 __all__ = [
     "GROUPS",
     "KINDS",
     "LatencyPredictor",
+    "LatencySpace",
     "Sample",
     "accuracy_of",
+    "check_covers",
     "fit_and_evaluate",
     "fit_predictor",
+    "fit_space_predictor",
     "group_of",
     "predictor_path",
     "retest_of",
@@ -57,7 +61,8 @@ __all__ = [
     "verdict_of",
 ]
 
-GROUPS = ("conv_dw", "conv_1x1", "conv", "batch_norm", "activation", "eltwise", "pooling", "softmax")
+GROUPS = ("conv_dw", "conv_1x1", "conv", "batch_norm", "activation", "eltwise", "pooling", "softmax",
+          "fc", "concat", "slice", "resize", "gather")
 KINDS = ("per_type", "linear")
 FORMAT = "spnas-latency-predictor"
 VERSION = 1
@@ -84,18 +89,30 @@ def group_of(op: Mapping[str, Any]) -> str:
     return "conv_1x1" if op["k"] == 1 and op["groups"] == 1 else "conv"
 
 
-def _features(table: LatencyTable, ops: Sequence[Mapping[str, Any]], kind: str) -> list[float]:
+def _features(table: LatencyTable, ops: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[float]:
+    """The feature values `names` (`_feature_names`) of one network's ops."""
     total = table.sum(ops)  # raises naming the first op the table lacks
-    if kind == "linear":
+    if list(names) == ["table_sum"]:
         return [total]
-    sums = dict.fromkeys(GROUPS, 0.0)
+    sums = dict.fromkeys(names, 0.0)
     for op in ops:
-        sums[group_of(op)] += table.lookup(op)
-    return [sums[g] for g in GROUPS] + [float(len(ops))]
+        group = group_of(op)
+        if group not in sums:
+            raise InputError("ops", f"the predictor was fitted on networks without any {group} op "
+                                    f"({key_of(op)}); fit it on networks of this space.")
+        sums[group] += table.lookup(op)
+    sums["n_ops"] = float(len(ops))
+    return [sums[n] for n in names]
 
 
-def _feature_names(kind: str) -> list[str]:
-    return ["table_sum"] if kind == "linear" else [*GROUPS, "n_ops"]
+def _feature_names(kind: str, samples: Sequence[Sample] = ()) -> list[str]:
+    """`table_sum` (linear), or one per-type sum for each group the fitting networks run (all
+    groups when no samples are given) and the op count (per_type): a space without, say,
+    concatenations gets no concat coefficient to fit on zeros."""
+    if kind == "linear":
+        return ["table_sum"]
+    seen = {group_of(op) for s in samples for op in s.ops} if samples else set(GROUPS)
+    return [g for g in GROUPS if g in seen] + ["n_ops"]
 
 
 def _table_digest(table: LatencyTable) -> str:
@@ -146,16 +163,22 @@ def predictor_path(table_path: Path) -> Path:
     return table_path.with_name(table_path.stem + ".predictor.json")
 
 
-def accuracy_of(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
-    """Share within ±10 % of measured (nn-Meter's definition) and RMSE (ms)."""
+def accuracy_of(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, Any]:
+    """Share within ±10 % of measured (nn-Meter's definition), RMSE (ms), and Kendall's tau
+    between predicted and measured (None for a constant or a single prediction): in a space whose
+    networks all run within a few percent of each other the ±10 % share says little — even one
+    constant is within it — while tau says whether the predictor orders them, which is what a
+    search's latency objective or limit uses."""
     p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
     if p.shape != m.shape or not p.size:
         raise InputError("measured", "needs one measured latency per prediction (at least one).")
     rel = np.abs(p - m) / m
+    tau = float(kendalltau(p, m).statistic) if p.size > 1 else float("nan")
     return {"within_10pct": float(np.mean(rel <= WITHIN)),
             "rmse_ms": float(np.sqrt(np.mean((p - m) ** 2))),
             "mean_abs_rel_error": float(np.mean(rel)),
-            "max_abs_rel_error": float(np.max(rel))}
+            "max_abs_rel_error": float(np.max(rel)),
+            "kendall_tau": None if math.isnan(tau) else tau}
 
 
 class LatencyPredictor:
@@ -167,13 +190,14 @@ class LatencyPredictor:
                  note: str = "") -> None:
         if kind not in KINDS:
             raise InputError("kind", f"must be one of {', '.join(KINDS)}; got {kind!r}.")
-        names = _feature_names(kind)
-        if sorted(coef) != sorted(names):
-            raise InputError("coef", f"a {kind} predictor needs coefficients for {', '.join(names)}; "
+        allowed = _feature_names(kind)
+        if not coef or not set(coef) <= set(allowed) or (kind == "per_type" and "n_ops" not in coef):
+            raise InputError("coef", f"a {kind} predictor needs coefficients among {', '.join(allowed)}"
+                                     f"{' (n_ops included)' if kind == 'per_type' else ''}; "
                                      f"got {', '.join(coef) or 'none'}.")
         self.table = table
         self.kind = kind
-        self.coef = {n: float(coef[n]) for n in names}
+        self.coef = {n: float(coef[n]) for n in allowed if n in coef}
         self.intercept = float(intercept)
         self.fit_ids = list(fit_ids)
         self.accuracy = dict(accuracy) if accuracy is not None else None
@@ -182,20 +206,20 @@ class LatencyPredictor:
 
     def predict(self, ops: Sequence[Mapping[str, Any]]) -> float:
         """Predicted latency (ms) of a network running `ops`."""
-        x = _features(self.table, list(ops), self.kind)
-        return float(np.dot(x, [self.coef[n] for n in _feature_names(self.kind)]) + self.intercept)
+        x = _features(self.table, list(ops), list(self.coef))
+        return float(np.dot(x, list(self.coef.values())) + self.intercept)
 
     @classmethod
     def fit(cls, table: LatencyTable, samples: Sequence[Sample], kind: str = "per_type") -> LatencyPredictor:
         """Weighted least squares of measured latency on the table features of `samples`."""
         if kind not in KINDS:
             raise InputError("kind", f"must be one of {', '.join(KINDS)}; got {kind!r}.")
-        names = _feature_names(kind)
+        names = _feature_names(kind, samples)
         if len(samples) < len(names) + 1:
             raise InputError("fit", f"needs at least {len(names) + 1} architectures for a {kind} "
                                     f"fit; got {len(samples)}.")
         _check_samples(samples, "fit")
-        x = np.array([_features(table, s.ops, kind) + [1.0] for s in samples])
+        x = np.array([_features(table, s.ops, names) + [1.0] for s in samples])
         y = np.array([s.measured_ms for s in samples])
         w = 1.0 / y  # relative error is what the ±10 % figure counts
         beta, *_ = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)
@@ -228,7 +252,7 @@ class LatencyPredictor:
     def to_dict(self, table_file: str | None = None) -> dict[str, Any]:
         return {
             "format": FORMAT, "version": VERSION, "kind": self.kind, "unit": "ms",
-            "features": _feature_names(self.kind), "coef": self.coef, "intercept": self.intercept,
+            "features": list(self.coef), "coef": self.coef, "intercept": self.intercept,
             "table_file": table_file, "table_sha256": _table_digest(self.table),
             "device": self.table.device, "note": self.note, "fit_ids": self.fit_ids,
             "accuracy": self.accuracy, "holdout": self.holdout,
@@ -304,6 +328,9 @@ def fit_and_evaluate(table: LatencyTable, fit: Sequence[Sample], holdout: Sequen
                                     "held-out set; they must be disjoint.")
     predictor = LatencyPredictor.fit(table, fit, kind)
     predictor.evaluate(holdout)
+    # What knowing nothing but the fitting networks' mean latency scores on the same held-out set.
+    mean = float(np.mean([s.measured_ms for s in fit]))
+    predictor.accuracy["constant_fit_mean"] = accuracy_of([mean] * len(holdout), [s.measured_ms for s in holdout])
     return predictor
 
 
@@ -355,43 +382,187 @@ def fit_predictor(
     """
     from nas_models import blazeface as bf
 
-    for name, value, low in (("n_fit", n_fit, 2), ("n_holdout", n_holdout, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise InputError(name, f"must be an integer >= {low}; got {value!r}.")
+    _check_counts(n_fit, n_holdout)
     size = bf.DEFAULT_IMAGE_SIZE if image_size is None else image_size
     table = build_table(space_ops(image_size=size), cache_dir, f"{space_id}-{size}px", backend,
                         threads, table_timing, progress)
-    tokens = sample_tokens(n_fit + n_holdout, seed)
-    roles = ["fit"] * n_fit + ["holdout"] * n_holdout
-    random.Random(derive_seed(seed, "latency.predictor.roles")).shuffle(roles)
     example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
     models: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}
     ops: dict[str, list[dict[str, Any]]] = {}
+    infos: dict[str, dict[str, Any]] = {}
     with _torch_threads(1):  # listing ops runs a forward pass; no timing happens here
-        for t in tokens:
+        for t in sample_tokens(n_fit + n_holdout, seed):
             sample_id = "t" + "-".join(map(str, t))
             torch.manual_seed(seed)
             model = bf.build_from_tokens(t, image_size=size).eval()
             ops[sample_id] = bf.ops_of_model(model)
             models[sample_id] = (ssd_core(model), example)
-    measured = measure_networks_ms(models, backend, threads, network_timing, progress=progress)
+            infos[sample_id] = {"tokens": t}
+    note = (f"BlazeFace SANAS space at {size} px, batch 1, {backend}, {threads} threads; "
+            "covers backbone + SSD heads + class softmax (latency.measure.ssd_core), "
+            "not resizing, box decoding or NMS")
+    return _fit_measured(table, models, ops, infos, n_fit, seed, backend, threads, kind,
+                         network_timing, progress, min_holdout, retest, note)
+
+
+def _check_counts(n_fit: Any, n_holdout: Any) -> None:
+    for name, value, low in (("n_fit", n_fit, 2), ("n_holdout", n_holdout, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InputError(name, f"must be an integer >= {low}; got {value!r}.")
+
+
+class _Subset(Mapping[str, tuple[torch.nn.Module, torch.Tensor]]):
+    """The networks `ids` of a (possibly lazy) mapping, fetched only when timed."""
+
+    def __init__(self, models: Mapping[str, tuple[torch.nn.Module, torch.Tensor]], ids: Sequence[str]) -> None:
+        self.models, self.ids = models, list(ids)
+
+    def __getitem__(self, sample_id: str) -> tuple[torch.nn.Module, torch.Tensor]:
+        if sample_id not in self.ids:
+            raise KeyError(sample_id)
+        return self.models[sample_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _fit_measured(table: LatencyTable, models: Mapping[str, tuple[torch.nn.Module, torch.Tensor]],
+                  ops: Mapping[str, list[dict[str, Any]]], infos: Mapping[str, dict[str, Any]],
+                  n_fit: int, seed: int, backend: str, threads: int, kind: str,
+                  network_timing: TimingConfig, progress: bool, min_holdout: int, retest: bool,
+                  note: str, chunk: int = 200) -> LatencyPredictor:
+    """Measure `models` end to end (interleaved), fit on a random `n_fit` of them, evaluate on
+    the rest, optionally retest the held-out ones, and save the predictor beside the table.
+    Fit and held-out networks come from one sample and are timed together, so machine load
+    hits both alike."""
+    roles = ["fit"] * n_fit + ["holdout"] * (len(models) - n_fit)
+    random.Random(derive_seed(seed, "latency.predictor.roles")).shuffle(roles)
+    measured = measure_networks_ms(models, backend, threads, network_timing, chunk, progress)
     fit: list[Sample] = []
     holdout: list[Sample] = []
-    for (sample_id, t), role in zip(zip(models, tokens), roles):
-        sample = Sample(sample_id, ops[sample_id], measured[sample_id], {"tokens": t})
+    for sample_id, role in zip(models, roles):
+        sample = Sample(sample_id, ops[sample_id], measured[sample_id], dict(infos.get(sample_id, {})))
         (fit if role == "fit" else holdout).append(sample)
     predictor = fit_and_evaluate(table, fit, holdout, kind, min_holdout)
     if retest:
-        again = measure_networks_ms({s.id: models[s.id] for s in holdout}, backend, threads, network_timing,
-                                    progress=progress)
+        again = measure_networks_ms(_Subset(models, [s.id for s in holdout]), backend, threads,
+                                    network_timing, chunk, progress)
         predicted = {h["id"]: h["predicted_ms"] for h in predictor.holdout}
         check = retest_of({s.id: s.measured_ms for s in holdout}, again, predicted)
         check["verdict"] = verdict_of(check)
         predictor.accuracy = {**(predictor.accuracy or {}), "retest": check}
         for h in predictor.holdout:
             h["retest_ms"] = again[h["id"]]
-    predictor.note = (f"BlazeFace SANAS space at {size} px, batch 1, {backend}, {threads} threads; "
-                      "covers backbone + SSD heads + class softmax (latency.measure.ssd_core), "
-                      "not resizing, box decoding or NMS")
+    predictor.note = note
     predictor.save()
     return predictor
+
+
+# --- any space: networks built by a search's own builder, ops read by latency.trace ----------
+
+@dataclass(frozen=True)
+class LatencySpace:
+    """What a search space gives the predictor: a name (the table's space id), `build(arch)` ->
+    (module, one example input of batch 1) — the builder its `latency.direct.NetworkLatency`
+    times — and `sample(count, seed)` -> `count` distinct random architectures, with `describe`
+    turning one into a short id."""
+
+    name: str
+    build: Callable[[Any], tuple[torch.nn.Module, torch.Tensor]]
+    sample: Callable[[int, int], list[Any]]
+    describe: Callable[[Any], str] = str
+    note: str = ""
+    chunk: int = 200   # networks alive (exported, in an ORT session) at once while timing
+
+
+class _Networks(Mapping[str, tuple[torch.nn.Module, torch.Tensor]]):
+    """id -> (module, example), built when asked for and not kept: timing holds only a chunk of
+    large networks at once (140 SP-NAS detector bodies held together would take ~20 GB here)."""
+
+    def __init__(self, space: LatencySpace, archs: Mapping[str, Any], seed: int) -> None:
+        self.space, self.archs, self.seed = space, archs, seed
+
+    def __getitem__(self, sample_id: str) -> tuple[torch.nn.Module, torch.Tensor]:
+        torch.manual_seed(self.seed)  # same weights and example on every build
+        module, example = self.space.build(self.archs[sample_id])
+        return module.eval(), example
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.archs)
+
+    def __len__(self) -> int:
+        return len(self.archs)
+
+
+def fit_space_predictor(
+    space: LatencySpace,
+    cache_dir: Path,
+    n_fit: int = 40,
+    n_holdout: int = 100,
+    seed: int = 0,
+    backend: str = "onnxruntime",
+    threads: int = 1,
+    kind: str = "per_type",
+    table_timing: TimingConfig = TimingConfig(passes=5),
+    network_timing: TimingConfig = TimingConfig(warmup=10, passes=3),
+    progress: bool = True,
+    min_holdout: int = 100,
+    retest: bool = False,
+) -> LatencyPredictor:
+    """`fit_predictor` for any space: sample `n_fit + n_holdout` architectures, read each one's
+    ops off a forward pass (`latency.trace.ops_of_network`), build (or extend) the table over the
+    ops they run, then measure, fit and evaluate as for BlazeFace. The table holds the ops these
+    networks run, not the whole space: a later network with a new op configuration needs the
+    table extended (`build_table` times only what it lacks)."""
+    from latency.trace import ops_of_network
+
+    _check_counts(n_fit, n_holdout)
+    sampled = space.sample(n_fit + n_holdout, seed)
+    archs = {space.describe(arch): arch for arch in sampled}
+    if len(archs) != len(sampled):
+        raise InputError("describe", f"gave {len(archs)} distinct ids for {len(sampled)} architectures.")
+    models = _Networks(space, archs, seed)
+    ops: dict[str, list[dict[str, Any]]] = {}
+    untabled: dict[str, int] = {}
+    with _torch_threads(1):
+        for sample_id in archs:
+            traced = ops_of_network(*models[sample_id])
+            ops[sample_id] = list(traced.ops)
+            for name, count in traced.untabled.items():
+                untabled[name] = untabled.get(name, 0) + count
+    table = build_table((op for op_list in ops.values() for op in op_list), cache_dir, space.name,
+                        backend, threads, table_timing, progress)
+    left_out = ", ".join(f"{k} x{v}" for k, v in sorted(untabled.items())) or "nothing"
+    note = (f"{space.note or space.name}, batch 1, {backend}, {threads} threads; ops read off each "
+            f"network's forward pass (latency.trace); kernels with no table op: {left_out}")
+    predictor = _fit_measured(table, models, ops, {k: {"arch": k} for k in archs}, n_fit, seed, backend,
+                              threads, kind, network_timing, progress, min_holdout, retest, note, space.chunk)
+    predictor.accuracy = {**(predictor.accuracy or {}), "untabled_kernels": untabled}
+    predictor.save()
+    return predictor
+
+
+def check_covers(predictor: LatencyPredictor, space: LatencySpace, count: int = 24, seed: int = 0,
+                 field_name: str = "latency_predictor") -> None:
+    """InputError naming `field_name` unless every op of `count` random networks of `space` is in
+    the predictor's table and of a group it was fitted on: a predictor for another space, input
+    size or class count fails here, before a search, not at its hundredth proposal. (A pruned
+    ResNet's channel counts make ops no sampled table holds: its searches measure directly.)"""
+    from latency.trace import ops_of_network
+
+    with _torch_threads(1):
+        for arch in space.sample(count, seed):
+            ops = ops_of_network(*space.build(arch)).ops
+            gaps = predictor.table.missing(ops)
+            if gaps:
+                raise InputError(field_name, f"its table {predictor.table.path or ''} lacks op {gaps[0]}, which "
+                                             f"{space.describe(arch)} of the {space.name} space runs "
+                                             f"({len(gaps)} missing); fit a predictor for this space "
+                                             f"(benchmarks/latency_predictor.py --space) on the target device.")
+            try:
+                predictor.predict(ops)
+            except InputError as exc:
+                raise InputError(field_name, f"{exc.message} ({space.describe(arch)} of {space.name})") from None

@@ -16,6 +16,15 @@ PaddleSlim's "硬件延时评估表" / hardware latency table document):
     eltwise,n,c_in,h,w
     pooling,flag_global_pooling,n,c_in,h,w,k,pad,stride,ceil_mode,pool_type
     softmax,axis,n,c_in,h,w
+    fc,flag_bias,n,c_in,c_out                            fully connected (a classifier head)
+    concat,n,c_in,h,w,inputs                             c_in: channels of the result, split evenly
+    slice,n,c_in,h,w,c_out,stride                        every `stride`-th channel, c_out of them
+    resize,n,c_in,h,w,scale                              nearest-neighbour upsampling by `scale`
+    gather,n,c_in,h,w,c_out                              c_out channels picked by index
+
+The last five are ours (PaddleSlim's document lists only the first six): the op lists that
+`latency.trace` reads off any network need them for classifier heads, ShuffleNet's channel
+split and concat, FPN's upsampling and a pruned ResNet's shortcut channel selection.
 
 `pool_type` is 1 max, 2 average counting padding, 3 average excluding padding. h, w are the
 op's *input* height and width, c_in its input channels.
@@ -32,6 +41,7 @@ and what `key_of` turns into keys) use the same names:
      "ceil_mode", "pool_type"}                               pool_type 1-3, or "max" / "avg" (= 2,
                                                              torch's count_include_pad) / "avg_exclusive"
     {"op": "softmax", "axis", "n", "c_in", "h", "w"}
+    {"op": "fc", "flag_bias", "n", "c_in", "c_out"}   and the other four likewise, by their fields
 
 Names are case-insensitive (`none` and `None` give the same key). Extra keys in a dict (a
 module name, `elt_type`) are ignored; a missing or malformed field is an InputError.
@@ -73,6 +83,11 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "pooling": ("flag_global_pooling", "n", "c_in", "h", "w", "k", "pad", "stride", "ceil_mode",
                 "pool_type"),
     "softmax": ("axis", "n", "c_in", "h", "w"),
+    "fc": ("flag_bias", "n", "c_in", "c_out"),
+    "concat": ("n", "c_in", "h", "w", "inputs"),
+    "slice": ("n", "c_in", "h", "w", "c_out", "stride"),
+    "resize": ("n", "c_in", "h", "w", "scale"),
+    "gather": ("n", "c_in", "h", "w", "c_out"),
 }
 OP_TYPES = tuple(FIELDS)
 _STRING_FIELDS = {"active_type"}

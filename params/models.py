@@ -282,6 +282,25 @@ class SearchControl(Section):
         "none", description="none | random: also run a same-budget random control and report search vs control")
 
 
+class LatencySource(Section):
+    """Where a search's latency figures (its `max_latency_ms` limit, its `latency` objective) come
+    from: measured here, or predicted for another device from a table and predictor fitted there."""
+
+    latency_predictor: str | None = Field(
+        None, description="a latency predictor JSON (its table beside it), fitted on the device you deploy to "
+                          "with `benchmarks/latency_predictor.py --space <space>`: latency figures are then that "
+                          "device's predicted ms (no timing here); null = each proposal measured here with ONNX "
+                          "Runtime, 1 thread")
+
+    @field_validator("latency_predictor")
+    @classmethod
+    def _predictor(cls, v: str | None) -> str | None:
+        v = _resolved(v)
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"no file at {v}")
+        return v
+
+
 class FidelityParams(Section):
     """Multi-fidelity screening (successive halving, ASHA-style): every candidate first trains
     min_steps; the best 1/eta of those that finished a rung continue from their own checkpoint to
@@ -354,7 +373,7 @@ class ResourceLimit(SearchControl):
                             "auto = all up to 100 candidates, pareto above")
 
 
-class SerialSearchParams(ResourceLimit, MultiFidelity):
+class SerialSearchParams(ResourceLimit, LatencySource, MultiFidelity):
     """SpNasS (Vega names). The seed's values are in params/spnas_seed.yaml."""
 
     objective: SpnasCost = Field("params", description="the cost weighed against mAP on the front: params | macs | "
@@ -453,7 +472,7 @@ class ClassifierTrain(EpochTraining):
     warmup_epochs: int = Field(0, ge=0, le=10_000, description="at most epochs")
 
 
-class PruneSearchParams(SearchControl, MultiFidelity):
+class PruneSearchParams(SearchControl, LatencySource, MultiFidelity):
     """NSGA-III over channel masks (Vega PruneEA names). The seed's values are in
     params/prune_ea_seed.yaml (31 generations of 32, 64 random models)."""
 
@@ -545,7 +564,7 @@ class SupernetTrain(Section):
         return v
 
 
-class EvolutionParams(SearchControl):
+class EvolutionParams(SearchControl, LatencySource):
     """SPOS evolution (seed values in params/spos_seed.yaml: 50, 10, 25 + 25, p 0.1, 20 generations)."""
 
     population: int = Field(12, ge=2, le=100_000)

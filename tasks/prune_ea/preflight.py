@@ -11,18 +11,20 @@ from tasks.orchestration.preflight import check_run
 CHECK_CLASSES = 10
 
 
-def check_latency_limit(depth: int, limit_ms: float | None) -> None:
-    """`search.max_latency_ms` below the measured latency of the smallest network of the space (one
-    channel per group; ~0.3 s to time) can admit nothing: one clear error before any work."""
-    if limit_ms is None:
+def check_latency_limit(depth: int, limit_ms: float | None, predictor_file: str | None = None) -> None:
+    """`search.max_latency_ms` below the measured (or predicted) latency of the smallest network of
+    the space (one channel per group; ~0.3 s to time) can admit nothing: one clear error before any
+    work. A `search.latency_predictor` must cover the space (latency.direct.network_latency)."""
+    if limit_ms is None and predictor_file is None:
         return
     from tasks.prune_ea.prune_search import encoding_latency, smallest_encoding  # torch + ORT only when asked
 
-    smallest = encoding_latency(depth, CHECK_CLASSES)(smallest_encoding(depth))
-    if limit_ms < smallest:
-        raise InputError("search.max_latency_ms", f"{limit_ms:g} ms is below the measured latency of the smallest "
+    latency = encoding_latency(depth, CHECK_CLASSES, predictor_file)
+    smallest = latency(smallest_encoding(depth))
+    if limit_ms is not None and limit_ms < smallest:
+        raise InputError("search.max_latency_ms", f"{limit_ms:g} ms is below the latency of the smallest "
                                                   f"ResNet-{depth} of the space ({smallest:.3f} ms: one channel per "
-                                                  "group, ONNX Runtime, 1 thread); no encoding can fit")
+                                                  f"group, {latency.source}); no encoding can fit")
 
 
 def preflight(p: PruneEaParams) -> None:
@@ -30,4 +32,4 @@ def preflight(p: PruneEaParams) -> None:
     below the smallest network, or the device or output root unusable."""
     check_run(p)
     check_cifar_data(p.data)
-    check_latency_limit(p.depth, p.search.max_latency_ms)
+    check_latency_limit(p.depth, p.search.max_latency_ms, p.search.latency_predictor)

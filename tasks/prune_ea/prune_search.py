@@ -15,11 +15,13 @@ one over the limit is never trained — it is counted (`skipped_over_limit`) and
 as infeasible (strategies/prune_ea.py) — and result.csv gets the admitted ones' `latency_ms`."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from prefect import flow, get_run_logger
 
@@ -27,8 +29,10 @@ from core.errors import InputError
 from core.seeds import derive_seed
 from engine.runtime import configure_torch, resolve_device
 from engine.supernet import recalibrate_bn
-from latency.direct import NetworkLatency
-from nas_models.prune_resnet import build_prune_resnet, encoding_length, pruned_from_full, repair_encoding
+from latency.direct import NetworkLatency, network_latency
+from latency.predictor import LatencySpace
+from nas_models.prune_resnet import (build_prune_resnet, encoding_length, pruned_from_full, random_encoding,
+                                     repair_encoding)
 from nas_models.registry import build_from_desc
 from params.models import PruneSearchParams, Runtime
 from strategies.prune_ea import PruneEASearch
@@ -65,15 +69,40 @@ def load_base(base: TrainedBase) -> torch.nn.Module:
     return model
 
 
-def encoding_latency(depth: int, num_classes: int, threads: int = 1) -> NetworkLatency:
-    """Memoized ONNX Runtime latency (ms) of the pruned ResNet an encoding selects, on one 1x3x32x32
-    image (latency.direct: cost per proposal, noise). Built randomly initialised: the weights do not
-    change the time, only the kept channel counts do (the same as with the base's weights)."""
+def encoding_network(depth: int, num_classes: int) -> Callable[[str], tuple[torch.nn.Module, torch.Tensor]]:
+    """encoding -> (the pruned ResNet it selects, one 1x3x32x32 image): what its latency is
+    measured on. Built randomly initialised: the weights do not change the time, only the kept
+    channel counts do (the same as with the base's weights)."""
 
     def build(encoding: str) -> tuple[torch.nn.Module, torch.Tensor]:
         return build_prune_resnet(depth, encoding, num_classes), torch.rand(1, 3, 32, 32)
 
-    return NetworkLatency(build, threads=threads)
+    return build
+
+
+def encoding_latency(depth: int, num_classes: int, predictor_file: str | None = None,
+                     threads: int = 1) -> NetworkLatency:
+    """Memoized latency (ms) of `encoding_network`: measured here with ONNX Runtime (latency.direct:
+    cost per proposal, noise), or predicted by `predictor_file` (checked against the space first)."""
+    return network_latency(encoding_network(depth, num_classes), predictor_file, threads,
+                           space=latency_space(depth, num_classes), field_name="search.latency_predictor")
+
+
+def latency_space(depth: int, num_classes: int = 10) -> LatencySpace:
+    """The pruned ResNet-`depth` space for a latency table and predictor (latency.predictor):
+    random encodings, each keeping a share of channels drawn uniformly from 0.15-1, so the sample
+    spans the search's range from heavily pruned to the unpruned network."""
+
+    def sample(count: int, seed: int) -> list[str]:
+        rng = np.random.default_rng(derive_seed(seed, "prune_ea.latency_space"))
+        seen: dict[str, None] = {}
+        while len(seen) < count:
+            seen.setdefault(random_encoding(depth, rng, float(rng.uniform(0.15, 1.0))), None)
+        return list(seen)
+
+    return LatencySpace(f"prune-resnet{depth}-32px", encoding_network(depth, num_classes), sample,
+                        describe=lambda e: hashlib.sha1(e.encode()).hexdigest()[:12],
+                        note=f"pruned CIFAR ResNet-{depth} at 32 px (prune-ea/full)")
 
 
 def calibration_batches(data: CifarSplit, batch_size: int, seed: int) -> Any:
@@ -205,7 +234,7 @@ def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneS
 
     # One memo for the search and its control: an encoding both draw is timed once.
     timed = search.max_latency_ms is not None or cost == "latency"
-    latency = encoding_latency(depth, data.num_classes) if timed else None
+    latency = encoding_latency(depth, data.num_classes, search.latency_predictor) if timed else None
     fits = latency.fits(search.max_latency_ms) if latency is not None and search.max_latency_ms is not None else None
     strategy = PruneEASearch(encoding_length(depth), seed, num_generation=search.num_generation,
                              num_individual=search.num_individual, random_models=search.random_models,

@@ -4,6 +4,7 @@ measure it, and the optimizer settings a stage trains with. Plain functions over
 no Prefect, no MLflow."""
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -11,11 +12,14 @@ import torch
 
 from core.errors import InputError
 from engine.detector_fit import DetectorOptim
-from latency.direct import HEAVY_TIMING, FeatureTuple, NetworkLatency
+from core.seeds import derive_seed
+from latency.direct import HEAVY_TIMING, FeatureTuple, NetworkLatency, network_latency
+from latency.predictor import LatencySpace
 from latency.flops import count_macs_params, count_params
 from nas_models.detector import build_detector
 from nas_models.registry import build_from_desc
 from params.models import DetectorModel, DetectorTrainParams
+from strategies.serial import SerialSearchConfig, mutate, num_blocks
 
 
 def detector_desc(model: torch.nn.Module) -> dict[str, Any]:
@@ -84,18 +88,49 @@ def timed_part(detector: torch.nn.Module) -> torch.nn.Module:
     return FeatureTuple(detector.backbone).eval()
 
 
-def latency_of(model: DetectorModel, num_classes: int, code: str | None = None,
-               threads: int = 1) -> NetworkLatency:
-    """Memoized ONNX Runtime latency (ms) of `timed_part` on one 1x3xSxS image (S =
-    model.image_size) of the detector a proposal describes: a serial code, or a neck code on the
-    fixed serial `code` (latency.direct: cost per proposal, noise)."""
+def timed_network(model: DetectorModel, num_classes: int, code: str | None = None
+                  ) -> Callable[[Any], tuple[torch.nn.Module, torch.Tensor]]:
+    """arch -> (`timed_part` of the detector a proposal describes — a serial code, or a neck code
+    on the fixed serial `code` —, one 1x3xSxS image, S = model.image_size)."""
 
     def build(arch: Any) -> tuple[torch.nn.Module, torch.Tensor]:
         serial, neck = (arch, None) if isinstance(arch, str) else (code, list(arch))
         detector = detector_for(model, num_classes, serial, neck)
         return timed_part(detector), torch.rand(1, 3, model.image_size, model.image_size)
 
-    return NetworkLatency(build, threads=threads, timing=HEAVY_TIMING)
+    return build
+
+
+def latency_of(model: DetectorModel, num_classes: int, code: str | None = None,
+               predictor_file: str | None = None, threads: int = 1) -> NetworkLatency:
+    """Memoized latency (ms) of `timed_network`: measured here with ONNX Runtime (latency.direct:
+    cost per proposal, noise), or predicted by `predictor_file` (serial space only; checked against
+    it first)."""
+    space = latency_space(model, num_classes) if code is None else None  # predictors serve the serial space
+    return network_latency(timed_network(model, num_classes, code), predictor_file, threads, HEAVY_TIMING,
+                           space=space, field_name="serial.latency_predictor")
+
+
+def latency_space(model: DetectorModel, num_classes: int = 2) -> LatencySpace:
+    """The SP-NAS serial space around `model.backbone_code` for a latency table and predictor
+    (latency.predictor): each architecture is the start code after 1-6 random serial mutations
+    (the seed's mutation mix), so the sample covers what a serial search proposes."""
+    config = SerialSearchConfig()
+
+    def sample(count: int, seed: int) -> list[str]:
+        rng = random.Random(derive_seed(seed, "spnas.latency_space"))
+        seen: dict[str, None] = {}
+        while len(seen) < count:
+            code, _ = mutate(model.backbone_code, rng, rng.randint(1, 6), config.expend_ratio,
+                             config.add_stage_ratio, config.max_stages)
+            if num_blocks(code) <= config.max_blocks:
+                seen.setdefault(code, None)
+        return list(seen)
+
+    return LatencySpace(f"spnas-serial-{model.image_size}px", timed_network(model, num_classes), sample,
+                        note=f"SP-NAS serial bodies + FPN around {model.backbone_code} at "
+                             f"{model.image_size} px (spnas/full's timed part: no RPN/RoI heads)",
+                        chunk=20)
 
 
 def size_gate(model: DetectorModel, num_classes: int, limits: Mapping[str, float],

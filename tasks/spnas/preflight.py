@@ -54,11 +54,22 @@ def check_stages(p: SpnasParams) -> None:
                                               f"({p.model.backbone_code})")
 
 
+def check_latency_predictor(p: SpnasParams) -> None:
+    """serial.latency_predictor must be a predictor whose table covers the serial space around
+    model.backbone_code (random proposals traced; a few seconds)."""
+    if p.serial.latency_predictor is None:
+        return
+    from tasks.spnas.detectors import latency_of  # torch only when asked
+
+    latency_of(p.model, 2, predictor_file=p.serial.latency_predictor)  # the timed part has no class head
+
+
 def preflight(p: SpnasParams) -> None:
     """InputError naming the field when a data file, the backbone code or the weights are
-    wrong, the code has more stages than the serial search allows, or the device or output
-    root is unusable."""
+    wrong, the code has more stages than the serial search allows, the latency predictor does
+    not fit the serial space, or the device or output root is unusable."""
     check_run(p)
     check_data(p.data)
     check_model(p.model)
     check_stages(p)
+    check_latency_predictor(p)

@@ -78,7 +78,7 @@ def serial_setup(data: Split, start: FineTuned, model: DetectorModel, serial: Se
     drives the same search without Prefect."""
     limits = limits_of(serial.max_params, serial.max_macs, start.performance or {}, serial.max_latency_ms)
     timed = serial.max_latency_ms is not None or serial.objective == "latency"
-    latency = latency_of(model, data.num_classes) if timed else None
+    latency = latency_of(model, data.num_classes, predictor_file=serial.latency_predictor) if timed else None
     fits = size_gate(model, data.num_classes, limits, latency=latency)
     search = SerialSearch([model.backbone_code], search_config(serial), seed=seed, fits=fits)
 

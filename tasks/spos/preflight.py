@@ -33,23 +33,24 @@ def check_spos_macs(preset: str, macs_limit: int | None, macs_range: tuple[int, 
                         field="supernet.macs_range")
 
 
-def check_spos_latency(preset: str, limit_ms: float | None) -> None:
+def check_spos_latency(preset: str, limit_ms: float | None, predictor_file: str | None = None) -> None:
     """InputError naming search.max_latency_ms when it is below the measured latency of both of
     the space's cheapest paths: the fewest-MACs one and the all-shufflenet-3x3 one (~1 s to time
     both). Their figures differ by a few percent (the fewest-MACs path takes xception at the
     stride-2 blocks); a path faster than both is not impossible, so this catches a limit clearly
-    below the space, and the search stage errors when no path it draws fits."""
-    if limit_ms is None:
+    below the space, and the search stage errors when no path it draws fits. With
+    `search.latency_predictor`, its predicted figures (the predictor must cover the space)."""
+    if limit_ms is None:  # without a limit the search never asks for a path's latency
         return
     from tasks.spos.search import path_latency  # torch + ORT only when asked
 
     table = _table(preset)
-    gate = path_latency(preset, CHECK_CLASSES)
+    gate = path_latency(preset, CHECK_CLASSES, predictor_file)
     fewest_macs, all_3x3 = gate(table.min_path()), gate([0] * table.n_blocks)
     if limit_ms < min(fewest_macs, all_3x3):
         raise InputError("search.max_latency_ms", f"{limit_ms:g} ms is below the measured latency of the cheapest "
                                                   f"paths of the {preset!r} space (fewest MACs {fewest_macs:.3f} ms, "
-                                                  f"all 3x3 {all_3x3:.3f} ms; ONNX Runtime, 1 thread); no path "
+                                                  f"all 3x3 {all_3x3:.3f} ms; {gate.source}); no path "
                                                   "can fit")
 
 
@@ -62,4 +63,4 @@ def preflight(p: SposParams) -> None:
     with at("model.preset", p.model.preset):
         get_preset(p.model.preset)  # unknown names fail with the list of known ones
     check_spos_macs(p.model.preset, p.search.macs_limit, p.supernet.macs_range, p.supernet.bins)
-    check_spos_latency(p.model.preset, p.search.max_latency_ms)
+    check_spos_latency(p.model.preset, p.search.max_latency_ms, p.search.latency_predictor)

@@ -11,6 +11,8 @@ retrain would train and timed (latency/direct.py) before it is scored; one over 
 never evaluated (counted: `skipped_over_limit`), and output.csv gets the scored ones' `latency_ms`."""
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,9 @@ from prefect import flow, get_run_logger
 from core.errors import InputError
 from core.seeds import derive_seed
 from engine.runtime import configure_torch, resolve_device
-from latency.direct import NetworkLatency
-from nas_models.spos_shufflenet import build_subnet, get_preset
+from latency.direct import NetworkLatency, network_latency
+from latency.predictor import LatencySpace
+from nas_models.spos_shufflenet import NUM_CHOICES, build_subnet, get_preset
 from params.models import EvolutionParams, Runtime
 from strategies.evolution import EvolutionSearch
 from tasks.cifar.data import CifarSplit
@@ -70,16 +73,41 @@ def choices_text(choices: list[int]) -> str:
     return "".join(str(c) for c in choices)
 
 
-def path_latency(preset: str, num_classes: int, threads: int = 1) -> NetworkLatency:
-    """Memoized ONNX Runtime latency (ms) of a path as the stand-alone network retrain would build
-    (`build_subnet`), on one 1x3xSxS image at the preset's input size (latency.direct: cost per
-    proposal, noise)."""
+def path_network(preset: str, num_classes: int) -> Callable[[Any], tuple[torch.nn.Module, torch.Tensor]]:
+    """choices -> (the stand-alone network retrain would build, `build_subnet`; one 1x3xSxS
+    image at the preset's input size): what a path's latency is measured on."""
     size = get_preset(preset).input_size
 
     def build(choices: Any) -> tuple[torch.nn.Module, torch.Tensor]:
         return build_subnet(list(choices), preset, num_classes), torch.rand(1, 3, size, size)
 
-    return NetworkLatency(build, threads=threads)
+    return build
+
+
+def path_latency(preset: str, num_classes: int, predictor_file: str | None = None,
+                 threads: int = 1) -> NetworkLatency:
+    """Memoized latency (ms) of `path_network`: measured here with ONNX Runtime (latency.direct:
+    cost per proposal, noise), or predicted by `predictor_file` (checked against the space first)."""
+    return network_latency(path_network(preset, num_classes), predictor_file, threads,
+                           space=latency_space(preset, num_classes), field_name="search.latency_predictor")
+
+
+def latency_space(preset: str, num_classes: int = 10) -> LatencySpace:
+    """The SPOS path space of `preset` for a latency table and predictor (latency.predictor):
+    uniformly random choices per block."""
+    blocks = sum(get_preset(preset).stage_blocks)
+
+    def sample(count: int, seed: int) -> list[tuple[int, ...]]:
+        rng = random.Random(derive_seed(seed, "spos.latency_space"))
+        seen: dict[tuple[int, ...], None] = {}
+        while len(seen) < count:
+            seen.setdefault(tuple(rng.randrange(NUM_CHOICES) for _ in range(blocks)), None)
+        return list(seen)
+
+    size = get_preset(preset).input_size
+    return LatencySpace(f"spos-{preset}-{size}px", path_network(preset, num_classes), sample,
+                        describe=lambda c: "".join(map(str, c)),
+                        note=f"SPOS ShuffleNetV2 paths, preset {preset} at {size} px (spos/full)")
 
 
 def evaluate_candidate(candidate: dict[str, Any], supernet: TrainedSupernet, data: CifarSplit,
@@ -155,7 +183,8 @@ def spos_search(supernet: TrainedSupernet, data: CifarSplit, search: EvolutionPa
     table = supernet.table()
     limit = search.macs_limit or (table.min_macs() + table.max_macs()) // 2
     # One memo for the search and its control: a path both draw is timed once.
-    latency = path_latency(supernet.preset, supernet.num_classes) if search.max_latency_ms is not None else None
+    latency = (path_latency(supernet.preset, supernet.num_classes, search.latency_predictor)
+               if search.max_latency_ms is not None else None)
     fits = latency.fits(search.max_latency_ms) if latency is not None else None
     strategy = EvolutionSearch(
         table.macs, limit, seed, num_blocks=table.n_blocks, num_choices=len(table.per_block[0]),
