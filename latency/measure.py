@@ -143,7 +143,8 @@ def _check_threads(threads: Any) -> int:
 
 
 @contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` while open, restored after."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -345,7 +346,7 @@ def _time_modules(items: Mapping[str, tuple[nn.Module, torch.Tensor]], backend: 
             # Exporting traces the model once; one torch thread is enough for that and keeps
             # a busy second core from stalling every traced op (OpenMP barrier waits).
             try:
-                with _torch_threads(1):
+                with torch_threads(1):
                     for i, name in enumerate(group):
                         folder = Path(tmp) / str(i)
                         folder.mkdir(exist_ok=True)
@@ -355,7 +356,7 @@ def _time_modules(items: Mapping[str, tuple[nn.Module, torch.Tensor]], backend: 
                                                         f"{type(example).__name__}.")
                         modes += [(m, m.training) for m in model.modules()]
                         runners[name] = _runner(model, example, backend, threads, folder)
-                with _torch_threads(threads):
+                with torch_threads(threads):
                     result.update(interleaved_ms(runners, timing, seed=start))
             finally:  # after timing: the torch backend runs the modules themselves, in eval mode
                 for m, flag in modes:

@@ -9,17 +9,24 @@ sums (`kind="per_type"`, default):
 
     latency ≈ Σ_g a_g · (table sum of the ops in group g) + c · (number of ops) + b
 
-with groups depthwise conv, 1x1 conv, other conv, batch_norm, activation, eltwise, pooling,
-softmax; `kind="linear"` is latency ≈ a · table_sum + b. Coefficients come from weighted least
+with groups depthwise conv, 1x1 conv, other conv, and one per other table op type (`GROUPS`) —
+only those the fitting networks run get a coefficient; `kind="linear"` is latency ≈
+a · table_sum + b. Coefficients come from weighted least
 squares (numpy) on measured end-to-end latencies, each row weighted by 1 / measured so the fit
 minimises relative error, the quantity the accuracy figure counts.
 
 Accuracy (nn-Meter's definition): the share of held-out architectures whose prediction is
 within ±10 % of the measured latency, |predicted − measured| ≤ 0.10 · measured, and the RMSE in
 ms; computed only on architectures that were not in the fitting set (their ids are stored).
+Beside them: Kendall's tau (does it order networks?) and what a constant — the fitting
+networks' mean — scores on the same held-out set, since in a space whose networks all run
+within a few percent of each other (SPOS paths) a constant is within ±10 % too.
 The predictor is plain JSON (no pickle) next to the table: `<table>.predictor.json`.
 
-`fit_predictor` does all of it for the BlazeFace SANAS space (nas_models.blazeface).
+`fit_predictor` does all of it for the BlazeFace SANAS space (nas_models.blazeface), with a
+table over the whole space; `fit_space_predictor` for any space a search describes as a
+`LatencySpace` (its builder and sampler), with a table over the ops its sampled networks run
+(`latency.trace`); `check_covers` tells whether a predictor serves a space.
 """
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ import numpy as np
 import torch
 from scipy.stats import kendalltau
 
-from latency.measure import (TimingConfig, _torch_threads, build_table, measure_networks_ms,
+from latency.measure import (TimingConfig, torch_threads, build_table, measure_networks_ms,
                              space_ops, ssd_core)
 from core.errors import InputError
 from core.seeds import derive_seed
@@ -390,7 +397,7 @@ def fit_predictor(
     models: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}
     ops: dict[str, list[dict[str, Any]]] = {}
     infos: dict[str, dict[str, Any]] = {}
-    with _torch_threads(1):  # listing ops runs a forward pass; no timing happens here
+    with torch_threads(1):  # listing ops runs a forward pass; no timing happens here
         for t in sample_tokens(n_fit + n_holdout, seed):
             sample_id = "t" + "-".join(map(str, t))
             torch.manual_seed(seed)
@@ -527,7 +534,7 @@ def fit_space_predictor(
     models = _Networks(space, archs, seed)
     ops: dict[str, list[dict[str, Any]]] = {}
     untabled: dict[str, int] = {}
-    with _torch_threads(1):
+    with torch_threads(1):
         for sample_id in archs:
             traced = ops_of_network(*models[sample_id])
             ops[sample_id] = list(traced.ops)
@@ -553,7 +560,7 @@ def check_covers(predictor: LatencyPredictor, space: LatencySpace, count: int = 
     ResNet's channel counts make ops no sampled table holds: its searches measure directly.)"""
     from latency.trace import ops_of_network
 
-    with _torch_threads(1):
+    with torch_threads(1):
         for arch in space.sample(count, seed):
             ops = ops_of_network(*space.build(arch)).ops
             gaps = predictor.table.missing(ops)

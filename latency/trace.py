@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from core.errors import InputError
-from latency.measure import _torch_threads
+from latency.measure import torch_threads
 
 __all__ = ["Traced", "ops_of_network"]
 
@@ -148,7 +148,7 @@ def ops_of_network(module: nn.Module, example: torch.Tensor) -> Traced:
     try:
         # One thread: only shapes are read, and with the other core busy a multi-threaded pass
         # of tiny convs here took 2.6 s against 0.02 s (OpenMP barrier waits).
-        with _torch_threads(1), torch.no_grad(), recorder:
+        with torch_threads(1), torch.no_grad(), recorder:
             module(example)
     finally:
         for m, flag in flags:

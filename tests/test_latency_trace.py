@@ -18,6 +18,7 @@ from latency.measure import TimingConfig, op_module
 from latency.predictor import LatencyPredictor, LatencySpace, Sample, fit_space_predictor
 from latency.table import LatencyTable, key_of, parse_key
 from latency.trace import ops_of_network
+from latency_fixtures import spos_predictor
 
 FAST = TimingConfig(warmup=1, rounds=2, number=2, passes=1)
 
@@ -177,27 +178,6 @@ def test_fit_space_predictor_wiring(tmp_path: Path, monkeypatch) -> None:
         fit_space_predictor(dup, tmp_path, n_fit=12, n_holdout=6, min_holdout=6, backend="torch", progress=False)
 
 
-def _spos_predictor(tmp_path: Path, drop: str | None = None) -> Path:
-    """A predictor for the SPOS small space from a made-up table of every op its four uniform
-    paths run (which covers the whole space: a block's ops depend on its own choice only)."""
-    from tasks.spos.search import latency_space
-
-    space = latency_space("small")
-    paths = [tuple([c] * 20) for c in range(4)]
-    ops = [op for p in paths for op in ops_of_network(*space.build(p)).ops]
-    rng = random.Random(1)
-    table = LatencyTable({key_of(op): rng.uniform(0.001, 0.01) for op in ops if key_of(op) != drop})
-    table.save(tmp_path / "spos.txt")
-    full = LatencyTable({key_of(op): table.entries.get(key_of(op), 0.005) for op in ops})
-    samples = []
-    for i, arch in enumerate(space.sample(40, seed=5)):
-        arch_ops = list(ops_of_network(*space.build(arch)).ops)
-        samples.append(Sample(f"s{i}", arch_ops, 0.1 + 0.3 * full.sum(arch_ops)))
-    pred = LatencyPredictor.fit(table if drop is None else full, samples)
-    pred.table = table
-    return pred.save(tmp_path / "spos.predictor.json")
-
-
 def test_spos_uniform_paths_cover_the_space() -> None:
     from tasks.spos.search import latency_space
 
@@ -210,7 +190,7 @@ def test_spos_uniform_paths_cover_the_space() -> None:
 def test_searches_take_a_predictor_from_another_device(tmp_path: Path) -> None:
     from tasks.spos.search import path_latency
 
-    path = _spos_predictor(tmp_path)
+    path = spos_predictor(tmp_path)
     latency = path_latency("small", 10, str(path))
     assert latency.source.startswith("predicted for cpu by ")
     predictor = LatencyPredictor.load(path)
@@ -227,7 +207,7 @@ def test_a_predictor_for_another_space_fails_before_the_search(tmp_path: Path) -
     from tasks.prune_ea.prune_search import encoding_latency
     from tasks.spos.preflight import check_spos_latency
 
-    path = _spos_predictor(tmp_path)
+    path = spos_predictor(tmp_path)
     with pytest.raises(InputError, match="search.latency_predictor: .*lacks op .* of the prune-resnet20-32px space"):
         encoding_latency(20, 10, str(path))
     with pytest.raises(InputError, match="search.max_latency_ms: 0.001 ms is below .*predicted for cpu"):

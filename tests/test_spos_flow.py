@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from export_checks import assert_files_agree, assert_reported_parity
@@ -25,9 +26,15 @@ TINY = {"supernet": {"steps": 30, "macs_range": [3_400_000, 5_200_000], "bins": 
 def test_spos_end_to_end(prefect_api, tmp_path: Path) -> None:
     from flows.spos import spos
     from latency.flops import count_macs_params
+    from latency.predictor import LatencyPredictor
+    from latency.trace import ops_of_network
+    from latency_fixtures import spos_predictor
     from nas_models.spos_shufflenet import build_subnet
 
-    summary = spos(params_file="params/spos.yaml", overrides={**TINY, "output_root": str(tmp_path)})
+    # Latency from "another device": a made-up predictor, under a limit every path meets.
+    predictor_file = spos_predictor(tmp_path)
+    search = {**TINY["search"], "max_latency_ms": 1e5, "latency_predictor": str(predictor_file)}
+    summary = spos(params_file="params/spos.yaml", overrides={**TINY, "search": search, "output_root": str(tmp_path)})
     run = Path(summary["run_dir"])
     final = json.loads((run / "search/architecture_final.json").read_text())
     assert final["macs"] <= 4_300_000 == final["macs_limit"]
@@ -40,6 +47,11 @@ def test_spos_end_to_end(prefect_api, tmp_path: Path) -> None:
     assert len(table) == 4 + 4 and set(table["status"]) == {"ok"}
     assert (table["macs"] <= 4_300_000).all()
     assert table.loc[table["acc"].idxmax(), "id"] == final["candidate_id"]
+    # Every row's latency is the predictor's figure for its path, not a measurement here.
+    winner = build_subnet(final["choices"], "small", num_classes=10)
+    predicted = LatencyPredictor.load(predictor_file).predict(ops_of_network(winner, torch.rand(1, 3, 32, 32)).ops)
+    assert table.loc[table["id"] == final["candidate_id"], "latency_ms"].item() == pytest.approx(predicted)
+    assert everything["latency_ms"].notna().all()
     # The random control: as many paths, same limit, never chosen; summary = the table's figures.
     assert len(control) == 8 and (control["macs"] <= 4_300_000).all() and not control["chosen"].any()
     assert set(table["origin"]) <= {"random", "mutation", "crossover"}

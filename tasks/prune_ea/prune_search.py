@@ -235,6 +235,8 @@ def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneS
     # One memo for the search and its control: an encoding both draw is timed once.
     timed = search.max_latency_ms is not None or cost == "latency"
     latency = encoding_latency(depth, data.num_classes, search.latency_predictor) if timed else None
+    if latency is not None:
+        logger.info("latency figures: %s", latency.source)
     fits = latency.fits(search.max_latency_ms) if latency is not None and search.max_latency_ms is not None else None
     strategy = PruneEASearch(encoding_length(depth), seed, num_generation=search.num_generation,
                              num_individual=search.num_individual, random_models=search.random_models,

@@ -185,6 +185,8 @@ def spos_search(supernet: TrainedSupernet, data: CifarSplit, search: EvolutionPa
     # One memo for the search and its control: a path both draw is timed once.
     latency = (path_latency(supernet.preset, supernet.num_classes, search.latency_predictor)
                if search.max_latency_ms is not None else None)
+    if latency is not None:
+        logger.info("latency figures: %s", latency.source)
     fits = latency.fits(search.max_latency_ms) if latency is not None else None
     strategy = EvolutionSearch(
         table.macs, limit, seed, num_blocks=table.n_blocks, num_choices=len(table.per_block[0]),
