@@ -35,7 +35,7 @@ import json
 import math
 import os
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -483,6 +483,9 @@ class LatencySpace:
     describe: Callable[[Any], str] = str
     note: str = ""
     chunk: int = 200   # networks alive (exported, in an ORT session) at once while timing
+    # Every op the space can run, where it can be listed: the table then serves any network of the
+    # space (a predictor from another device included); None = the sampled networks' ops only.
+    ops: Callable[[], Iterable[Mapping[str, Any]]] | None = None
 
 
 class _Networks(Mapping[str, tuple[torch.nn.Module, torch.Tensor]]):
@@ -521,9 +524,10 @@ def fit_space_predictor(
 ) -> LatencyPredictor:
     """`fit_predictor` for any space: sample `n_fit + n_holdout` architectures, read each one's
     ops off a forward pass (`latency.trace.ops_of_network`), build (or extend) the table over the
-    ops they run, then measure, fit and evaluate as for BlazeFace. The table holds the ops these
-    networks run, not the whole space: a later network with a new op configuration needs the
-    table extended (`build_table` times only what it lacks)."""
+    space's listed ops (`space.ops`) and the ops these networks run, then measure, fit and
+    evaluate as for BlazeFace. Without `space.ops` the table holds the sampled networks' ops only:
+    a later network with a new op configuration needs the table extended (`build_table` times
+    only what it lacks)."""
     from latency.trace import ops_of_network
 
     _check_counts(n_fit, n_holdout)
@@ -540,7 +544,8 @@ def fit_space_predictor(
             ops[sample_id] = list(traced.ops)
             for name, count in traced.untabled.items():
                 untabled[name] = untabled.get(name, 0) + count
-    table = build_table((op for op_list in ops.values() for op in op_list), cache_dir, space.name,
+    whole = list(space.ops()) if space.ops is not None else []
+    table = build_table([*whole, *(op for op_list in ops.values() for op in op_list)], cache_dir, space.name,
                         backend, threads, table_timing, progress)
     left_out = ", ".join(f"{k} x{v}" for k, v in sorted(untabled.items())) or "nothing"
     note = (f"{space.note or space.name}, batch 1, {backend}, {threads} threads; ops read off each "

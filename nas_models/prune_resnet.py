@@ -79,6 +79,7 @@ __all__ = [
     "pruned_from_full",
     "random_encoding",
     "repair_encoding",
+    "space_ops",
     "validate_encoding",
 ]
 
@@ -487,6 +488,59 @@ def from_desc(desc: Mapping[str, Any]) -> nn.Module:
         encoding = validate_encoding(encoding, depth, field="desc.encoding")
     num_classes = _check_num_classes(desc.get("num_classes", 10), field="desc.num_classes")
     return build_prune_resnet(depth, encoding, num_classes)
+
+
+def space_ops(depth: int, num_classes: int = 10, image_size: int = 32) -> list[dict[str, Any]]:
+    """Every primitive op a pruned ResNet-`depth` of this space can run on one image, as latency
+    table op dicts (latency.table; the keys latency.trace reads off a forward pass): each conv for
+    every pair of kept input/output counts its groups allow, each BN / ReLU / add for every count,
+    the stem → stage-1 channel gather (with or without its zero channel), the head. About 11,000
+    ops for any depth (deeper networks repeat the same shapes)."""
+    depth, num_classes = _check_depth(depth), _check_num_classes(num_classes)
+    ops: dict[tuple, dict[str, Any]] = {}
+
+    def add(op: str, c: int, h: int, **fields: Any) -> None:
+        entry = {"op": op, "n": 1, "c_in": c, "h": h, "w": h, **fields}
+        ops.setdefault(tuple(sorted(entry.items())), entry)
+
+    def conv(c_in: int, c_out: int, h: int, k: int, stride: int) -> None:
+        add("conv", c_in, h, flag_bias=0, flag_relu=0, c_out=c_out, groups=1, k=k, pad=(k - 1) // 2,
+            stride=stride, dilation=1)
+
+    def bn_relu(c: int, h: int, relu: bool = True) -> None:
+        add("batch_norm", c, h, active_type="none")
+        if relu:
+            add("activation", c, h, act="relu")
+
+    width = {"stem": STEM_WIDTH, **{f"stage{s}": w for s, w in enumerate(STAGE_WIDTHS, 1)}}
+    h = image_size
+    for x in range(1, STEM_WIDTH + 1):
+        conv(3, x, h, 3, 1)
+        bn_relu(x, h)
+    for spec in _block_specs(depth):
+        mid_width = width[spec.out_group]
+        out_h = (h - 1) // spec.stride + 1
+        for a in range(1, width[spec.in_group] + 1):
+            for m in range(1, mid_width + 1):
+                conv(a, m, h, 3, spec.stride)
+            for b in range(1, width[spec.out_group] + 1):
+                if spec.projection:
+                    conv(a, b, h, 1, spec.stride)
+                else:  # a ChannelSelect shortcut: a gather, after a zero channel when one is needed
+                    add("gather", a, h, c_out=b)
+                    add("gather", a + 1, h, c_out=b)
+        for m in range(1, mid_width + 1):
+            bn_relu(m, out_h)
+            for b in range(1, width[spec.out_group] + 1):
+                conv(m, b, out_h, 3, 1)
+        for b in range(1, width[spec.out_group] + 1):
+            bn_relu(b, out_h)  # bn2 (and the projection's BN), then the ReLU after the add
+            add("eltwise", b, out_h, elt_type="add")
+        h = out_h
+    for c in range(1, STAGE_WIDTHS[-1] + 1):
+        add("pooling", c, h, flag_global_pooling=1, k=h, pad=0, stride=1, ceil_mode=0, pool_type="avg")
+        ops.setdefault(("fc", c), {"op": "fc", "flag_bias": 1, "n": 1, "c_in": c, "c_out": num_classes})
+    return list(ops.values())
 
 
 def prune_resnet20(encoding: Encoding | None = None, **kwargs: Any) -> nn.Module:

@@ -178,13 +178,18 @@ def test_fit_space_predictor_wiring(tmp_path: Path, monkeypatch) -> None:
         fit_space_predictor(dup, tmp_path, n_fit=12, n_holdout=6, min_holdout=6, backend="torch", progress=False)
 
 
-def test_spos_uniform_paths_cover_the_space() -> None:
-    from tasks.spos.search import latency_space
-
-    space = latency_space("small")
-    keys = {key_of(op) for c in range(4) for op in ops_of_network(*space.build((c,) * 20)).ops}
-    for arch in space.sample(8, seed=2):
-        assert {key_of(op) for op in ops_of_network(*space.build(arch)).ops} <= keys
+@pytest.mark.parametrize("which", ["spos", "prune-ea"])
+def test_listed_space_ops_cover_every_network_of_the_space(which: str) -> None:
+    if which == "spos":
+        from tasks.spos.search import latency_space
+        space, extremes = latency_space("small"), []
+    else:
+        from nas_models.prune_resnet import encoding_length
+        from tasks.prune_ea.prune_search import latency_space
+        space, extremes = latency_space(20), ["0" * encoding_length(20), "1" * encoding_length(20)]
+    keys = {key_of(op) for op in space.ops()}
+    for arch in [*space.sample(8, seed=2), *extremes]:
+        assert {key_of(op) for op in ops_of_network(*space.build(arch)).ops} <= keys, arch
 
 
 def test_searches_take_a_predictor_from_another_device(tmp_path: Path) -> None:
@@ -208,7 +213,7 @@ def test_a_predictor_for_another_space_fails_before_the_search(tmp_path: Path) -
     from tasks.spos.preflight import check_spos_latency
 
     path = spos_predictor(tmp_path)
-    with pytest.raises(InputError, match="search.latency_predictor: .*lacks op .* of the prune-resnet20-32px space"):
+    with pytest.raises(InputError, match="search.latency_predictor: .*lacks op .* of the prune-resnet20-32px-10cls space"):
         encoding_latency(20, 10, str(path))
     with pytest.raises(InputError, match="search.max_latency_ms: 0.001 ms is below .*predicted for cpu"):
         check_spos_latency("small", 0.001, str(path))
@@ -217,3 +222,22 @@ def test_a_predictor_for_another_space_fails_before_the_search(tmp_path: Path) -
     (tmp_path / "junk.json").write_text("{}")
     with pytest.raises(InputError, match="search.latency_predictor: .*not a spnas-latency-predictor"):
         encoding_latency(20, 10, str(tmp_path / "junk.json"))
+
+
+def test_prune_ea_takes_a_predictor_whose_table_lists_its_space(tmp_path: Path) -> None:
+    from tasks.prune_ea.prune_search import encoding_latency, latency_space
+
+    space = latency_space(20)
+    rng = random.Random(3)
+    table = LatencyTable({key_of(op): rng.uniform(0.001, 0.01) for op in space.ops()}, device="edge box")
+    table.save(tmp_path / "prune.txt")
+    samples = []
+    for arch in space.sample(20, seed=1):
+        ops = list(ops_of_network(*space.build(arch)).ops)
+        samples.append(Sample(space.describe(arch), ops, 0.05 + 0.2 * table.sum(ops)))
+    path = LatencyPredictor.fit(table, samples).save(tmp_path / "prune.predictor.json")
+    latency = encoding_latency(20, 10, str(path))  # 24 fresh random encodings: all covered
+    assert latency.source.startswith("predicted for edge box")
+    encoding = space.sample(1, seed=99)[0]
+    ops = ops_of_network(*space.build(encoding)).ops
+    assert latency(encoding) == pytest.approx(0.05 + 0.2 * table.sum(ops), rel=1e-6)

@@ -32,7 +32,7 @@ from engine.supernet import recalibrate_bn
 from latency.direct import NetworkLatency, network_latency
 from latency.predictor import LatencySpace
 from nas_models.prune_resnet import (build_prune_resnet, encoding_length, pruned_from_full, random_encoding,
-                                     repair_encoding)
+                                     repair_encoding, space_ops)
 from nas_models.registry import build_from_desc
 from params.models import PruneSearchParams, Runtime
 from strategies.prune_ea import PruneEASearch
@@ -89,9 +89,10 @@ def encoding_latency(depth: int, num_classes: int, predictor_file: str | None = 
 
 
 def latency_space(depth: int, num_classes: int = 10) -> LatencySpace:
-    """The pruned ResNet-`depth` space for a latency table and predictor (latency.predictor):
-    random encodings, each keeping a share of channels drawn uniformly from 0.15-1, so the sample
-    spans the search's range from heavily pruned to the unpruned network."""
+    """The pruned ResNet-`depth` space for a latency table and predictor (latency.predictor): its
+    table lists every op of the space (`space_ops`, ~16,000), and the networks sampled to fit and
+    judge the correction are random encodings, each keeping a share of channels drawn uniformly
+    from 0.15-1, so the sample spans the search's range from heavily pruned to unpruned."""
 
     def sample(count: int, seed: int) -> list[str]:
         rng = np.random.default_rng(derive_seed(seed, "prune_ea.latency_space"))
@@ -100,9 +101,10 @@ def latency_space(depth: int, num_classes: int = 10) -> LatencySpace:
             seen.setdefault(random_encoding(depth, rng, float(rng.uniform(0.15, 1.0))), None)
         return list(seen)
 
-    return LatencySpace(f"prune-resnet{depth}-32px", encoding_network(depth, num_classes), sample,
+    return LatencySpace(f"prune-resnet{depth}-32px-{num_classes}cls", encoding_network(depth, num_classes), sample,
                         describe=lambda e: hashlib.sha1(e.encode()).hexdigest()[:12],
-                        note=f"pruned CIFAR ResNet-{depth} at 32 px (prune-ea/full)")
+                        note=f"pruned CIFAR ResNet-{depth} at 32 px, {num_classes} classes (prune-ea/full)",
+                        ops=lambda: space_ops(depth, num_classes))
 
 
 def calibration_batches(data: CifarSplit, batch_size: int, seed: int) -> Any:

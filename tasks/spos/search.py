@@ -25,6 +25,7 @@ from core.seeds import derive_seed
 from engine.runtime import configure_torch, resolve_device
 from latency.direct import NetworkLatency, network_latency
 from latency.predictor import LatencySpace
+from latency.trace import ops_of_network
 from nas_models.spos_shufflenet import NUM_CHOICES, build_subnet, get_preset
 from params.models import EvolutionParams, Runtime
 from strategies.evolution import EvolutionSearch
@@ -94,7 +95,7 @@ def path_latency(preset: str, num_classes: int, predictor_file: str | None = Non
 
 def latency_space(preset: str, num_classes: int = 10) -> LatencySpace:
     """The SPOS path space of `preset` for a latency table and predictor (latency.predictor):
-    uniformly random choices per block."""
+    the table lists every op of the space, the fitting and held-out paths are uniformly random."""
     blocks = sum(get_preset(preset).stage_blocks)
 
     def sample(count: int, seed: int) -> list[tuple[int, ...]]:
@@ -104,10 +105,15 @@ def latency_space(preset: str, num_classes: int = 10) -> LatencySpace:
             seen.setdefault(tuple(rng.randrange(NUM_CHOICES) for _ in range(blocks)), None)
         return list(seen)
 
-    size = get_preset(preset).input_size
-    return LatencySpace(f"spos-{preset}-{size}px", path_network(preset, num_classes), sample,
+    def space_ops() -> list[dict[str, Any]]:
+        # A block's ops depend on its own choice only: the uniform paths run every op of the space.
+        return [op for c in range(NUM_CHOICES) for op in ops_of_network(*build((c,) * blocks)).ops]
+
+    size, build = get_preset(preset).input_size, path_network(preset, num_classes)
+    return LatencySpace(f"spos-{preset}-{size}px-{num_classes}cls", build, sample,
                         describe=lambda c: "".join(map(str, c)),
-                        note=f"SPOS ShuffleNetV2 paths, preset {preset} at {size} px (spos/full)")
+                        note=f"SPOS ShuffleNetV2 paths, preset {preset} at {size} px, {num_classes} classes (spos/full)",
+                        ops=space_ops)
 
 
 def evaluate_candidate(candidate: dict[str, Any], supernet: TrainedSupernet, data: CifarSplit,
