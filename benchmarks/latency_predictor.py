@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"BlazeFace SANAS space: {n_ops} distinct ops (both kernel choices), enumerated in "
               f"{time.perf_counter() - t0:.1f} s | load average before: {load_average()}")
     else:
-        print(f"{space.note}: the table holds the ops of the {args.fit + args.holdout} sampled networks "
-              f"| load average before: {load_average()}")
+        held = ("every op the space can run" if space.ops is not None
+                else f"the ops of the {args.fit + args.holdout} sampled networks")
+        print(f"{space.note}: the table holds {held} | load average before: {load_average()}")
     cached = table_path.is_file()
 
     t0 = time.perf_counter()

@@ -208,7 +208,8 @@ def test_searches_take_a_predictor_from_another_device(tmp_path: Path) -> None:
 
 
 def test_a_predictor_for_another_space_fails_before_the_search(tmp_path: Path) -> None:
-    from params.models import EvolutionParams
+    from params.models import CifarData, EvolutionParams
+    from tasks.cifar.preflight import check_cifar_data
     from tasks.prune_ea.prune_search import encoding_latency
     from tasks.spos.preflight import check_spos_latency
 
@@ -217,6 +218,10 @@ def test_a_predictor_for_another_space_fails_before_the_search(tmp_path: Path) -
         encoding_latency(20, 10, str(path))
     with pytest.raises(InputError, match="search.max_latency_ms: 0.001 ms is below .*predicted for cpu"):
         check_spos_latency("small", 0.001, str(path))
+    # The data's class count decides the head the predictor must cover (embedded sets: 10).
+    check_spos_latency("small", 1e5, str(path), num_classes=check_cifar_data(CifarData()))
+    with pytest.raises(InputError, match="search.latency_predictor: .*lacks op fc,0,1,256,3"):
+        check_spos_latency("small", 1e5, str(path), num_classes=3)
     with pytest.raises(ValueError, match="latency_predictor"):
         EvolutionParams(latency_predictor=str(tmp_path / "nowhere.json"))
     (tmp_path / "junk.json").write_text("{}")

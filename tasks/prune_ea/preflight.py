@@ -11,7 +11,8 @@ from tasks.orchestration.preflight import check_run
 CHECK_CLASSES = 10
 
 
-def check_latency_limit(depth: int, limit_ms: float | None, predictor_file: str | None = None) -> None:
+def check_latency_limit(depth: int, limit_ms: float | None, predictor_file: str | None = None,
+                        num_classes: int = CHECK_CLASSES) -> None:
     """`search.max_latency_ms` below the measured (or predicted) latency of the smallest network of
     the space (one channel per group; ~0.3 s to time) can admit nothing: one clear error before any
     work. A `search.latency_predictor` must cover the space (latency.direct.network_latency)."""
@@ -19,7 +20,8 @@ def check_latency_limit(depth: int, limit_ms: float | None, predictor_file: str 
         return
     from tasks.prune_ea.prune_search import encoding_latency, smallest_encoding  # torch + ORT only when asked
 
-    latency = encoding_latency(depth, CHECK_CLASSES, predictor_file)
+    # A predictor must cover the head the data will give the network (the fc layer's width).
+    latency = encoding_latency(depth, num_classes if predictor_file else CHECK_CLASSES, predictor_file)
     smallest = latency(smallest_encoding(depth))
     if limit_ms is not None and limit_ms < smallest:
         raise InputError("search.max_latency_ms", f"{limit_ms:g} ms is below the latency of the smallest "
@@ -31,5 +33,5 @@ def preflight(p: PruneEaParams) -> None:
     """InputError naming the field when the data folder is missing or broken, the latency limit is
     below the smallest network, or the device or output root unusable."""
     check_run(p)
-    check_cifar_data(p.data)
-    check_latency_limit(p.depth, p.search.max_latency_ms, p.search.latency_predictor)
+    num_classes = check_cifar_data(p.data)
+    check_latency_limit(p.depth, p.search.max_latency_ms, p.search.latency_predictor, num_classes)

@@ -33,7 +33,8 @@ def check_spos_macs(preset: str, macs_limit: int | None, macs_range: tuple[int, 
                         field="supernet.macs_range")
 
 
-def check_spos_latency(preset: str, limit_ms: float | None, predictor_file: str | None = None) -> None:
+def check_spos_latency(preset: str, limit_ms: float | None, predictor_file: str | None = None,
+                       num_classes: int = CHECK_CLASSES) -> None:
     """InputError naming search.max_latency_ms when it is below the measured latency of both of
     the space's cheapest paths: the fewest-MACs one and the all-shufflenet-3x3 one (~1 s to time
     both). Their figures differ by a few percent (the fewest-MACs path takes xception at the
@@ -45,10 +46,11 @@ def check_spos_latency(preset: str, limit_ms: float | None, predictor_file: str 
     from tasks.spos.search import path_latency  # torch + ORT only when asked
 
     table = _table(preset)
-    gate = path_latency(preset, CHECK_CLASSES, predictor_file)
+    # A predictor must cover the head the data will give the network (the fc layer's width).
+    gate = path_latency(preset, num_classes if predictor_file else CHECK_CLASSES, predictor_file)
     fewest_macs, all_3x3 = gate(table.min_path()), gate([0] * table.n_blocks)
     if limit_ms < min(fewest_macs, all_3x3):
-        raise InputError("search.max_latency_ms", f"{limit_ms:g} ms is below the measured latency of the cheapest "
+        raise InputError("search.max_latency_ms", f"{limit_ms:g} ms is below the latency of the cheapest "
                                                   f"paths of the {preset!r} space (fewest MACs {fewest_macs:.3f} ms, "
                                                   f"all 3x3 {all_3x3:.3f} ms; {gate.source}); no path "
                                                   "can fit")
@@ -59,8 +61,8 @@ def preflight(p: SposParams) -> None:
     no path meets the MACs limit or range or the latency limit, or the device or output root is
     unusable."""
     check_run(p)
-    check_cifar_data(p.data)
+    num_classes = check_cifar_data(p.data)
     with at("model.preset", p.model.preset):
         get_preset(p.model.preset)  # unknown names fail with the list of known ones
     check_spos_macs(p.model.preset, p.search.macs_limit, p.supernet.macs_range, p.supernet.bins)
-    check_spos_latency(p.model.preset, p.search.max_latency_ms, p.search.latency_predictor)
+    check_spos_latency(p.model.preset, p.search.max_latency_ms, p.search.latency_predictor, num_classes)
