@@ -300,6 +300,15 @@ class LatencySource(Section):
             raise ValueError(f"no file at {v}")
         return v
 
+    @model_validator(mode="after")
+    def _used(self):
+        # A predictor serves a latency limit or a latency objective; alone it would do nothing.
+        if self.latency_predictor is not None and getattr(self, "max_latency_ms", None) is None \
+                and getattr(self, "objective", None) != "latency":
+            raise ValueError("latency_predictor: is only used with max_latency_ms (or objective: latency); "
+                             "set one of them or leave latency_predictor null")
+        return self
+
 
 class FidelityParams(Section):
     """Multi-fidelity screening (successive halving, ASHA-style): every candidate first trains

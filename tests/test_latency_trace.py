@@ -223,7 +223,10 @@ def test_a_predictor_for_another_space_fails_before_the_search(tmp_path: Path) -
     with pytest.raises(InputError, match="search.latency_predictor: .*lacks op fc,0,1,256,3"):
         check_spos_latency("small", 1e5, str(path), num_classes=3)
     with pytest.raises(ValueError, match="latency_predictor"):
-        EvolutionParams(latency_predictor=str(tmp_path / "nowhere.json"))
+        EvolutionParams(latency_predictor=str(tmp_path / "nowhere.json"), max_latency_ms=1.0)
+    with pytest.raises(ValueError, match="only used with max_latency_ms"):
+        EvolutionParams(latency_predictor=str(path))
+    assert EvolutionParams(latency_predictor=str(path), max_latency_ms=1.0).latency_predictor == str(path)
     (tmp_path / "junk.json").write_text("{}")
     with pytest.raises(InputError, match="search.latency_predictor: .*not a spnas-latency-predictor"):
         encoding_latency(20, 10, str(tmp_path / "junk.json"))
