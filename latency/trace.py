@@ -115,7 +115,7 @@ class _Recorder(TorchDispatchMode):
             pool = "max" if name.startswith("max") else "avg"
             return {"op": "pooling", "flag_global_pooling": 0, **_nchw(x), "k": k, "pad": pad,
                     "stride": stride, "ceil_mode": ceil, "pool_type": pool}
-        if (name == "mean" and x.ndim == 4 and sorted(d % 4 for d in args[1]) == [2, 3]) or \
+        if (name == "mean" and x.ndim == 4 and len(args) > 1 and sorted(d % 4 for d in args[1]) == [2, 3]) or \
                 (name in ("adaptive_avg_pool2d", "_adaptive_avg_pool2d") and x.ndim == 4
                  and tuple(args[1]) == (1, 1)):
             return {"op": "pooling", "flag_global_pooling": 1, **_nchw(x), "k": int(x.shape[2]),
@@ -127,7 +127,7 @@ class _Recorder(TorchDispatchMode):
         if name == "cat" and isinstance(out, torch.Tensor) and out.ndim == 4 \
                 and (len(args) > 1 and args[1] % 4 == 1):
             return {"op": "concat", **_nchw(out), "inputs": len(x)}
-        if name == "slice" and x.ndim == 4 and args[1] % 4 == 1 and out.shape[1] != x.shape[1]:
+        if name == "slice" and x.ndim == 4 and len(args) > 1 and args[1] % 4 == 1 and out.shape[1] != x.shape[1]:
             step = int(args[4]) if len(args) > 4 else 1
             return {"op": "slice", **_nchw(x), "c_out": int(out.shape[1]), "stride": step}
         if name == "upsample_nearest2d" and x.ndim == 4:

@@ -88,6 +88,16 @@ def test_every_traced_op_is_a_table_key_with_a_module_of_its_shape() -> None:
         parse_key("fc,1,1,8")
 
 
+class Reductions(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean() + x[1:].sum()  # a full mean, a batch slice: no table op, and no crash
+
+
+def test_trace_counts_kernels_it_does_not_table() -> None:
+    traced = ops_of_network(Reductions(), torch.randn(2, 3, 4, 4))
+    assert traced.ops == () and traced.untabled == {"mean": 1, "sum": 1, "add": 1}
+
+
 def test_trace_refuses_what_a_table_cannot_key() -> None:
     with pytest.raises(InputError, match="not square"):
         ops_of_network(nn.Conv2d(3, 4, (3, 1)), torch.randn(1, 3, 8, 8))
