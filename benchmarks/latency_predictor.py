@@ -2,7 +2,9 @@
 
 `--space blazeface` (default; SANAS) enumerates every op the space can run; `--space spnas |
 prune-ea | spos` samples networks with each search's own builder (the one its latency limit
-times), reads their ops off a forward pass (latency.trace) and tables the ops those networks run.
+times), reads their ops off a forward pass (latency.trace) and tables every op the space lists
+(prune-ea, spos) or the ops the sampled networks run (spnas). `--classes`: the class count of the
+data the search will run on (the classifier head is in prune-ea's and spos's networks).
 
 Builds (or reuses) the latency table of every op the SANAS BlazeFace space can run, measures
 random architectures end to end (backbone + SSD heads + class softmax, `latency.measure.
@@ -42,7 +44,7 @@ from latency.timing import load_average  # noqa: E402
 NN_METER_WITHIN_10PCT = 0.990
 
 
-def searched_space(name: str) -> LatencySpace:
+def searched_space(name: str, classes: int) -> LatencySpace:
     """The space of a search pipeline at its default settings (its tasks module defines it)."""
     if name == "spnas":
         from params.models import DetectorModel
@@ -50,15 +52,17 @@ def searched_space(name: str) -> LatencySpace:
         return latency_space(DetectorModel())
     if name == "prune-ea":
         from tasks.prune_ea.prune_search import latency_space
-        return latency_space(20)
+        return latency_space(20, classes)
     from tasks.spos.search import latency_space
-    return latency_space("small")
+    return latency_space("small", classes)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", choices=("blazeface", "spnas", "prune-ea", "spos"), default="blazeface",
                    help="which search space (blazeface: SANAS, the whole space tabled)")
+    p.add_argument("--classes", type=int, default=10,
+                   help="classes of the data the search runs on (prune-ea, spos; the embedded sets have 10)")
     p.add_argument("--threads", type=int, default=1,
                    help="ORT intra-op threads (1: see latency.measure on 2-thread timings here)")
     p.add_argument("--size", type=int, default=128, help="input height = width (px)")
@@ -77,8 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-retest", dest="retest", action="store_false",
                    help="skip the second measurement of the held-out networks")
     args = p.parse_args(argv)
-    if args.threads < 1 or args.table_passes < 1 or args.fit < 11 or args.holdout < 100 or args.size % 16:
-        p.error("need --threads >= 1, --table-passes >= 1, --fit >= 11, --holdout >= 100, --size a multiple of 16")
+    if args.classes < 1 or args.threads < 1 or args.table_passes < 1 or args.fit < 11 or args.holdout < 100 or args.size % 16:
+        p.error("need --classes >= 1, --threads >= 1, --table-passes >= 1, --fit >= 11, --holdout >= 100, --size a multiple of 16")
     return args
 
 
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     isolation = isolate(args.cpu, args.threads)
     space_id = "blazeface"
-    space = None if args.space == "blazeface" else searched_space(args.space)
+    space = None if args.space == "blazeface" else searched_space(args.space, args.classes)
     table_id = f"{space_id}-{args.size}px" if space is None else space.name
     table_path = cached_table_path(args.cache_dir, table_id, "onnxruntime", args.threads)
     if args.fresh:
