@@ -440,9 +440,10 @@ def _fit_measured(table: LatencyTable, models: Mapping[str, tuple[torch.nn.Modul
                   ops: Mapping[str, list[dict[str, Any]]], infos: Mapping[str, dict[str, Any]],
                   n_fit: int, seed: int, backend: str, threads: int, kind: str,
                   network_timing: TimingConfig, progress: bool, min_holdout: int, retest: bool,
-                  note: str, chunk: int = 200) -> LatencyPredictor:
+                  note: str, chunk: int = 200, extra: Mapping[str, Any] | None = None) -> LatencyPredictor:
     """Measure `models` end to end (interleaved), fit on a random `n_fit` of them, evaluate on
-    the rest, optionally retest the held-out ones, and save the predictor beside the table.
+    the rest, optionally retest the held-out ones, and save the predictor beside the table
+    (`extra`: more entries for its accuracy record).
     Fit and held-out networks come from one sample and are timed together, so machine load
     hits both alike."""
     roles = ["fit"] * n_fit + ["holdout"] * (len(models) - n_fit)
@@ -463,6 +464,7 @@ def _fit_measured(table: LatencyTable, models: Mapping[str, tuple[torch.nn.Modul
         predictor.accuracy = {**(predictor.accuracy or {}), "retest": check}
         for h in predictor.holdout:
             h["retest_ms"] = again[h["id"]]
+    predictor.accuracy = {**(predictor.accuracy or {}), **(extra or {})}
     predictor.note = note
     predictor.save()
     return predictor
@@ -550,11 +552,9 @@ def fit_space_predictor(
     left_out = ", ".join(f"{k} x{v}" for k, v in sorted(untabled.items())) or "nothing"
     note = (f"{space.note or space.name}, batch 1, {backend}, {threads} threads; ops read off each "
             f"network's forward pass (latency.trace); kernels with no table op: {left_out}")
-    predictor = _fit_measured(table, models, ops, {k: {"arch": k} for k in archs}, n_fit, seed, backend,
-                              threads, kind, network_timing, progress, min_holdout, retest, note, space.chunk)
-    predictor.accuracy = {**(predictor.accuracy or {}), "untabled_kernels": untabled}
-    predictor.save()
-    return predictor
+    return _fit_measured(table, models, ops, {k: {"arch": k} for k in archs}, n_fit, seed, backend,
+                         threads, kind, network_timing, progress, min_holdout, retest, note, space.chunk,
+                         extra={"untabled_kernels": untabled})
 
 
 def check_covers(predictor: LatencyPredictor, space: LatencySpace, count: int = 24, seed: int = 0,

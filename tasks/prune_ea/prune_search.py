@@ -82,10 +82,10 @@ def encoding_network(depth: int, num_classes: int) -> Callable[[str], tuple[torc
 
 def encoding_latency(depth: int, num_classes: int, predictor_file: str | None = None,
                      threads: int = 1) -> NetworkLatency:
-    """Memoized latency (ms) of `encoding_network`: measured here with ONNX Runtime (latency.direct:
+    """Memoized latency (ms) of `encoding_network` (the space's builder): measured here with ONNX Runtime (latency.direct:
     cost per proposal, noise), or predicted by `predictor_file` (checked against the space first)."""
-    return network_latency(encoding_network(depth, num_classes), predictor_file, threads,
-                           space=latency_space(depth, num_classes), field_name="search.latency_predictor")
+    space = latency_space(depth, num_classes)
+    return network_latency(space.build, predictor_file, threads, space=space, field_name="search.latency_predictor")
 
 
 def latency_space(depth: int, num_classes: int = 10) -> LatencySpace:

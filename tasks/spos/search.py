@@ -87,10 +87,10 @@ def path_network(preset: str, num_classes: int) -> Callable[[Any], tuple[torch.n
 
 def path_latency(preset: str, num_classes: int, predictor_file: str | None = None,
                  threads: int = 1) -> NetworkLatency:
-    """Memoized latency (ms) of `path_network`: measured here with ONNX Runtime (latency.direct:
+    """Memoized latency (ms) of `path_network` (the space's builder): measured here with ONNX Runtime (latency.direct:
     cost per proposal, noise), or predicted by `predictor_file` (checked against the space first)."""
-    return network_latency(path_network(preset, num_classes), predictor_file, threads,
-                           space=latency_space(preset, num_classes), field_name="search.latency_predictor")
+    space = latency_space(preset, num_classes)
+    return network_latency(space.build, predictor_file, threads, space=space, field_name="search.latency_predictor")
 
 
 def latency_space(preset: str, num_classes: int = 10) -> LatencySpace:
