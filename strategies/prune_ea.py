@@ -11,6 +11,7 @@ Generations (Vega's accounting, 64 + 31 x 32 = 1,056 evaluations for its seed ta
 * generation 0: `random_models` random individuals;
 * generations 1..num_generation: `num_individual` offspring each, made by NSGA-III from the
   survivors (two-point crossover, then mutation) and told back to pymoo as a generation.
+  `num_generation=0` is random sampling alone: the same-budget random control.
 
 So `budget == random_models + num_generation * num_individual`. It is an upper bound: a
 generation is smaller only when pymoo cannot make that many encodings never asked before
@@ -295,7 +296,7 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
     ) -> None:
         """`fits(encoding as a 0/1 string)`: whether an encoding is within the limits (module doc)."""
         self.n_var = _check_int("n_var", n_var, 1)
-        self.num_generation = _check_int("num_generation", num_generation, 1)
+        self.num_generation = _check_int("num_generation", num_generation, 0)
         self.num_individual = _check_int("num_individual", num_individual, 1)
         self.random_models = _check_int("random_models", random_models, 1)
         if random_models < num_individual:

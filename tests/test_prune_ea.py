@@ -113,6 +113,17 @@ def test_vega_defaults_budget() -> None:
     assert len(s.ask(1000)) == 64
 
 
+def test_no_generations_is_random_sampling_alone() -> None:
+    # the random control: exactly random_models encodings, all generation 0, nothing bred after
+    ev = make_evaluator()
+    s = PruneEASearch(N_VAR, seed=2, num_generation=0, num_individual=8, random_models=24)
+    assert s.budget == 24
+    drive(s, ev, batch=5)
+    assert s.done and len(s.candidates) == 24
+    assert {c.generation for c in s.candidates} == {0} and s.ask(8) == []
+    assert roundtrip(s, num_generation=0, num_individual=8, random_models=24).candidates == s.candidates
+
+
 def test_ask_hands_out_a_generation_in_batches() -> None:
     ev = make_evaluator()
     s = PruneEASearch(N_VAR, seed=3, **SMALL)
@@ -368,7 +379,7 @@ def test_encoding_helpers() -> None:
     [
         (dict(n_var=0), "n_var"),
         (dict(n_var=4.5), "n_var"),
-        (dict(num_generation=0), "num_generation"),
+        (dict(num_generation=-1), "num_generation"),
         (dict(num_individual=0), "num_individual"),
         (dict(random_models=4, num_individual=8), "random_models"),
         (dict(objectives=("macs", "acc")), "objectives"),

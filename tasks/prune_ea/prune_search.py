@@ -245,8 +245,9 @@ def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneS
                              objectives=objectives, repair=repair, fits=fits)
 
     def control(n: int) -> PruneEASearch:
-        # The space's own sampler: PruneEA's first generation (random encodings, same repair), n of them.
-        return PruneEASearch(encoding_length(depth), derive_seed(seed, "prune_ea.control"), num_generation=1,
+        # The space's own sampler: PruneEA's first generation (random encodings, same repair), n of
+        # them and nothing bred (num_generation 0).
+        return PruneEASearch(encoding_length(depth), derive_seed(seed, "prune_ea.control"), num_generation=0,
                              num_individual=min(n, search.num_individual), random_models=n,
                              objectives=objectives, repair=repair, fits=fits)
 
