@@ -13,7 +13,7 @@ doubling each search's cost). The flows talk to a throwaway Prefect server and a
 SQLite store in a temporary folder unless PREFECT_API_URL / MLFLOW_TRACKING_URI are set.
 
     .venv/bin/python benchmarks/search_vs_random.py                      # every search pipeline, seeds 0 1
-    .venv/bin/python benchmarks/search_vs_random.py --only prune-ea --seeds 0 1 --set data.embedded=photo_digits
+    .venv/bin/python benchmarks/search_vs_random.py --only prune-ea --seeds 0 1 --set data.embedded=digits
     .venv/bin/python benchmarks/search_vs_random.py --only prune-ea --set search.random_models=48 \
         --set search.num_individual=16 --set 'search.fidelity={min_steps: 10, max_steps: 90, eta: 3}'
 """

@@ -225,7 +225,7 @@ def test_compare_two_real_prune_ea_runs(prune_ea_d20: dict, prune_ea_d56: dict, 
     assert [r.run_id for r in c.runs] == [first["mlflow_run_id"], second["mlflow_run_id"]]
     # Exactly the fields the two runs' overrides set differently (conftest.PRUNE_EA_D20 / _D56).
     assert _by_name(c, "params") == {
-        "depth": ["20", "56"], "retrain.count": ["2", "1"], "search.num_generation": ["2", "1"],
+        "depth": ["20", "56"], "data.embedded": ["photo_digits", "digits"], "retrain.count": ["2", "1"], "search.num_generation": ["2", "1"],
         "search.num_individual": ["4", "2"], "search.random_models": ["6", "2"],
         "search.finetune_steps": ["3", "1"]}
     final = _by_name(c, "final")

@@ -62,7 +62,7 @@ class KillCase:
 
 CASES = [
     KillCase("prune-ea/full",
-             {"base": {"epochs": 1}, "retrain": {"epochs": 1, "count": 1},
+             {"data": {"embedded": "digits"}, "base": {"epochs": 1}, "retrain": {"epochs": 1, "count": 1},
               "search": {"num_generation": 2, "num_individual": 4, "random_models": 4, "finetune_steps": 4}},
              searched("prune-ea/prune_search/*"), 4, ("data", "train_base"), "prune-",
              ("export/baseline/inference_model",)),

@@ -71,7 +71,8 @@ def test_prune_ea_latency_limit_end_to_end(prefect_api, tmp_path: Path) -> None:
     base_ms = encoding_latency(20, 10)("1" * encoding_length(20))
     limit = round(0.85 * base_ms, 4)
     summary = prune_ea(params_file="params/prune_ea.yaml", overrides={
-        "base": {"epochs": 1}, "retrain": {"epochs": 1, "count": 1}, "output_root": str(tmp_path),
+        "data": {"embedded": "digits"}, "base": {"epochs": 1}, "retrain": {"epochs": 1, "count": 1},
+        "output_root": str(tmp_path),
         "search": {"num_generation": 1, "num_individual": 4, "random_models": 6, "finetune_steps": 1,
                    "max_latency_ms": limit, "objective": "latency"}})
     run = Path(summary["run_dir"])
