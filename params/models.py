@@ -496,6 +496,10 @@ class PruneSearchParams(SearchControl, LatencySource, MultiFidelity):
         8, ge=0, le=10_000, description="training batches that re-estimate BatchNorm statistics of each pruned "
                                         "candidate before its fine-tune (0 = keep the base model's statistics)")
     with_params: bool = Field(False, description="also minimise parameters (a third objective)")
+    mutation: Literal["segment", "bitflip"] = Field(
+        "segment", description="segment = Vega's: flip every bit between two random cut points; bitflip = pymoo's "
+                               "independent flips (about one bit per offspring), so offspring stay near the "
+                               "crossover of their parents")
     objective: Literal["macs", "latency"] = Field(
         "macs", description="the cost NSGA-III minimises beside 1 - accuracy: macs | latency (each encoding's "
                             "measured ONNX Runtime ms, 1 thread, one 32x32 image, timed before it is trained)")

@@ -242,7 +242,7 @@ def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneS
     fits = latency.fits(search.max_latency_ms) if latency is not None and search.max_latency_ms is not None else None
     strategy = PruneEASearch(encoding_length(depth), seed, num_generation=search.num_generation,
                              num_individual=search.num_individual, random_models=search.random_models,
-                             objectives=objectives, repair=repair, fits=fits)
+                             objectives=objectives, mutation=search.mutation, repair=repair, fits=fits)
 
     def control(n: int) -> PruneEASearch:
         # The space's own sampler: PruneEA's first generation (random encodings, same repair), n of
