@@ -521,8 +521,7 @@ class PruneEaData(CifarData):
     not saturate and pruning costs accuracy (on the plain digits any search owns the front)."""
 
     embedded: Literal["digits", "photo_digits"] = Field(
-        "photo_digits", description="the embedded set when dataset_dir is null: photo_digits (the digits at random "
-                                    "size, place and contrast on photo patches) or digits (plain, saturates near 0.95+)")
+        "photo_digits", description=CifarData.model_fields["embedded"].description)
 
 
 class PruneRetrainParams(ClassifierTrain):
