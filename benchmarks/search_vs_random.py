@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-FIGURES = ("best_search", "best_control", "best_gain", "hv_ratio")
+FIGURES = ("best_search", "best_control", "best_gain", "hv_ratio", "hv_ratio_bound")
 SCREENING = ("screened", "train_steps", "full_budget_candidates", "screening_gain")
 
 

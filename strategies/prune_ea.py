@@ -32,6 +32,12 @@ constrained tournament and survival steer the next generations away from it. A g
 therefore hand out fewer candidates than pymoo made; a generation whose every encoding is
 refused is passed on to pymoo at the next ask.
 
+Accuracy floor (`acc_floor`, e.g. 1.5 / classes): a told candidate at or below it is told to
+pymoo as infeasible by the margin it misses the floor (still better than a failure). Without
+it, the tiny networks that score at chance are non-dominated at the cheap end, NSGA-III's
+normalisation stretches to them and they keep a reference direction's survivor, whose offspring
+are as useless. They stay in the history and on the search's own fronts (nothing is hidden).
+
 State: `state_dict()` is plain JSON (settings, candidates, told metrics). pymoo's internal
 state is not pickled: `load_state_dict` rebuilds it by replaying the recorded generations
 through a fresh, identically seeded NSGA-III (cheap: no evaluation happens) and checks that
@@ -293,8 +299,11 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
         crossover_prob: float = 0.5,
         repair: EncodingRepair | None = None,
         fits: Callable[[str], bool] | None = None,
+        acc_floor: float = 0.0,
     ) -> None:
-        """`fits(encoding as a 0/1 string)`: whether an encoding is within the limits (module doc)."""
+        """`fits(encoding as a 0/1 string)`: whether an encoding is within the limits (module doc).
+        `acc_floor`: a candidate scoring at or below it (e.g. chance) is told to pymoo as infeasible
+        by the margin it misses it, so it never holds a survivor's place (module doc)."""
         self.n_var = _check_int("n_var", n_var, 1)
         self.num_generation = _check_int("num_generation", num_generation, 0)
         self.num_individual = _check_int("num_individual", num_individual, 1)
@@ -316,6 +325,7 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
         self.mutation = mutation
         self.mutation_prob = _check_prob("mutation_prob", mutation_prob)
         self.crossover_prob = _check_prob("crossover_prob", crossover_prob)
+        self.acc_floor = _check_prob("acc_floor", acc_floor)
         self.repair = repair
         # Base-class objectives (fronts, best): accuracy first, so best() is the most
         # accurate candidate within limits such as {"macs": 20e6}.
@@ -379,7 +389,7 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
         for cid in ids:
             m = self._metrics[cid]
             key = _key(np.array(self._candidates[cid].encoding))
-            told[key] = (worst, [1.0]) if m is None else (self.objective_values(m), [0.0])
+            told[key] = (worst, [1.0]) if m is None else (self.objective_values(m), [self._shortfall(m)])
         for x in self._pop.get("X"):  # refused by `fits`: never asked, infeasible like a failure
             told.setdefault(_key(x), (worst, [1.0]))
         self._problem.told = told
@@ -390,6 +400,12 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
         self._algorithm.tell(infills=self._pop)
         self._told_generations += 1
         self._pop = None
+
+    def _shortfall(self, metrics: Mapping[str, Any]) -> float:
+        """How far a result is from clearing `acc_floor` (0 = feasible; under 1, so a failure's
+        constraint value of 1 stays the worst)."""
+        acc = float(metrics["acc"])
+        return 0.0 if not self.acc_floor or acc > self.acc_floor else min(0.5, self.acc_floor - acc + 1e-6)
 
     def objective_values(self, metrics: Mapping[str, Any]) -> list[float]:
         """pymoo's (minimized) objective vector of a metrics dict, in `objectives` order."""
@@ -492,6 +508,7 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
             "num_individual": self.num_individual, "random_models": self.random_models,
             "objectives": list(self.objectives), "mutation": self.mutation,
             "mutation_prob": self.mutation_prob, "crossover_prob": self.crossover_prob,
+            "acc_floor": self.acc_floor,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -503,6 +520,8 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state_dict into this (freshly built, identically configured) search."""
+        # states saved before `acc_floor` existed had none
+        state = {**state, "settings": {"acc_floor": 0.0, **state["settings"]}}
         self._check_settings(state, self._settings())
         if bool(state.get("repair")) != (self.repair is not None):
             raise ValueError("state was saved " + ("with" if state.get("repair") else "without")

@@ -251,6 +251,30 @@ def test_nsga3_improves_hypervolume_over_random_init() -> None:
     assert min(gains) > 1.02, gains
 
 
+def test_acc_floor_keeps_chance_level_networks_out_of_the_survivors() -> None:
+    # networks keeping under a third of the channels score at chance (the cheap end of the front)
+    ev = make_evaluator()
+
+    def evaluate(bits: list[int]) -> dict[str, float]:
+        m = ev(bits)
+        return {**m, "acc": 0.1} if sum(bits) < N_VAR // 3 else m
+
+    def survivors(floor: float) -> tuple[list[float], PruneEASearch]:
+        s = PruneEASearch(N_VAR, seed=4, num_generation=2, num_individual=8, random_models=32, acc_floor=floor)
+        drive(s, evaluate, max_rounds=2)  # generations 0 and 1 told: pymoo has chosen 8 survivors of 40
+        return [evaluate([int(b) for b in x])["acc"] for x in s._algorithm.pop.get("X")], s
+
+    without, _ = survivors(0.0)
+    with_floor, s = survivors(0.15)
+    assert min(without) == 0.1  # a chance-level network holds a survivor's place
+    assert min(with_floor) > 0.15 and len(with_floor) == len(without) == 8
+    assert any(m["acc"] == 0.1 for _, m in s.history)  # still in the history and its front
+    drive(s, evaluate)
+    assert roundtrip(s, num_generation=2, num_individual=8, random_models=32, acc_floor=0.15).candidates == s.candidates
+    with pytest.raises(ValueError, match="acc_floor"):  # a state saved with the floor needs it
+        roundtrip(s, num_generation=2, num_individual=8, random_models=32)
+
+
 def test_best_is_most_accurate_within_limits() -> None:
     ev = make_evaluator()
     s = PruneEASearch(N_VAR, seed=8, **SMALL)

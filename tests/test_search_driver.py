@@ -160,7 +160,11 @@ def test_control_report_compares_best_within_limits_and_hypervolume() -> None:
     assert report.hv_search == pytest.approx(hv([(0.5, 10.0), (0.7, 12.0), (0.9, 30.0)]))
     assert report.hv_control == pytest.approx(hv([(0.5, 10.0), (0.6, 11.0), (0.95, 40.0)]))
     assert report.hv_ratio == pytest.approx(report.hv_search / report.hv_control)
-    assert set(report.figures()) >= {"best_search", "best_control", "hv_ratio"}
+    # the ideal front: mAP 0.95 (control) at 10 params (both) at once
+    assert report.hv_box == pytest.approx((0.95 - ref_map) * (ref_params - 10.0))
+    assert report.hv_ratio_bound == pytest.approx(report.hv_box / report.hv_control)
+    assert report.hv_ratio < report.hv_ratio_bound and "an ideal front would reach" in report.describe()
+    assert set(report.figures()) >= {"best_search", "best_control", "hv_ratio", "hv_ratio_bound"}
     nothing = control_report(search, control, {"params": 1.0})
     assert nothing.best_search is None and "best_gain" not in nothing.figures()
 

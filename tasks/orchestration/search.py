@@ -139,12 +139,24 @@ class ControlReport:
     best_control: float | None
     hv_search: float | None = None   # None with a single objective
     hv_control: float | None = None
+    # The hypervolume of the box from the reference point to the best value either side reached on
+    # every objective at once: no front of what was seen can dominate more (see hv_ratio_bound).
+    hv_box: float | None = None
 
     @property
     def hv_ratio(self) -> float | None:
         if self.hv_search is None or not self.hv_control:
             return None
         return self.hv_search / self.hv_control
+
+    @property
+    def hv_ratio_bound(self) -> float | None:
+        """The ratio an ideal search would have reached against this control: one network as good
+        as the best seen on every objective at once. How much room the reference point left for
+        the search to show (a near-1 bound means any two decent fronts tie)."""
+        if self.hv_box is None or not self.hv_control:
+            return None
+        return self.hv_box / self.hv_control
 
     @property
     def best_gain(self) -> float | None:
@@ -157,13 +169,16 @@ class ControlReport:
         """The figures as flat numbers (MLflow metrics, summary fields), missing ones left out."""
         out = {"control_candidates": float(self.control_candidates), "best_search": self.best_search,
                "best_control": self.best_control, "best_gain": self.best_gain, "hv_search": self.hv_search,
-               "hv_control": self.hv_control, "hv_ratio": self.hv_ratio}
+               "hv_control": self.hv_control, "hv_ratio": self.hv_ratio, "hv_ratio_bound": self.hv_ratio_bound}
         return {k: float(v) for k, v in out.items() if v is not None}
 
     def describe(self) -> str:
         text = (f"search best {self.objective} {_num(self.best_search)} vs random control {_num(self.best_control)} "
                 f"({self.search_candidates} vs {self.control_candidates} candidates)")
-        return text if self.hv_ratio is None else f"{text}; hypervolume ratio search/control {self.hv_ratio:.3f}"
+        if self.hv_ratio is None:
+            return text
+        bound = "" if self.hv_ratio_bound is None else f" (an ideal front would reach {self.hv_ratio_bound:.3f})"
+        return f"{text}; hypervolume ratio search/control {self.hv_ratio:.3f}{bound}"
 
 
 def cost_column(objective: str) -> str:
@@ -200,14 +215,17 @@ def control_report(search: Strategy, control: Strategy, limits: Mapping[str, flo
         values = [float(m[keys[0]]) for m in strategy.told_points(limits)]
         return (max(values) if maximize[0] else min(values)) if values else None
 
-    hv_search = hv_control = None
+    hv_search = hv_control = hv_box = None
     if len(keys) > 1:
         sides = [[objective_vector(m, keys) for m in s.told_points()] for s in (search, control)]
         if any(sides):
             ref = common_reference(sides, maximize)
             hv_search, hv_control = (hypervolume(points, maximize, ref) for points in sides)
+            every = [p for points in sides for p in points]
+            ideal = [(max if up else min)(p[j] for p in every) for j, up in enumerate(maximize)]
+            hv_box = hypervolume([ideal], maximize, ref)
     return ControlReport(keys[0], maximize[0], len(search.history), len(control.history), best(search),
-                         best(control), hv_search, hv_control)
+                         best(control), hv_search, hv_control, hv_box)
 
 
 @dataclass

@@ -10,6 +10,9 @@ Files: result.csv (+ .parquet: id, generation, encoding, macs, params, acc), par
 after each generation); the first-vs-last front plot is in MLflow. The generation loop is the
 shared search driver (tasks/orchestration/search.py), so a killed search resumes from its saved state.
 
+A candidate no better than chance (acc <= 1.5 / classes) is told to NSGA-III as infeasible, so
+the tiny networks that score at chance do not hold survivors' places (strategies/prune_ea.py).
+
 `search.max_latency_ms`: each encoding NSGA-III makes is first built and timed (latency/direct.py);
 one over the limit is never trained — it is counted (`skipped_over_limit`) and told to NSGA-III
 as infeasible (strategies/prune_ea.py) — and result.csv gets the admitted ones' `latency_ms`."""
@@ -208,11 +211,17 @@ def front_files(strategy: PruneEASearch, rows: list[dict[str, Any]], work: Path)
     return [str(f) for f in files]
 
 
+def chance_floor(num_classes: int) -> float:
+    """The accuracy at or below which a pruned network counts as no better than chance: NSGA-III
+    takes such a candidate as infeasible (strategies/prune_ea.py `acc_floor`) and retraining skips it."""
+    return 1.5 / num_classes
+
+
 def spread(front: Sequence[dict[str, Any]], count: int, num_classes: int, along: str = "macs") -> list[dict[str, Any]]:
     """`count` front members evenly spread along the front's cost axis `along` (macs, or
     latency_ms for `search.objective: latency`; both ends included), leaving out the front's
-    degenerate end: members no better than chance (acc <= 1.5 / classes) are not worth retraining."""
-    useful = [r for r in front if r["acc"] > 1.5 / num_classes] or list(front)
+    degenerate end: members no better than chance (`chance_floor`) are not worth retraining."""
+    useful = [r for r in front if r["acc"] > chance_floor(num_classes)] or list(front)
     ordered = sorted(useful, key=lambda r: (r[along], -r["acc"]))
     if len(ordered) <= count:
         return ordered
@@ -242,7 +251,8 @@ def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneS
     fits = latency.fits(search.max_latency_ms) if latency is not None and search.max_latency_ms is not None else None
     strategy = PruneEASearch(encoding_length(depth), seed, num_generation=search.num_generation,
                              num_individual=search.num_individual, random_models=search.random_models,
-                             objectives=objectives, mutation=search.mutation, repair=repair, fits=fits)
+                             objectives=objectives, mutation=search.mutation, repair=repair, fits=fits,
+                             acc_floor=chance_floor(data.num_classes))
 
     def control(n: int) -> PruneEASearch:
         # The space's own sampler: PruneEA's first generation (random encodings, same repair), n of
