@@ -365,3 +365,37 @@ def test_classifier_fit_ignores_a_checkpoint_of_another_config(tmp_path: Path) -
     torch.save({"model": {}, "config": cfg.__dict__, "epoch": 1, "history": []}, ckpt)
     _, _, epochs = _classify(cfg, ckpt)
     assert epochs == [1]
+
+
+def test_a_seeded_training_repeats_bit_for_bit_in_a_fresh_process() -> None:
+    """Same seed, same thread count, same machine: identical weights from two processes (string
+    hashing salted differently). A different thread count or another CPU's kernels change the
+    floats (seen here: 1 vs 2 threads), so figures repeat only on like machines (README)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, torch\nfrom torch.utils.data import DataLoader, TensorDataset\n"
+        "from engine.runtime import configure_torch\nfrom nas_models.prune_resnet import build_prune_resnet\n"
+        "import sys\nconfigure_torch(int(sys.argv[1]), 3)\n"
+        "model = build_prune_resnet(20, num_classes=10)\n"
+        "data = TensorDataset(torch.randn(96, 3, 32, 32), torch.randint(0, 10, (96,)))\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)\n"
+        "for _ in range(2):\n"
+        "    for x, y in DataLoader(data, batch_size=32, shuffle=True):\n"
+        "        opt.zero_grad(); torch.nn.functional.cross_entropy(model(x), y).backward(); opt.step()\n"
+        "print(hashlib.sha1(b''.join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest())\n")
+    repo = Path(__file__).resolve().parent.parent
+
+    def weights(threads: int, hash_seed: str) -> str:
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run([sys.executable, "-c", code, str(threads)], capture_output=True, text=True,
+                              timeout=300, cwd=repo, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip()
+
+    first = weights(1, "1")
+    assert len(first) == len(hashlib.sha1().hexdigest())
+    assert weights(1, "2") == first
