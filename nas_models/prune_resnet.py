@@ -70,9 +70,11 @@ __all__ = [
     "Group",
     "PruneResNet",
     "build_prune_resnet",
+    "channel_scores",
     "encoding_groups",
     "encoding_length",
     "from_desc",
+    "keep_largest",
     "prune_resnet20",
     "prune_resnet32",
     "prune_resnet56",
@@ -230,16 +232,35 @@ def repair_encoding(
     depth). Without weights, keep channel 0. Groups with a kept channel are left unchanged.
     """
     bits = list(validate_encoding(encoding, depth))
-    writers = _writer_convs(depth)
+    scores = None if full_state_dict is None else channel_scores(full_state_dict, depth)
     for group in _groups(depth):
         if "1" in bits[group.start:group.stop]:
             continue
-        keep = 0
-        if full_state_dict is not None:
-            score = sum(_filter_norms(full_state_dict, key, group.length) for key in writers[group.name])
-            keep = int(np.argmax(score))  # ties → lowest channel
+        keep = 0 if scores is None else int(np.argmax(scores[group.name]))  # ties → lowest channel
         bits[group.start + keep] = "1"
     return "".join(bits)
+
+
+def channel_scores(full_state_dict: Mapping[str, torch.Tensor], depth: int) -> dict[str, np.ndarray]:
+    """Per channel group, each channel's squared L2 filter norm in an unpruned `PruneResNet`'s
+    `full_state_dict`, summed over every conv writing to the group (for a stage: each block's
+    conv2 and the projection): the magnitude criterion `repair_encoding` and `keep_largest` use."""
+    writers = _writer_convs(_check_depth(depth))
+    return {g.name: sum(_filter_norms(full_state_dict, key, g.length) for key in writers[g.name])
+            for g in _groups(depth)}
+
+
+def keep_largest(encoding: Encoding, depth: int, scores: Mapping[str, np.ndarray]) -> str:
+    """The encoding that keeps, in every group, as many channels as `encoding` does (at least one)
+    but the ones with the largest `scores` (`channel_scores`; ties → lowest channel): which
+    channels survive follows the magnitude criterion of filter pruning, how many per group is
+    the encoding's. Idempotent; the canonical '0/1' string."""
+    bits = np.frombuffer(validate_encoding(encoding, depth).encode(), np.uint8) == ord("1")
+    out = np.zeros(len(bits), dtype=bool)
+    for g in _groups(depth):
+        k = max(1, int(bits[g.start:g.stop].sum()))
+        out[g.start + np.argsort(-np.asarray(scores[g.name]), kind="stable")[:k]] = True
+    return "".join("1" if b else "0" for b in out)
 
 
 def _filter_norms(state_dict: Mapping[str, torch.Tensor], key: str, channels: int) -> np.ndarray:

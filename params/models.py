@@ -500,6 +500,11 @@ class PruneSearchParams(SearchControl, LatencySource, MultiFidelity):
         "segment", description="segment = Vega's: flip every bit between two random cut points; bitflip = pymoo's "
                                "independent flips (about one bit per offspring), so offspring stay near the "
                                "crossover of their parents")
+    channels: Literal["norm", "random"] = Field(
+        "norm", description="which channels of a group NSGA-III's candidates keep: norm = the ones with the largest "
+                            "filter norms in the base model (as many as the encoding keeps in that group; the "
+                            "search then decides how many per group), random = the encoding's own bits (Vega's). "
+                            "The random control always draws random bits")
     objective: Literal["macs", "latency"] = Field(
         "macs", description="the cost NSGA-III minimises beside 1 - accuracy: macs | latency (each encoding's "
                             "measured ONNX Runtime ms, 1 thread, one 32x32 image, timed before it is trained)")

@@ -20,8 +20,10 @@ def _dominated(row, others) -> bool:
 
 def test_prune_ea_end_to_end(prune_ea_d20: dict) -> None:
     """The run: conftest's prune_ea_d20 (2 generations of 4 after 6 random models, 2 retrained)."""
+    import torch
+
     from latency.flops import count_macs_params
-    from nas_models.prune_resnet import build_prune_resnet
+    from nas_models.prune_resnet import build_prune_resnet, channel_scores, keep_largest
 
     summary = prune_ea_d20
     run = Path(summary["run_dir"])
@@ -40,6 +42,10 @@ def test_prune_ea_end_to_end(prune_ea_d20: dict) -> None:
         macs, params = count_macs_params(build_prune_resnet(20, r["encoding"]), (1, 3, 32, 32))
         assert (macs, params) == (r["macs"], r["params"])
         assert json.loads((run / f"prune_search/desc_{r['id']}.json").read_text())["encoding"] == r["encoding"]
+    # search.channels = norm (the default): every candidate keeps its groups' largest-norm filters
+    base = torch.load(run / "train_base/model_0.pth", map_location="cpu", weights_only=True)
+    scores = channel_scores(base, 20)
+    assert all(keep_largest(r["encoding"], 20, scores) == r["encoding"] for r in rows)
 
     comparison = read_table(run / "export/comparison.csv")
     assert comparison.iloc[0]["model"] == "baseline" and comparison.iloc[0]["r_c"] == 1.0

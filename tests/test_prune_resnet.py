@@ -15,9 +15,11 @@ from nas_models.prune_resnet import (
     ChannelSelect,
     PruneResNet,
     build_prune_resnet,
+    channel_scores,
     encoding_groups,
     encoding_length,
     from_desc,
+    keep_largest,
     pruned_from_full,
     random_encoding,
     repair_encoding,
@@ -231,6 +233,34 @@ def test_repair_keeps_largest_norm_channel(full20: PruneResNet) -> None:
     assert pruned.arch["encoding"] == repaired
     assert pruned.stages[0][1].conv1.out_channels == 1
     assert torch.equal(pruned.stages[0][1].conv1.weight[0], state["stages.0.1.conv1.weight"][5])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), p_keep=st.floats(0.01, 1.0))
+def test_keep_largest_keeps_each_groups_count_of_its_largest_norm_channels(full20: PruneResNet, seed: int,
+                                                                           p_keep: float) -> None:
+    scores = channel_scores(full20.state_dict(), 20)
+    enc = "".join("1" if b else "0" for b in np.random.default_rng(seed).random(464) < p_keep)
+    kept = keep_largest(enc, 20, scores)
+    assert keep_largest(kept, 20, scores) == kept  # idempotent
+    for g in encoding_groups(20):
+        bits, out = enc[g.start:g.stop], kept[g.start:g.stop]
+        assert out.count("1") == max(1, bits.count("1"))  # how many: the encoding's (at least one)
+        chosen = [scores[g.name][i] for i, b in enumerate(out) if b == "1"]
+        dropped = [scores[g.name][i] for i, b in enumerate(out) if b == "0"]
+        assert not dropped or min(chosen) >= max(dropped)  # which: the largest norms
+    # an all-zero group gets the channel the norm repair would keep
+    assert keep_largest("0" * 464, 20, scores) == repair_encoding("0" * 464, 20, full20.state_dict())
+
+
+def test_keep_largest_follows_the_base_weights(full20: PruneResNet) -> None:
+    state = {k: v.clone() for k, v in full20.state_dict().items()}
+    state["stages.0.1.conv1.weight"][[3, 9]] *= 50  # stage1.block2's two strongest filters
+    mid = _group(20, "stage1.block2")
+    enc = _with_bits("1" * 464, mid.start, "1100000000000000")  # two kept: channels 0 and 1
+    kept = keep_largest(enc, 20, channel_scores(state, 20))
+    assert kept[mid.start:mid.stop] == "0001000001000000"
+    assert kept[:mid.start] + kept[mid.stop:] == enc[:mid.start] + enc[mid.stop:]  # full groups unchanged
 
 
 def test_all_zero_encoding_builds_one_channel_per_group() -> None:

@@ -13,6 +13,10 @@ shared search driver (tasks/orchestration/search.py), so a killed search resumes
 A candidate no better than chance (acc <= 1.5 / classes) is told to NSGA-III as infeasible, so
 the tiny networks that score at chance do not hold survivors' places (strategies/prune_ea.py).
 
+`search.channels` (default norm): NSGA-III decides how many channels each group keeps, and the
+base model's largest-norm filters are the ones kept (`keep_largest`); `random` keeps the bits as
+drawn (Vega's). The random control draws random bits either way: the naive pruning baseline.
+
 `search.max_latency_ms`: each encoding NSGA-III makes is first built and timed (latency/direct.py);
 one over the limit is never trained — it is counted (`skipped_over_limit`) and told to NSGA-III
 as infeasible (strategies/prune_ea.py) — and result.csv gets the admitted ones' `latency_ms`."""
@@ -34,8 +38,8 @@ from engine.runtime import configure_torch, resolve_device
 from engine.supernet import recalibrate_bn
 from latency.direct import NetworkLatency, network_latency
 from latency.predictor import LatencySpace
-from nas_models.prune_resnet import (build_prune_resnet, encoding_length, pruned_from_full, random_encoding,
-                                     repair_encoding, space_ops)
+from nas_models.prune_resnet import (build_prune_resnet, channel_scores, encoding_length, keep_largest,
+                                     pruned_from_full, random_encoding, repair_encoding, space_ops)
 from nas_models.registry import build_from_desc
 from params.models import PruneSearchParams, Runtime
 from strategies.prune_ea import PruneEASearch
@@ -243,6 +247,12 @@ def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneS
         # Never an all-zero channel group: keep the group's largest-norm channel of the base model.
         return [int(b) for b in repair_encoding(bits, depth, full_state)]
 
+    scores = channel_scores(full_state, depth)
+
+    def by_norm(bits: Sequence[int]) -> list[int]:
+        # search.channels = norm: the group's largest-norm channels, as many as the bits keep
+        return [int(b) for b in keep_largest(bits, depth, scores)]
+
     # One memo for the search and its control: an encoding both draw is timed once.
     timed = search.max_latency_ms is not None or cost == "latency"
     latency = encoding_latency(depth, data.num_classes, search.latency_predictor) if timed else None
@@ -251,12 +261,13 @@ def prune_search(data: CifarSplit, base: TrainedBase, depth: int, search: PruneS
     fits = latency.fits(search.max_latency_ms) if latency is not None and search.max_latency_ms is not None else None
     strategy = PruneEASearch(encoding_length(depth), seed, num_generation=search.num_generation,
                              num_individual=search.num_individual, random_models=search.random_models,
-                             objectives=objectives, mutation=search.mutation, repair=repair, fits=fits,
+                             objectives=objectives, mutation=search.mutation,
+                             repair=by_norm if search.channels == "norm" else repair, fits=fits,
                              acc_floor=chance_floor(data.num_classes))
 
     def control(n: int) -> PruneEASearch:
-        # The space's own sampler: PruneEA's first generation (random encodings, same repair), n of
-        # them and nothing bred (num_generation 0).
+        # The space's own sampler: PruneEA's first generation (random encodings, random channels
+        # whatever search.channels says), n of them and nothing bred (num_generation 0).
         return PruneEASearch(encoding_length(depth), derive_seed(seed, "prune_ea.control"), num_generation=0,
                              num_individual=min(n, search.num_individual), random_models=n,
                              objectives=objectives, repair=repair, fits=fits)
