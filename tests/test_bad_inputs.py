@@ -131,6 +131,7 @@ CASES: list[tuple[str, str, Callable[[Path], list[str]], str]] = [
                                                      "search.num_individual=8"], "search.random_models"),
     ("prune-generations", "prune-ea/full", lambda t: ["--set", "search.num_generation=0"], "search.num_generation"),
     ("prune-mutation", "prune-ea/full", lambda t: ["--set", "search.mutation=gauss"], "search.mutation"),
+    ("prune-channels", "prune-ea/full", lambda t: ["--set", "search.channels=l1"], "search.channels"),
     ("prune-missing-folder", "prune-ea/full", lambda t: ["--set", f"data.dataset_dir={t / 'nope'}"],
      "data.dataset_dir"),
     ("prune-malformed-cifar", "prune-ea/full",
