@@ -21,7 +21,8 @@ pymoo pieces: `PruneProblem` (a Problem that only maps variables to the objectiv
 them), `DensitySampling` (Vega's random init: each individual draws its own keep probability),
 `SegmentFlipMutation` (Vega's mutation: flip every bit between two random cut points; pymoo's
 `BitflipMutation`, independent flips with probability 1/n_var, is available as
-mutation="bitflip"), pymoo's `TwoPointCrossover`, `NSGA3` with Das-Dennis reference
+mutation="bitflip", and `SegmentResampleMutation`, which redraws a segment at the parent's own
+keep rate, as mutation="resample"), pymoo's `TwoPointCrossover`, `NSGA3` with Das-Dennis reference
 directions, and `NeverRepeat`, a duplicate elimination that also rejects every encoding
 asked earlier in the run, so nothing is evaluated twice.
 
@@ -78,7 +79,7 @@ OBJECTIVE_METRIC = {"macs": "macs", "latency": "latency_ms", "error": "acc", "pa
 # The cost axis: MACs (Vega) or measured latency in ms (told as "latency_ms").
 ALLOWED_OBJECTIVES = (("macs", "error"), ("macs", "error", "params"), ("latency", "error"),
                       ("latency", "error", "params"))
-MUTATIONS = ("segment", "bitflip")
+MUTATIONS = ("segment", "bitflip", "resample")
 
 EncodingRepair = Callable[[list[int]], Sequence[int]]
 
@@ -173,6 +174,26 @@ class SegmentFlipMutation(Mutation):
         span = np.arange(n)
         flip = (span >= cuts[:, :1]) & (span < cuts[:, 1:])
         return np.logical_xor(X.astype(bool), flip)
+
+
+class SegmentResampleMutation(Mutation):
+    """Density-preserving segment mutation: pick a segment as `SegmentFlipMutation` does and redraw
+    each of its bits, kept with the parent's own keep rate (its share of 1 bits). Flipping a
+    segment of a 90 %-dense encoding leaves it about 60 % dense, so under flips the dense end of
+    the front breeds sparse offspring only; redrawn, a parent's offspring keep its density on
+    average and vary around it. An all-kept or all-pruned parent is left as it is (pymoo's
+    duplicate elimination then asks for other offspring)."""
+
+    def _do(self, problem: Problem, X: np.ndarray, *args: Any, random_state: Any = None, **kwargs: Any) -> np.ndarray:
+        n = X.shape[1]
+        if len(X) == 0:
+            return X
+        cuts = np.sort(np.array([random_state.choice(n + 1, size=2, replace=False) for _ in range(len(X))]), axis=1)
+        span = np.arange(n)
+        segment = (span >= cuts[:, :1]) & (span < cuts[:, 1:])
+        X = X.astype(bool)
+        redrawn = random_state.random(X.shape) < X.mean(axis=1, keepdims=True)
+        return np.where(segment, redrawn, X)
 
 
 class CallerRepair(Repair):
@@ -338,8 +359,8 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
     def _reset_algorithm(self) -> None:
         n_obj = len(self.objectives)
         ref_dirs = reference_directions(n_obj, self.num_individual)
-        mutation = (SegmentFlipMutation(prob=self.mutation_prob) if self.mutation == "segment"
-                    else BitflipMutation(prob=self.mutation_prob))
+        mutation = {"segment": SegmentFlipMutation, "bitflip": BitflipMutation,
+                    "resample": SegmentResampleMutation}[self.mutation](prob=self.mutation_prob)
         self._dedup = NeverRepeat()
         self._problem = PruneProblem(self.n_var, n_obj)
         self._algorithm = NSGA3(

@@ -14,6 +14,7 @@ from strategies.pareto import hypervolume
 from strategies.prune_ea import (
     PruneEASearch,
     SegmentFlipMutation,
+    SegmentResampleMutation,
     encoding_from,
     encoding_to_str,
     reference_directions,
@@ -379,6 +380,35 @@ def test_segment_flip_flips_one_contiguous_segment() -> None:
         idx = np.flatnonzero(row)
         assert len(idx) >= 1 and idx[-1] - idx[0] + 1 == len(idx)
     assert out[:, -1].any()  # the last bit can flip (unlike Vega's randint(0, length))
+
+
+def test_resample_redraws_one_segment_at_the_parents_keep_rate() -> None:
+    class P:
+        n_var = 400
+
+    rng = np.random.default_rng(1)
+    keep = rng.random((200, 1))
+    X = rng.random((200, 400)) < keep
+    out = SegmentResampleMutation()._do(P(), X, random_state=np.random.default_rng(2))
+    assert (out != X).any(axis=1).sum() > 150
+    # density is kept on average (a flipped segment would pull every row towards 1/2)
+    assert abs(float((out.mean(axis=1) - X.mean(axis=1)).mean())) < 0.01
+    dense = X.mean(axis=1) > 0.85
+    assert out[dense].mean() > 0.8
+    # all-kept and all-pruned parents have nothing to redraw
+    ends = np.array([[True] * 400, [False] * 400])
+    assert (SegmentResampleMutation()._do(P(), ends, random_state=np.random.default_rng(0)) == ends).all()
+
+
+def test_resample_mutation_option_runs_and_resumes() -> None:
+    ev = make_evaluator()
+    s = PruneEASearch(N_VAR, seed=9, mutation="resample", mutation_prob=1.0, **SMALL)
+    drive(s, ev, max_rounds=3)
+    resumed = roundtrip(s, mutation="resample", mutation_prob=1.0)
+    drive(s, ev)
+    drive(resumed, ev)
+    assert s.done and len({c.code for c in s.candidates}) == len(s.candidates) == s.budget
+    assert summary(resumed) == summary(s)
 
 
 def test_reference_directions_fit_the_population() -> None:
