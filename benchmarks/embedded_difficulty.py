@@ -1,6 +1,7 @@
 """Is an embedded set hard enough for architectures to matter? ResNet-20 trained exactly as
-prune-ea/full's default `train_base` stage trains it (the stage's own function, ClassifierTrain
-defaults: 10 epochs, batch 64, SGD lr 0.1 cosine, pad-4 crop + flip), and the same ResNet-20
+prune-ea/full's default `train_base` stage trains it (the stage's own function, PruneTrain
+defaults: 10 epochs, batch 64, SGD lr 0.1 after one warm-up epoch, cosine, pad-4 crop + flip),
+and the same ResNet-20
 with every channel group uniformly cut to the width that leaves about `--pruned-macs` of the
 MACs (the first channels of each group kept; nas_models/prune_resnet.py), trained from scratch
 with the same recipe, seed and data. Prints val and test accuracy per seed and the means.
@@ -39,7 +40,7 @@ import data.cifar as cifar  # noqa: E402
 from engine.runtime import configure_torch  # noqa: E402
 from latency.timing import load_average  # noqa: E402
 from nas_models.prune_resnet import build_prune_resnet, encoding_groups  # noqa: E402
-from params.models import CifarData, ClassifierTrain, Runtime  # noqa: E402
+from params.models import CifarData, ClassifierTrain, PruneTrain, Runtime  # noqa: E402
 from tasks.cifar.data import cifar_sources  # noqa: E402
 from tasks.cifar.training import measure, train_and_score  # noqa: E402
 from tasks.prune_ea.train_base import train_base  # noqa: E402
@@ -111,7 +112,7 @@ def main() -> None:
     for name, value in map(parse_override, args.set):
         setattr(cifar, name, value)
     settings = {n: getattr(cifar, n) for n in sorted(vars(cifar)) if n.startswith("PHOTO_")}
-    cfg = ClassifierTrain()
+    cfg = PruneTrain()
     models = [("full", None, None)]
     if args.pruned_macs > 0:
         keep, encoding, _ = keep_for_macs(args.pruned_macs)
