@@ -497,10 +497,12 @@ class PruneSearchParams(SearchControl, LatencySource, MultiFidelity):
                                         "candidate before its fine-tune (0 = keep the base model's statistics)")
     with_params: bool = Field(False, description="also minimise parameters (a third objective)")
     mutation: Literal["segment", "bitflip", "resample"] = Field(
-        "segment", description="segment = Vega's: flip every bit between two random cut points; bitflip = pymoo's "
+        "resample", description="segment = Vega's: flip every bit between two random cut points; bitflip = pymoo's "
                                "independent flips (about one bit per offspring), so offspring stay near the "
                                "crossover of their parents; resample = redraw every bit between two random cut "
-                               "points at the parent's own keep rate, so offspring keep their parent's density")
+                               "points at the parent's own keep rate, so offspring keep their parent's density (the "
+                               "default: ahead of segment on both measured seeds, by 0.6 and 1.7 points of "
+                               "search/control hypervolume)")
     channels: Literal["norm", "random"] = Field(
         "norm", description="which channels of a group NSGA-III's candidates keep: norm = the ones with the largest "
                             "filter norms in the base model (as many as the encoding keeps in that group; the "
