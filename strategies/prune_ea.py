@@ -160,6 +160,15 @@ class DensitySampling(Sampling):
         return random_state.random((self.n_samples, problem.n_var)) < keep
 
 
+def _segments(shape: tuple[int, int], random_state: Any) -> np.ndarray:
+    """One segment [a, b) per row, two distinct cut points drawn from 0..n (so never empty), as a
+    boolean mask of `shape`."""
+    rows, n = shape
+    cuts = np.sort(np.array([random_state.choice(n + 1, size=2, replace=False) for _ in range(rows)]), axis=1)
+    span = np.arange(n)
+    return (span >= cuts[:, :1]) & (span < cuts[:, 1:])
+
+
 class SegmentFlipMutation(Mutation):
     """Vega's PruneEA mutation: pick two distinct cut points a < b in 0..n_var and flip every
     bit in [a, b). (Vega draws both cuts below n_var, so it can never flip the last bit; here
@@ -167,13 +176,9 @@ class SegmentFlipMutation(Mutation):
     mutated at all."""
 
     def _do(self, problem: Problem, X: np.ndarray, *args: Any, random_state: Any = None, **kwargs: Any) -> np.ndarray:
-        n = X.shape[1]
         if len(X) == 0:
             return X
-        cuts = np.sort(np.array([random_state.choice(n + 1, size=2, replace=False) for _ in range(len(X))]), axis=1)
-        span = np.arange(n)
-        flip = (span >= cuts[:, :1]) & (span < cuts[:, 1:])
-        return np.logical_xor(X.astype(bool), flip)
+        return np.logical_xor(X.astype(bool), _segments(X.shape, random_state))
 
 
 class SegmentResampleMutation(Mutation):
@@ -185,12 +190,9 @@ class SegmentResampleMutation(Mutation):
     duplicate elimination then asks for other offspring)."""
 
     def _do(self, problem: Problem, X: np.ndarray, *args: Any, random_state: Any = None, **kwargs: Any) -> np.ndarray:
-        n = X.shape[1]
         if len(X) == 0:
             return X
-        cuts = np.sort(np.array([random_state.choice(n + 1, size=2, replace=False) for _ in range(len(X))]), axis=1)
-        span = np.arange(n)
-        segment = (span >= cuts[:, :1]) & (span < cuts[:, 1:])
+        segment = _segments(X.shape, random_state)
         X = X.astype(bool)
         redrawn = random_state.random(X.shape) < X.mean(axis=1, keepdims=True)
         return np.where(segment, redrawn, X)
