@@ -1,10 +1,9 @@
 """Is an embedded set hard enough for architectures to matter? ResNet-20 trained exactly as
 prune-ea/full's default `train_base` stage trains it (the stage's own function, PruneTrain
 defaults: 10 epochs, batch 64, SGD lr 0.1 after one warm-up epoch, cosine, pad-4 crop + flip),
-and the same ResNet-20
-with every channel group uniformly cut to the width that leaves about `--pruned-macs` of the
-MACs (the first channels of each group kept; nas_models/prune_resnet.py), trained from scratch
-with the same recipe, seed and data. Prints val and test accuracy per seed and the means.
+and the same ResNet-20 with every channel group uniformly cut to the width that leaves about
+`--pruned-macs` of the MACs (the first channels of each group kept; nas_models/prune_resnet.py),
+trained from scratch with the same recipe, seed and data. Prints val and test accuracy per seed and the means.
 
 The goal for a default data set: the full network well below saturation (test ≈ 0.6–0.85) and
 the narrow one several points lower. The data and its train/val split are what the `data` stage

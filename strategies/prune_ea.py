@@ -79,7 +79,6 @@ OBJECTIVE_METRIC = {"macs": "macs", "latency": "latency_ms", "error": "acc", "pa
 # The cost axis: MACs (Vega) or measured latency in ms (told as "latency_ms").
 ALLOWED_OBJECTIVES = (("macs", "error"), ("macs", "error", "params"), ("latency", "error"),
                       ("latency", "error", "params"))
-MUTATIONS = ("segment", "bitflip", "resample")
 
 EncodingRepair = Callable[[list[int]], Sequence[int]]
 
@@ -196,6 +195,11 @@ class SegmentResampleMutation(Mutation):
         X = X.astype(bool)
         redrawn = random_state.random(X.shape) < X.mean(axis=1, keepdims=True)
         return np.where(segment, redrawn, X)
+
+
+# search.mutation name -> pymoo Mutation class (the names a search accepts).
+MUTATIONS: dict[str, type[Mutation]] = {"segment": SegmentFlipMutation, "bitflip": BitflipMutation,
+                                        "resample": SegmentResampleMutation}
 
 
 class CallerRepair(Repair):
@@ -361,8 +365,7 @@ class PruneEASearch(AskTellSearch[PruneCandidate]):
     def _reset_algorithm(self) -> None:
         n_obj = len(self.objectives)
         ref_dirs = reference_directions(n_obj, self.num_individual)
-        mutation = {"segment": SegmentFlipMutation, "bitflip": BitflipMutation,
-                    "resample": SegmentResampleMutation}[self.mutation](prob=self.mutation_prob)
+        mutation = MUTATIONS[self.mutation](prob=self.mutation_prob)
         self._dedup = NeverRepeat()
         self._problem = PruneProblem(self.n_var, n_obj)
         self._algorithm = NSGA3(
