@@ -728,11 +728,15 @@ class LatencyParams(Section):
 
 
 class SanasSearchParams(SearchControl, MultiFidelity):
-    """PaddleSlim SANAS (seed values in params/sanas_seed.yaml: T0 10.24, reduce_rate 0.85, 300 steps)."""
+    """PaddleSlim SANAS (seed values in params/sanas_seed.yaml: T0 10.24, reduce_rate 0.85, 300 steps).
+    The default reduce_rate keeps the seed's schedule in proportion to a shorter search
+    (strategies/sa.py `stretched_reduce_rate`)."""
 
     search_steps: int = Field(12, ge=1, le=100_000)
     init_temperature: float = Field(10.24, gt=0, le=1e6, description="T0 (> 0)")
-    reduce_rate: float = Field(0.85, gt=0, lt=1, description="T = T0 * reduce_rate^step, in (0, 1)")
+    reduce_rate: float | None = Field(
+        None, gt=0, lt=1, description="T = T0 * reduce_rate^step, in (0, 1); null = the seed's 0.85 stretched over "
+                                      "search_steps (0.85^(300 / search_steps)): anneals within any budget")
     candidate_steps: int = Field(150, ge=1, le=STEPS_MAX, description="training steps per candidate (from scratch)")
 
 

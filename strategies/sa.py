@@ -5,7 +5,8 @@ seed 000: 9 tokens, ranges [7, 9, 12, 12, 6, 6, 6, 6, 2], start [2, 1, 3, 8, 2, 
 
 * Step 0 evaluates `init_tokens` (they must satisfy the constraint).
 * Every later step copies the *current* tokens and sets ONE random position (among those with
-  more than one value) to a random *different* value. If the caller's constraint (FLOPs or
+  more than one value) to a random *different* value, drawing again when those tokens were
+  evaluated before (a departure from PaddleSlim, which may re-train a network it has seen). If the caller's constraint (FLOPs or
   table latency of the tokens) is outside [low, high], that neighbour is skipped without
   evaluation and another is drawn, up to `max_tries` draws per step (PaddleSlim's
   max_try_times); when none of them is feasible the search stalls.
@@ -36,6 +37,19 @@ from .ask_tell import AskTellSearch
 ConstraintOf = Callable[[list[int]], float]
 
 MAX_TRIES = 300  # PaddleSlim SAController max_try_times
+SEED_REDUCE_RATE, SEED_STEPS = 0.85, 300  # PaddleSlim BlazeFace-NAS: T falls by 0.85 per step over 300 steps
+
+
+def stretched_reduce_rate(search_steps: int) -> float:
+    """The seed's cooling stretched over `search_steps`: 0.85 ** (300 / search_steps), so that
+    step k of a shorter (or longer) search has the temperature the seed reaches at step
+    k * 300 / search_steps. At 300 steps it is the seed's 0.85. Why: with rewards in [0, 1]
+    (AP, accuracy) and T0 10.24, the seed's schedule accepts almost any worse candidate for its
+    first ~40 steps (T > 0.01) and is greedy after; kept at 0.85 over 12 steps, T never falls
+    below 1.7, so every step is accepted and the search is a random walk from the init tokens."""
+    if isinstance(search_steps, bool) or not isinstance(search_steps, int) or search_steps < 1:
+        raise InputError("search.search_steps", f"must be an integer >= 1, got {search_steps!r}")
+    return SEED_REDUCE_RATE ** (SEED_STEPS / search_steps)
 
 
 @dataclass
@@ -216,6 +230,8 @@ class SASearch(AskTellSearch[SACandidate]):
                 pos = self._mutable[self._rng.randrange(len(self._mutable))]
                 value = self._rng.randrange(self.range_table[pos] - 1)
                 tokens[pos] = value + (value >= tokens[pos])  # uniform over the other values
+                if tuple(tokens) in seen:
+                    continue  # evaluated already: another draw (a 12-step search re-trained one net 3 times)
             constraint = self._constraint(tokens)
             if self._outside(constraint) is None:
                 return [self._add(tokens, constraint, skipped)]

@@ -9,7 +9,10 @@ import random
 import pytest
 
 from core.errors import InputError
-from strategies.sa import SASearch, accept_probability
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from strategies.sa import SASearch, accept_probability, stretched_reduce_rate
 
 RANGES = [7, 9, 12, 12, 6, 6, 6, 6, 2]           # BlazeFace-NAS (FLOPs mode)
 INIT = [2, 1, 3, 8, 2, 1, 2, 1, 1]
@@ -77,6 +80,27 @@ def test_temperature_schedule() -> None:
     drive(s)
     # candidate k (step k = k-th evaluated candidate, init tokens = step 0) is judged with T(k)
     assert [c.temperature for c in s.candidates] == [s.temperature(k) for k in range(len(s.candidates))]
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.integers(1, 5000), share=st.floats(0, 1))
+def test_stretched_schedule_keeps_the_seed_s_shape(steps: int, share: float) -> None:
+    """At a share of its steps, a stretched search is as hot as the seed's at the same share of 300."""
+    s = SASearch(RANGES, INIT, reduce_rate=stretched_reduce_rate(steps), search_steps=steps)
+    assert 0 < s.reduce_rate < 1
+    k = round(share * steps)
+    assert math.log(s.temperature(k)) == pytest.approx(math.log(10.24 * 0.85 ** (k * 300 / steps)), rel=1e-9, abs=1e-9)
+
+
+def test_stretched_schedule_is_the_seed_s_at_300_steps_and_anneals_at_12() -> None:
+    assert stretched_reduce_rate(300) == pytest.approx(0.85)
+    s = SASearch(RANGES, INIT, reduce_rate=stretched_reduce_rate(12), search_steps=12)
+    # the seed's 0.85 over 12 steps stays above 1.7 (accepts a 0.2 worse reward 89 % of the time);
+    # stretched, the last steps are greedy
+    assert SASearch(RANGES, INIT, search_steps=12).temperature(11) > 1.7
+    assert s.temperature(2) < 0.01 and accept_probability(0.6, 0.8, s.temperature(2)) < 1e-8
+    with pytest.raises(InputError, match="search.search_steps"):
+        stretched_reduce_rate(0)
 
 
 def test_accept_probability() -> None:
@@ -159,6 +183,16 @@ def test_step0_is_init_then_one_token_changes() -> None:
         assert len(diff) == 1 and 0 <= c.tokens[diff[0]] < RANGES[diff[0]]
         s.tell(c.id, {"reward": reward(c.tokens)})
     assert len(s.candidates) == 60 and s.ask(1) == []
+
+
+def test_a_neighbour_is_never_one_evaluated_before() -> None:
+    # 2 x 3 tokens = 6 networks, all one or two changes apart: each is evaluated once
+    s = SASearch([2, 3], [0, 0], 3, search_steps=6)
+    drive(s, max_rounds=50)
+    assert len({tuple(c.tokens) for c in s.candidates}) == len(s.candidates) == 6 and s.done
+    s = SASearch([2, 3], [0, 0], 3, search_steps=7)  # a 7th distinct neighbour does not exist: it stalls
+    drive(s, max_rounds=50)
+    assert len(s.candidates) == 6 and s.done
 
 
 def test_fixed_token_never_changes() -> None:

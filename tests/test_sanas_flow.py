@@ -43,6 +43,9 @@ def test_sanas_end_to_end(ctype, prefect_api, tmp_path: Path) -> None:
         chosen = table[table["chosen"]].iloc[0]
         assert chosen["rung"] == table["rung"].max()  # only the top rung's scores are compared
         assert not list((run / "search").glob("ckpt_*.pth"))  # rung checkpoints go when the search ends
+    # reduce_rate null: the seed's cooling stretched over the 3 steps (ends where the seed's 300 end)
+    trace = read_table(run / "search/sa_trace.csv")
+    assert trace["temperature"].tolist() == pytest.approx([10.24 * 0.85 ** (100 * k) for k in trace["step"]])
     key = "macs" if ctype == "flops" else "predicted_ms"
     assert (table[key] <= limit + 1e-9).all()  # every trained candidate was inside the window
     found = [int(c) for c in summary["found_tokens"]]

@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger
 from core.seeds import derive_seed
 from nas_models.blazeface import INIT_TOKENS, RANGE_TABLE, describe
 from params.models import FaceTrainParams, Runtime, SanasSearchParams
-from strategies.sa import SASearch
+from strategies.sa import SASearch, stretched_reduce_rate
 from tasks.orchestration.context import StageContext
 from tasks.orchestration.files import save_handoff, write_json
 from tasks.orchestration.handoff import StageResult
@@ -139,9 +139,12 @@ def sanas_search(data: Faces, latency: Latency, constraint: Window, search: Sana
     ctx.work.mkdir(parents=True, exist_ok=True)
     window_file = write_json(ctx.work / "constraint.json", c.to_dict())
 
+    # null: the seed's cooling stretched over this search's steps (anneals even at 12 steps)
+    rate = search.reduce_rate if search.reduce_rate is not None else stretched_reduce_rate(search.search_steps)
+
     def annealing(steps: int, own_seed: int, proposal: str) -> SASearch:
         return SASearch(list(RANGE_TABLE), list(INIT_TOKENS), own_seed, init_temperature=search.init_temperature,
-                        reduce_rate=search.reduce_rate, search_steps=steps,
+                        reduce_rate=rate, search_steps=steps,
                         constraint_of=lambda t: constraint_value(t, c.ctype, latency, image_size),
                         low=c.min, high=c.max, proposal=proposal)
 
@@ -158,7 +161,11 @@ def sanas_search(data: Faces, latency: Latency, constraint: Window, search: Sana
                       extra_outputs=trace_file, control=control if search.control == "random" else None,
                       fidelity=fidelity_of(search))
     window_params = {f"constraint_{k}": v for k, v in c.to_dict().items()}
-    with tracker.child_run(ctx.parent_run_id, STAGE, {**search.model_dump(), **window_params}) as run_id:
+    logger.info("annealing: T0 %g, reduce_rate %.4g%s: T falls to %.3g by the last of %d steps", search.init_temperature,
+                rate, "" if search.reduce_rate is not None else " (the seed's 0.85 stretched over the steps)",
+                strategy.temperature(search.search_steps - 1), search.search_steps)
+    with tracker.child_run(ctx.parent_run_id, STAGE,
+                           {**search.model_dump(), "reduce_rate": rate, **window_params}) as run_id:
         common = dict(data=data, latency=latency, search=search, train=train, image_size=image_size, seed=seed)
         outcome = run_search(strategy, spec, ctx, run_id, refresh, **common)
         report = run_control(strategy, spec, outcome, ctx, run_id, refresh, None, **common)
