@@ -35,7 +35,8 @@ def prune_ea(params_file: str = PRUNE_EA.params_file, overrides: dict[str, Any] 
         # Candidates go where candidate_workers / dask_address say (Pipeline.search).
         searched: PruneSearched = pipe.search("prune_search", prune_search, data=data, base=base, depth=p.depth,
                                               search=p.search, batch_size=p.base.batch_size, seed=p.seed)
-        chosen = spread(searched.front, p.retrain.count, data.num_classes, along=cost_column(p.search.objective))
+        chosen = spread(searched.front, p.retrain.count, data.num_classes, along=cost_column(p.search.objective),
+                        min_share=p.retrain.min_share)
         retrained: list[RetrainedMember | None] = pipe.map("retrain", retrain_task, chosen, data=data, depth=p.depth,
                                                            retrain_cfg=p.retrain, seed=p.seed)
         if any(r is None for r in retrained):

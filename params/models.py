@@ -507,7 +507,7 @@ class PruneSearchParams(SearchControl, LatencySource, MultiFidelity):
         "norm", description="which channels of a group NSGA-III's candidates keep: norm = the ones with the largest "
                             "filter norms in the base model (as many as the encoding keeps in that group; the "
                             "search then decides how many per group), random = the encoding's own bits (Vega's). "
-                            "The random control always draws random bits")
+                            "The random control keeps channels by the same rule")
     objective: Literal["macs", "latency"] = Field(
         "macs", description="the cost NSGA-III minimises beside 1 - accuracy: macs | latency (each encoding's "
                             "measured ONNX Runtime ms, 1 thread, one 32x32 image, timed before it is trained)")
@@ -543,6 +543,9 @@ class PruneTrain(ClassifierTrain):
 
 class PruneRetrainParams(PruneTrain):
     count: int = Field(2, ge=1, le=100, description="front members retrained from scratch, spread along the front")
+    min_share: float = Field(0.5, ge=0, le=1, description="only members whose search accuracy is at least this share "
+                                                          "of the way from chance to the front's best (0 = any above "
+                                                          "the chance floor, 1.5 / classes)")
 
 
 class PruneEaParams(RunParams):

@@ -59,7 +59,8 @@ PRUNE_EA_D20 = {"base": {"epochs": 1}, "retrain": {"epochs": 1, "count": 2},
                 "search": {"num_generation": 2, "num_individual": 4, "random_models": 6, "finetune_steps": 3}}
 # D20 runs on the default data (photo_digits); D56, three times the compute per image, on the plain digits.
 PRUNE_EA_D56 = {"depth": 56, "data": {"embedded": "digits"}, "base": {"epochs": 1}, "retrain": {"epochs": 1, "count": 1},
-                "search": {"num_generation": 1, "num_individual": 2, "random_models": 2, "finetune_steps": 1}}
+                "search": {"num_generation": 1, "num_individual": 2, "random_models": 2, "finetune_steps": 1,
+                           "control": "random"}}
 
 
 @pytest.fixture(scope="session")

@@ -60,10 +60,21 @@ def test_prune_ea_end_to_end(prune_ea_d20: dict) -> None:
 
 
 def test_prune_ea_depth_56_same_flow(prune_ea_d56: dict) -> None:
+    """...with its random control: as many random encodings, never chosen, and each denoting its
+    network by the search's own channels rule (largest norm), so the two differ only in search."""
+    import torch
+
+    from nas_models.prune_resnet import channel_scores, keep_largest
+
     summary = prune_ea_d56
-    result = read_table(Path(summary["run_dir"]) / "prune_search/result.csv")
+    run = Path(summary["run_dir"])
+    everything = read_table(run / "prune_search/result.csv")
+    result, control = everything[everything["origin"] != "control"], everything[everything["origin"] == "control"]
     assert len(result) == 4 and (result["encoding"].str.len() == 1136).all()
     assert summary["baseline_macs"] == 125_747_840
+    assert len(control) == 4 and not control["chosen"].any() and "control_hv_ratio" in summary
+    scores = channel_scores(torch.load(run / "train_base/model_0.pth", map_location="cpu", weights_only=True), 56)
+    assert all(keep_largest(e, 56, scores) == e for e in everything["encoding"])
 
 
 def test_prune_ea_latency_limit_end_to_end(prefect_api, tmp_path: Path) -> None:

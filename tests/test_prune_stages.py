@@ -16,6 +16,15 @@ def test_spread_takes_both_ends_and_skips_chance_level_members() -> None:
     assert [r["id"] for r in spread(front, 1, num_classes=10)] == [5]
 
 
+def test_spread_leaves_out_members_far_below_the_front_s_best() -> None:
+    front = _front((1e5, 0.16), (3e6, 0.29), (5e6, 0.5), (7e6, 0.53), (1e7, 0.8), (3e7, 0.95))
+    # halfway from chance (0.1) to the best (0.95) is 0.525: the 0.16 / 0.29 / 0.5 members are left out
+    assert [r["id"] for r in spread(front, 2, 10, min_share=0.5)] == [3, 5]
+    assert [r["id"] for r in spread(front, 2, 10, min_share=0.0)] == [0, 5]
+    assert [r["id"] for r in spread(front, 3, 10, min_share=1.0)] == [5]  # only the best
+    assert [r["id"] for r in spread(front, 10, 10, min_share=0.5)] == [3, 4, 5]
+
+
 def test_spread_follows_the_searched_cost_axis() -> None:
     from tasks.orchestration.search import cost_column
 
