@@ -6,10 +6,10 @@ seed 000: 9 tokens, ranges [7, 9, 12, 12, 6, 6, 6, 6, 2], start [2, 1, 3, 8, 2, 
 * Step 0 evaluates `init_tokens` (they must satisfy the constraint).
 * Every later step copies the *current* tokens and sets ONE random position (among those with
   more than one value) to a random *different* value, drawing again when those tokens were
-  evaluated before (a departure from PaddleSlim, which may re-train a network it has seen). If the caller's constraint (FLOPs or
-  table latency of the tokens) is outside [low, high], that neighbour is skipped without
-  evaluation and another is drawn, up to `max_tries` draws per step (PaddleSlim's
-  max_try_times); when none of them is feasible the search stalls.
+  evaluated before (a departure from PaddleSlim, which may re-train a network it has seen). If
+  the caller's constraint (FLOPs or table latency of the tokens) is outside [low, high], that
+  neighbour is skipped without evaluation and another is drawn, up to `max_tries` draws per
+  step (PaddleSlim's max_try_times); when none of them is feasible the search stalls.
 * After tell(reward): the candidate becomes the current one if reward > current reward, else
   with probability exp((reward - current) / T) where T = temperature(step) =
   T0 * reduce_rate ** step.
