@@ -37,8 +37,8 @@ def prune_ea(params_file: str = PRUNE_EA.params_file, overrides: dict[str, Any] 
                                               search=p.search, batch_size=p.base.batch_size, seed=p.seed)
         chosen = spread(searched.front, p.retrain.count, data.num_classes, along=cost_column(p.search.objective),
                         min_share=p.retrain.min_share)
-        retrained: list[RetrainedMember | None] = pipe.map("retrain", retrain_task, chosen, data=data, depth=p.depth,
-                                                           retrain_cfg=p.retrain, seed=p.seed)
+        retrained: list[RetrainedMember | None] = pipe.map("retrain", retrain_task, chosen, base=base, data=data,
+                                                           depth=p.depth, retrain_cfg=p.retrain, seed=p.seed)
         if any(r is None for r in retrained):
             raise RuntimeError("retraining a front member failed; see the task's log")
         exported: Exported = pipe.run("export", export_task, models=[base, *retrained], data=data, seed=p.seed,

@@ -77,3 +77,28 @@ def test_bn_recalibration_replaces_stale_statistics(tmp_path) -> None:
     # the stem's BN sees normalised images: its statistics are of order 1, not the stale 5 / 100
     stem = norms[0]
     assert float(stem.running_var.mean()) < 50.0
+
+
+def test_retrain_starts_from_the_pruned_base_weights_or_from_scratch(tmp_path) -> None:
+    """retrain.init: pruned = the base model's kept weights (the same network the search scored);
+    scratch = a fresh initialisation of the same architecture."""
+    import numpy as np
+    import torch
+
+    from nas_models.prune_resnet import build_prune_resnet, encoding_length, pruned_from_full
+    from tasks.prune_ea.retrain import initial_model
+    from tasks.prune_ea.train_base import TrainedBase
+
+    torch.manual_seed(0)
+    full = build_prune_resnet(20, num_classes=10)
+    torch.save(full.state_dict(), tmp_path / "model_0.pth")
+    base = TrainedBase(name="base", desc={"type": "PruneResNet", **full.arch}, model_path=str(tmp_path / "model_0.pth"),
+                       performance={}, history=())
+    rng = np.random.default_rng(1)
+    encoding = "".join("1" if b else "0" for b in rng.uniform(size=encoding_length(20)) < 0.5)
+    pruned = initial_model(encoding, base, 20, 10, "pruned").state_dict()
+    expected = pruned_from_full(full, encoding).state_dict()
+    assert pruned.keys() == expected.keys() and all(torch.equal(pruned[k], expected[k]) for k in pruned)
+    scratch = initial_model(encoding, base, 20, 10, "scratch").state_dict()
+    assert {k: v.shape for k, v in scratch.items()} == {k: v.shape for k, v in pruned.items()}
+    assert not torch.equal(scratch["stem.conv.weight"], pruned["stem.conv.weight"])
