@@ -1,5 +1,6 @@
 """prune-ea/full — Vega PruneEA: NSGA-III channel pruning of a CIFAR ResNet-20/32/56:
-data → train_base → prune_search → retrain (front members from scratch) → export (+ comparison)."""
+data → train_base → prune_search → retrain (front members, from their pruned weights by default)
+→ export (+ comparison)."""
 from __future__ import annotations
 
 from typing import Any

@@ -502,7 +502,7 @@ class PruneSearchParams(SearchControl, LatencySource, MultiFidelity):
                                "crossover of their parents; resample = redraw every bit between two random cut "
                                "points at the parent's own keep rate, so offspring keep their parent's density (the "
                                "default: ahead of segment on both measured seeds, by 0.6 and 1.7 points of "
-                               "search/control hypervolume)")
+                               "hypervolume against a random-channels control)")
     channels: Literal["norm", "random"] = Field(
         "norm", description="which channels of a group NSGA-III's candidates keep: norm = the ones with the largest "
                             "filter norms in the base model (as many as the encoding keeps in that group; the "
