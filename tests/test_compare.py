@@ -227,7 +227,7 @@ def test_compare_two_real_prune_ea_runs(prune_ea_d20: dict, prune_ea_d56: dict, 
     assert _by_name(c, "params") == {
         "depth": ["20", "56"], "data.embedded": ["photo_digits", "digits"], "retrain.count": ["2", "1"], "search.num_generation": ["2", "1"],
         "search.num_individual": ["4", "2"], "search.random_models": ["6", "2"],
-        "search.finetune_steps": ["3", "1"]}
+        "search.finetune_steps": ["3", "1"], "search.control": ["none", "random"]}
     final = _by_name(c, "final")
     assert final["baseline_acc"] == [first["baseline_acc"], second["baseline_acc"]]
     assert final["baseline_macs"] == [40_813_184, 125_747_840]
