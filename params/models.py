@@ -744,7 +744,18 @@ class SanasSearchParams(SearchControl, MultiFidelity):
     reduce_rate: float | None = Field(
         None, gt=0, lt=1, description="T = T0 * reduce_rate^step, in (0, 1); null = the seed's 0.85 stretched over "
                                       "search_steps (0.85^(300 / search_steps)): anneals within any budget")
+    random_starts: int = Field(
+        0, ge=0, le=100_000, description="steps after the initial tokens that draw uniform tokens in the window "
+                                         "(kept only if better) before annealing goes on from the best so far; "
+                                         "0 = PaddleSlim's walk from the initial tokens (3 of 12 measured no better)")
     candidate_steps: int = Field(150, ge=1, le=STEPS_MAX, description="training steps per candidate (from scratch)")
+
+    @model_validator(mode="after")
+    def _starts(self):
+        if self.random_starts >= self.search_steps:
+            raise ValueError(f"random_starts: must be below search_steps ({self.search_steps}), got "
+                             f"{self.random_starts}")
+        return self
 
 
 class FaceTrainParams(Section):

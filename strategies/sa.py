@@ -4,6 +4,10 @@ An architecture is a token list; token i takes a value in 0..range_table[i]-1 (B
 seed 000: 9 tokens, ranges [7, 9, 12, 12, 6, 6, 6, 6, 2], start [2, 1, 3, 8, 2, 1, 2, 1, 1]).
 
 * Step 0 evaluates `init_tokens` (they must satisfy the constraint).
+* Steps 1..`random_starts` (default 0, as PaddleSlim) draw every token uniformly within the
+  window instead, and only a better reward is accepted, so the walk goes on from the best of
+  the init tokens and those draws (a hybrid for init tokens that score poorly; at sanas/full's
+  12 steps, 3 starts measured no better than none).
 * Every later step copies the *current* tokens and sets ONE random position (among those with
   more than one value) to a random *different* value, drawing again when those tokens were
   evaluated before (a departure from PaddleSlim, which may re-train a network it has seen). If
@@ -119,9 +123,11 @@ class SASearch(AskTellSearch[SACandidate]):
         high: float | None = None,
         max_tries: int = MAX_TRIES,
         proposal: str = "neighbour",
+        random_starts: int = 0,
     ) -> None:
         """`proposal`: "neighbour" (SANAS: one token of the current tokens changed) or "uniform"
-        (every token drawn uniformly, within the window: the random control)."""
+        (every token drawn uniformly, within the window: the random control). `random_starts`:
+        uniform draws before the first neighbour (greedy acceptance), fewer than search_steps."""
         if proposal not in ("neighbour", "uniform"):
             raise InputError("proposal", f"must be 'neighbour' or 'uniform', got {proposal!r}")
         self.proposal = proposal
@@ -138,6 +144,11 @@ class SASearch(AskTellSearch[SACandidate]):
                 raise InputError(name, f"must be an integer >= {minimum}, got {value!r}")
         self.search_steps = search_steps
         self.max_tries = max_tries
+        if isinstance(random_starts, bool) or not isinstance(random_starts, int) \
+                or not 0 <= random_starts < search_steps:
+            raise InputError("search.random_starts", f"must be an integer in 0..search_steps - 1 "
+                                                     f"({search_steps - 1}), got {random_starts!r}")
+        self.random_starts = random_starts
         self.low = None if low is None else _finite("constraint.min", low)
         self.high = None if high is None else _finite("constraint.max", high)
         if self.low is not None and self.high is not None and self.low > self.high:
@@ -221,7 +232,7 @@ class SASearch(AskTellSearch[SACandidate]):
         skipped = 0
         seen = {tuple(c.tokens) for c in self._candidates}
         for _ in range(self.max_tries):
-            if self.proposal == "uniform":
+            if self.proposal == "uniform" or self._starting(step):
                 tokens = [self._rng.randrange(r) for r in self.range_table]
                 if tuple(tokens) in seen:
                     continue
@@ -268,15 +279,29 @@ class SASearch(AskTellSearch[SACandidate]):
             cand.accepted = False
             return
         reward = float(told["reward"])
-        p = accept_probability(reward, self._current_reward, cand.temperature)
-        # Draw only when the rule is random (a worse reward); a better or equal one is always kept.
-        cand.accepted = p >= 1.0 or self._rng.random() < p
+        if self._starting(candidate_id):  # a random start: kept only if better, so the walk begins at the best
+            cand.accepted = self._current_reward is None or reward > self._current_reward
+        else:
+            p = accept_probability(reward, self._current_reward, cand.temperature)
+            # Draw only when the rule is random (a worse reward); a better or equal one is always kept.
+            cand.accepted = p >= 1.0 or self._rng.random() < p
         if cand.accepted:
             self._current_tokens, self._current_reward = list(cand.tokens), reward
         if self._best_reward is None or reward > self._best_reward:
             self._best_tokens, self._best_reward = list(cand.tokens), reward
 
     # ---- queries
+
+    def _starting(self, step: int) -> bool:
+        """Whether step `step` is one of the random starts (uniform draw, greedy acceptance)."""
+        return self.proposal == "neighbour" and 1 <= step <= self.random_starts
+
+    def proposal_of(self, step: int) -> str:
+        """How step `step`'s tokens were drawn: "init", "random start", "neighbour" or "uniform"
+        (the random control's)."""
+        if step == 0:
+            return "init"
+        return "random start" if self._starting(step) else self.proposal
 
     def temperature(self, step: int) -> float:
         """T0 * reduce_rate ** step: the temperature candidate `step` is judged with."""
@@ -327,7 +352,7 @@ class SASearch(AskTellSearch[SACandidate]):
             "init_temperature": self.init_temperature, "reduce_rate": self.reduce_rate,
             "search_steps": self.search_steps, "max_tries": self.max_tries,
             "constraint": self.constraint_of is not None, "low": self.low, "high": self.high,
-            "proposal": self.proposal,
+            "proposal": self.proposal, "random_starts": self.random_starts,
         }
 
     def state_dict(self) -> dict[str, Any]:

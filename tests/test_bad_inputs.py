@@ -151,6 +151,8 @@ CASES: list[tuple[str, str, Callable[[Path], list[str]], str]] = [
     ("sanas-infeasible", "sanas/full", lambda t: ["--set", "constraint.max=1000"], "constraint.max"),
     ("sanas-t0", "sanas/full", lambda t: ["--set", "search.init_temperature=0"], "search.init_temperature"),
     ("sanas-reduce-rate", "sanas/full", lambda t: ["--set", "search.reduce_rate=1.5"], "search.reduce_rate"),
+    ("sanas-starts-fill-the-budget", "sanas/full", lambda t: ["--set", "search.random_starts=12"],
+     "search.random_starts"),
     ("sanas-malformed-table", "sanas/full",
      lambda t: ["--set", "latency.table_file=" + str(_latency_table(t / "table.txt", "conv,0,0,1\t0.05"))],
      "latency.table_file"),

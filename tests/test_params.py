@@ -56,6 +56,7 @@ def test_spos_and_sanas_seed_files_hold_the_seeds_settings() -> None:
     assert (spos.mutation_prob, spos.generations) == (0.1, 20)
     sanas = load_params(SanasParams, "params/sanas_seed.yaml").search
     assert (sanas.init_temperature, sanas.reduce_rate, sanas.search_steps) == (10.24, 0.85, 300)
+    assert sanas.random_starts == 0  # PaddleSlim walks from the initial tokens
 
 
 def test_overrides_merge_into_nested_sections() -> None:

@@ -195,6 +195,38 @@ def test_a_neighbour_is_never_one_evaluated_before() -> None:
     assert len(s.candidates) == 6 and s.done
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_random_starts_draw_in_the_window_then_the_walk_goes_on_from_the_best(seed: int) -> None:
+    s = make(seed=seed, random_starts=4, search_steps=30)
+    drive(s)
+    starts, walk = s.candidates[1:5], s.candidates[5:]
+    assert all(160.0 <= flops(c.tokens) <= 240.0 for c in s.candidates)
+    # the starts are not neighbours of the init tokens: with 4 uniform draws over 9 tokens some
+    # differ in several positions (a neighbour differs in exactly one)
+    assert max(sum(a != b for a, b in zip(c.tokens, INIT)) for c in starts) > 1
+    # greedy over the starts: each is accepted iff it beats every reward before it
+    for k, c in enumerate(starts, start=1):
+        assert c.accepted == (reward(c.tokens) > max(reward(p.tokens) for p in s.candidates[:k]))
+    # the first neighbour changes one token of the best of the init tokens and the starts
+    first_best = max(s.candidates[:5], key=lambda c: reward(c.tokens)).tokens
+    assert sum(a != b for a, b in zip(walk[0].tokens, first_best)) == 1
+    assert s.best_reward == max(reward(c.tokens) for c in s.candidates)
+
+
+def test_random_starts_are_part_of_the_saved_settings_and_bounded() -> None:
+    s = make(seed=1, random_starts=2, search_steps=10)
+    drive(s, max_rounds=5)
+    restored = roundtrip(s, random_starts=2, search_steps=10)
+    drive(s)
+    drive(restored)
+    assert summary(restored) == summary(s)
+    with pytest.raises(ValueError):
+        roundtrip(s, random_starts=0, search_steps=10)  # another setting: not the same search
+    for bad in (-1, 10, True, 2.0):
+        with pytest.raises(InputError, match="search.random_starts"):
+            make(random_starts=bad, search_steps=10)
+
+
 def test_fixed_token_never_changes() -> None:
     # latency mode: kernel token range 1 (3x3 only)
     s = SASearch(RANGES[:-1] + [1], INIT[:-1] + [0], 0, search_steps=80)

@@ -121,9 +121,10 @@ def _row(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def trace_file(strategy: SASearch, rows: list[dict[str, Any]], work: Path) -> list[str]:
-    """sa_trace.csv: each step's temperature and whether SA accepted its candidate."""
+    """sa_trace.csv: each step's proposal kind, temperature and whether SA accepted its candidate."""
     reward = {r["id"]: r["AP50"] for r in rows}
-    trace = [{"step": k.id, "tokens": "".join(map(str, k.tokens)), "temperature": k.temperature,
+    trace = [{"step": k.id, "proposal": strategy.proposal_of(k.id), "tokens": "".join(map(str, k.tokens)),
+              "temperature": k.temperature,
               "skipped_before": k.skipped_before, "AP50": reward.get(k.id), "accepted": k.accepted}
              for k in strategy.candidates]
     return [str(p) for p in write_table(trace, work / "sa_trace.csv")]
@@ -142,13 +143,13 @@ def sanas_search(data: Faces, latency: Latency, constraint: Window, search: Sana
     # null: the seed's cooling stretched over this search's steps (anneals even at 12 steps)
     rate = search.reduce_rate if search.reduce_rate is not None else stretched_reduce_rate(search.search_steps)
 
-    def annealing(steps: int, own_seed: int, proposal: str) -> SASearch:
+    def annealing(steps: int, own_seed: int, proposal: str, starts: int = 0) -> SASearch:
         return SASearch(list(RANGE_TABLE), list(INIT_TOKENS), own_seed, init_temperature=search.init_temperature,
                         reduce_rate=rate, search_steps=steps,
                         constraint_of=lambda t: constraint_value(t, c.ctype, latency, image_size),
-                        low=c.min, high=c.max, proposal=proposal)
+                        low=c.min, high=c.max, proposal=proposal, random_starts=starts)
 
-    strategy = annealing(search.search_steps, seed, "neighbour")
+    strategy = annealing(search.search_steps, seed, "neighbour", search.random_starts)
 
     def control(n: int) -> SASearch:
         # Uniform tokens within the same window (the initial tokens first, as in the search), n in all.
@@ -161,8 +162,9 @@ def sanas_search(data: Faces, latency: Latency, constraint: Window, search: Sana
                       extra_outputs=trace_file, control=control if search.control == "random" else None,
                       fidelity=fidelity_of(search))
     window_params = {f"constraint_{k}": v for k, v in c.to_dict().items()}
-    logger.info("annealing: T0 %g, reduce_rate %.4g%s: T falls to %.3g by the last of %d steps", search.init_temperature,
-                rate, "" if search.reduce_rate is not None else " (the seed's 0.85 stretched over the steps)",
+    logger.info("annealing: %d random starts, then T0 %g, reduce_rate %.4g%s: T falls to %.3g by the last of %d steps",
+                search.random_starts, search.init_temperature, rate,
+                "" if search.reduce_rate is not None else " (the seed's 0.85 stretched over the steps)",
                 strategy.temperature(search.search_steps - 1), search.search_steps)
     with tracker.child_run(ctx.parent_run_id, STAGE,
                            {**search.model_dump(), "reduce_rate": rate, **window_params}) as run_id:
